@@ -1,0 +1,4 @@
+"""Pure computation: data model, file formats, simulation, scoring, inference.
+
+Nothing in this package imports Qt, VTK or pyqtgraph (a test enforces it).
+"""

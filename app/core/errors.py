@@ -1,0 +1,38 @@
+"""Errors a user can cause. Each carries one clear, human-readable message.
+
+The CLI prints ``str(error)`` and exits non-zero; the GUI shows it in one dialog. Anything that is
+*not* a :class:`CellPolError` is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class CellPolError(Exception):
+    """Base class for problems with the user's input, files or environment."""
+
+
+class FileFormatError(CellPolError):
+    """A file is missing, unreadable, corrupt, truncated or not in a supported layout."""
+
+
+class MissingVoxelSizeError(CellPolError):
+    """The image carries no voxel size and the caller gave none.
+
+    The GUI catches this to ask the user; the CLI tells them to pass ``--voxel-size Z Y X``.
+    """
+
+    def __init__(self, path: str, detail: str = "") -> None:
+        self.path = str(path)
+        message = (
+            f"{self.path}: no voxel size found in the file's metadata{detail}. "
+            "Give it explicitly (CLI: --voxel-size Z Y X in µm)."
+        )
+        super().__init__(message)
+
+
+class ChannelError(CellPolError):
+    """A requested channel does not exist or the channel roles are inconsistent."""
+
+
+class CancelledError(CellPolError):
+    """A long job was cancelled by the user."""

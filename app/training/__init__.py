@@ -1,0 +1,1 @@
+"""Learning: datasets, targets, losses, trainers. Imports app.core; never Qt."""
