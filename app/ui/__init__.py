@@ -1,0 +1,1 @@
+"""Desktop user interface (PySide6, VTK, pyqtgraph). Imports core/training; nothing imports ui."""
