@@ -184,11 +184,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from app.core.imageio import find_images
     from app.core.volume import parse_voxel_size
 
+    options = ReadOptions(parse_voxel_size(args.voxel_size), args.axes, args.nucleus_channel, args.golgi_channel)
     images = find_images(args.inputs)
     if not images:
         raise CellPolError("No images found in the given inputs (looked for .tif, .tiff, .ome.tif, .npy, .czi).")
     predictor, provenance = _make_predictor(args)
-    options = ReadOptions(parse_voxel_size(args.voxel_size), args.axes, args.nucleus_channel, args.golgi_channel)
     records = []
     with _progress_bar(len(images), "predict") as bar:
         for record in predict_batch(images, args.out, predictor, options, provenance, overwrite=args.overwrite):

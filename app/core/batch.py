@@ -26,14 +26,15 @@ from app.core.volume import Volume
 #: A predictor turns a volume into pairs; ``describe`` goes into each output's provenance.
 Predictor = Callable[[Volume], PairSet]
 
-_IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".npy", ".czi")
 SUMMARY_NAME = "predict_summary.csv"
 
 
 def image_stem(path: str | os.PathLike) -> str:
     """File name without its image suffix (``a.ome.tif`` → ``a``)."""
+    from app.core.imageio import IMAGE_SUFFIXES
+
     name = Path(path).name
-    for suffix in _IMAGE_SUFFIXES:
+    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):  # ".ome.tif" before ".tif"
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return Path(name).stem
