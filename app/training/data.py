@@ -1,0 +1,151 @@
+"""Training patches: a pool of prepared volumes (at the model's voxel size) and random crops from it.
+
+Every volume is prepared exactly as the inference engine prepares its input: resampled to the model
+voxel size with :func:`app.core.preprocess.resample`, normalised per channel with
+:func:`app.core.preprocess.normalize`, pairs mapped with the same coordinate transform.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from app.core.pairs import PairSet
+from app.core.preprocess import normalize, resample
+from app.core.volume import Volume
+
+
+@dataclass
+class PreparedVolume:
+    """One image at the model voxel size: normalised ``(2, Z, Y, X)`` (nucleus, Golgi) and its pairs."""
+
+    image: np.ndarray
+    pairs: PairSet
+    name: str = ""
+
+
+def prepare(volume: Volume, pairs: PairSet, voxel_size: Sequence[float], low: float = 1.0,
+            high: float = 99.8, clip: bool = True, name: str = "") -> PreparedVolume:
+    """Resample and normalise a volume with its pairs to ``voxel_size`` (nucleus channel first)."""
+    volume = volume.with_roles()
+    channels = volume.data[[volume.nucleus_channel, volume.golgi_channel]]
+    data, mapping = resample(channels, volume.voxel_size, voxel_size)
+    image = normalize(data, low, high, clip)
+    moved = PairSet(mapping.to_output(pairs.nuclei), mapping.to_output(pairs.golgi),
+                    voxel_size=tuple(voxel_size), ids=pairs.ids)
+    return PreparedVolume(image, moved, name)
+
+
+@dataclass
+class AugmentConfig:
+    """Augmentation probabilities and ranges (each applied independently)."""
+
+    flip_y: float = 0.5
+    flip_x: float = 0.5
+    rotate90: float = 0.5  # in-plane rotation by a multiple of 90° (about the z axis)
+    flip_z: float = 0.2
+    intensity: float = 0.8  # per-channel gain U(0.6, 1.6) and offset U(-0.1, 0.1)
+    gamma: float = 0.3  # per-channel gamma U(0.7, 1.4)
+    noise: float = 0.3  # additive Gaussian noise, sigma U(0, 0.08)
+
+
+@dataclass
+class PatchSampler:
+    """Random patches ``(2, Z, Y, X)`` with their pairs in patch coordinates.
+
+    ``foreground_fraction`` of the patches are centred near an annotated nucleus; the rest anywhere.
+    Volumes smaller than the patch are padded with zeros (after normalisation 0 = background).
+    """
+
+    volumes: list[PreparedVolume]
+    patch_shape: tuple[int, int, int]
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    foreground_fraction: float = 0.8
+
+    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, PairSet]:
+        prepared = self.volumes[int(rng.integers(len(self.volumes)))]
+        image, pairs = prepared.image, prepared.pairs
+        shape = np.array(image.shape[1:])
+        patch = np.array(self.patch_shape)
+        if len(pairs) and rng.random() < self.foreground_fraction:
+            centre = pairs.nuclei[int(rng.integers(len(pairs)))] + rng.uniform(-0.3, 0.3, 3) * patch
+            origin = np.round(centre - patch / 2).astype(int)
+        else:
+            origin = np.array([int(rng.integers(0, max(1, s - p + 1))) for s, p in zip(shape, patch)])
+        origin = np.clip(origin, np.minimum(0, shape - patch), np.maximum(0, shape - patch))
+        crop = _crop_padded(image, origin, patch)
+        local = pairs.subset(slice(None))
+        local.nuclei = local.nuclei - origin
+        local.golgi = local.golgi - origin
+        return self._augment(crop, local, rng)
+
+    def _augment(self, crop: np.ndarray, pairs: PairSet, rng: np.random.Generator) -> tuple[np.ndarray, PairSet]:
+        aug = self.augment
+        nuclei, golgi = pairs.nuclei.copy(), pairs.golgi.copy()
+        size = np.array(crop.shape[1:], dtype=float)
+        for axis, p in ((0, aug.flip_z), (1, aug.flip_y), (2, aug.flip_x)):
+            if rng.random() < p:
+                crop = np.flip(crop, axis=axis + 1)
+                nuclei[:, axis] = size[axis] - 1 - nuclei[:, axis]
+                golgi[:, axis] = size[axis] - 1 - golgi[:, axis]
+        if crop.shape[2] == crop.shape[3] and rng.random() < aug.rotate90:
+            # Transpose y and x (a rotation combined with the flips above covers all 8 symmetries).
+            crop = np.swapaxes(crop, 2, 3)
+            nuclei = nuclei[:, [0, 2, 1]]
+            golgi = golgi[:, [0, 2, 1]]
+        crop = np.ascontiguousarray(crop, dtype=np.float32)
+        for c in range(crop.shape[0]):
+            if rng.random() < aug.gamma:
+                crop[c] = np.power(np.clip(crop[c], 0, None), rng.uniform(0.7, 1.4))
+            if rng.random() < aug.intensity:
+                crop[c] = crop[c] * rng.uniform(0.6, 1.6) + rng.uniform(-0.1, 0.1)
+            if rng.random() < aug.noise:
+                crop[c] += rng.normal(0, rng.uniform(0, 0.08), crop[c].shape).astype(np.float32)
+        out = PairSet(nuclei, golgi, voxel_size=pairs.voxel_size, ids=pairs.ids)
+        return crop, out
+
+
+def _crop_padded(image: np.ndarray, origin: np.ndarray, patch: np.ndarray) -> np.ndarray:
+    out = np.zeros((image.shape[0],) + tuple(int(p) for p in patch), dtype=np.float32)
+    src_lo = np.maximum(origin, 0)
+    src_hi = np.minimum(origin + patch, image.shape[1:])
+    dst_lo = src_lo - origin
+    dst_hi = dst_lo + (src_hi - src_lo)
+    if np.all(src_hi > src_lo):
+        out[:, dst_lo[0]:dst_hi[0], dst_lo[1]:dst_hi[1], dst_lo[2]:dst_hi[2]] = image[
+            :, src_lo[0]:src_hi[0], src_lo[1]:src_hi[1], src_lo[2]:src_hi[2]
+        ]
+    return out
+
+
+def synthetic_pool(n: int, voxel_size: Sequence[float], seed: int, field_um: Sequence[float] = (20.0, 96.0, 96.0),
+                   presets: Optional[Sequence[str]] = None, shapes_dir: Optional[Path] = None,
+                   xy_range: Sequence[float] = (0.2, 0.8), z_range: Sequence[float] = (0.25, 1.0),
+                   real_shape_fraction: float = 0.4, progress=None) -> list[PreparedVolume]:
+    """``n`` simulator volumes at random voxel sizes, presets and object shapes, prepared at ``voxel_size``.
+
+    Each is simulated at its own voxel size (drawn from ``xy_range`` / ``z_range`` µm) over the same
+    physical field, then resampled to the model's voxel size, as a user's image would be.
+    """
+    from app.core.simulate import PRESETS, SimConfig, simulate
+
+    presets = list(presets or PRESETS)
+    rng = np.random.default_rng(seed)
+    pool = []
+    for k in range(n):
+        vxy = float(rng.uniform(*xy_range))
+        vz = float(rng.uniform(*z_range))
+        shape = tuple(max(1, int(round(f / v))) for f, v in zip(field_um, (vz, vxy, vxy)))
+        options = {}
+        if shapes_dir is not None and rng.random() < real_shape_fraction:
+            options["shapes_dir"] = shapes_dir
+        config = SimConfig(shape=shape, voxel_size=(vz, vxy, vxy), preset=presets[k % len(presets)],
+                           seed=int(rng.integers(2**31)), **options)
+        volume, pairs = simulate(config)
+        pool.append(prepare(volume, pairs, voxel_size, name=f"sim{k}:{config.preset}"))
+        if progress:
+            progress(k + 1, n, "simulating")
+    return pool
