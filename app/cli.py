@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", metavar="PATH", help="model file (.json); repeat for an ensemble")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--overwrite", action="store_true", help="recompute images whose output already exists")
+    p.add_argument("--window", nargs=3, type=int, metavar=("Z", "Y", "X"),
+                   help="largest sliding window in voxels at the model's voxel size (smaller = less memory)")
+    p.add_argument("--batch-size", type=int, metavar="N", help="windows per network call")
     _voxel_size_arg(p, help_extra="; overrides the file's metadata, required where it has none")
     _channel_args(p)
 
@@ -168,7 +171,18 @@ def _make_predictor(args: argparse.Namespace):
         print(f"Method: {method}" + ("" if method == "cellpol" else " (no learned model available)"),
               file=sys.stderr)
     if method == "cellpol":
-        raise CellPolError("The learned CellPol model is not available yet in this version; use --method classic.")
+        from app.core.inference import Predictor, find_starter_model
+
+        paths = list(args.model or [])
+        if not paths:
+            starter = find_starter_model()
+            if starter is None:
+                raise CellPolError("No learned model found: pass --model PATH or use --method classic")
+            paths = [starter]
+        predictor = Predictor.from_files(paths, args.device, window=args.window, batch_size=args.batch_size)
+        print(f"Model: {', '.join(m['name'] for m in predictor.provenance()['models'])} on {predictor.device}",
+              file=sys.stderr)
+        return predictor, predictor.provenance()
     params = ClassicParams()
     from dataclasses import asdict
 
@@ -176,7 +190,9 @@ def _make_predictor(args: argparse.Namespace):
 
 
 def _starter_model_available() -> bool:
-    return any((Path(__file__).resolve().parent.parent / "resources" / "models").glob("*.json"))
+    from app.core.inference import find_starter_model
+
+    return find_starter_model() is not None
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:

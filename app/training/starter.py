@@ -11,6 +11,11 @@ A killed run resumes from ``<out>.checkpoints/``.
 
 from __future__ import annotations
 
+import os
+
+# Torch's OpenMP threads busy-wait by default, which slows everything else on a small machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import platform
 import shutil
@@ -27,6 +32,7 @@ from app.training.trainer import TrainConfig, train, train_config_dict
 
 MODEL_VOXEL_SIZE = (1.0, 0.5, 0.5)
 PATCH_SHAPE = (16, 128, 128)
+TRAIN_PRESETS = ("confocal", "confocal-low-snr", "widefield")
 
 
 def main(argv=None) -> int:
@@ -41,18 +47,25 @@ def main(argv=None) -> int:
     parser.add_argument("--shapes-dir", type=Path, default=None)
     parser.add_argument("--architecture", default="cellpol", choices=("cellpol", "ctrdet"))
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--base-filters", type=int, default=16)
+    parser.add_argument("--patch", nargs=3, type=int, default=PATCH_SHAPE, metavar=("Z", "Y", "X"))
+    parser.add_argument("--presets", nargs="+", default=list(TRAIN_PRESETS),
+                        help="simulator presets to train on (default leaves 'retina' out for held-out tests)")
     args = parser.parse_args(argv)
 
     out = Path(args.out)
     checkpoints = out.with_name(out.name + ".checkpoints")
-    network = NetworkConfig.for_voxel_size(MODEL_VOXEL_SIZE, architecture=args.architecture)
+    network = NetworkConfig.for_voxel_size(MODEL_VOXEL_SIZE, architecture=args.architecture,
+                                           base_filters=args.base_filters)
+    patch_shape = tuple(args.patch)
     config = TrainConfig(steps=args.steps, batch_size=args.batch, learning_rate=args.lr, seed=args.seed,
                          device=args.device, checkpoint_every=100)
     provenance = {
         "trained_by": "python -m app.training.starter " + " ".join(sys.argv[1:] if argv is None else argv),
-        "data": "cellpol simulator, all presets, voxel sizes xy U(0.2,0.8) z U(0.25,1.0) µm"
+        "data": "cellpol simulator, voxel sizes xy U(0.2,0.8) z U(0.25,1.0) µm"
                 + (", 40% real 3DNGMic masks" if args.shapes_dir else ""),
-        "pool_volumes": args.pool, "refresh_every": args.refresh_every, "patch_shape_zyx": list(PATCH_SHAPE),
+        "presets": list(args.presets), "pool_volumes": args.pool, "refresh_every": args.refresh_every,
+        "patch_shape_zyx": list(patch_shape),
         "train": train_config_dict(config), "host": platform.node(), "python": platform.python_version(),
     }
     spec = ModelSpec(network=network, voxel_size=MODEL_VOXEL_SIZE, decoding=DecodingSpec(),
@@ -60,9 +73,9 @@ def main(argv=None) -> int:
                      description="Starter model trained on broad simulator data; fine-tune on your own images.")
 
     def new_pool(n: int, seed: int):
-        return synthetic_pool(n, MODEL_VOXEL_SIZE, seed, shapes_dir=args.shapes_dir)
+        return synthetic_pool(n, MODEL_VOXEL_SIZE, seed, presets=args.presets, shapes_dir=args.shapes_dir)
 
-    sampler = PatchSampler(new_pool(args.pool, args.seed * 1000), PATCH_SHAPE)
+    sampler = PatchSampler(new_pool(args.pool, args.seed * 1000), patch_shape)
     started = time.time()
     for event in train(spec, sampler, config, checkpoints):
         if event.kind == "step":

@@ -1,0 +1,476 @@
+"""Learned prediction: windows, stitching, peaks, cross-window pairing, ensembles, CLI.
+
+Most tests bypass training with :class:`OracleNet`, a stand-in network whose heatmaps *are* its input
+channels (so the image is drawn as Gaussians at known centroids) and whose embeddings encode each cell's
+brightness plus a large random offset drawn afresh for every window. Embeddings are therefore comparable
+only within one window, as with a real network: any decoding that compares or blends embeddings across
+windows, or decodes windows independently, fails these tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from app.cli import EXIT_OK, EXIT_USAGE, main
+from app.core.errors import CancelledError, CellPolError
+from app.core.inference import (
+    Predictor,
+    find_peaks,
+    match_pairs,
+    plan_axis,
+    plan_windows,
+    refine_peaks,
+    select_device,
+)
+from app.core.jobs import CancelToken
+from app.core.modelfile import DecodingSpec, ModelSpec, NormalizationSpec, save_model
+from app.core.network import NetworkConfig, build_network
+from app.core.pairs import read_pairs
+from app.core.volume import Volume
+
+SIGMA_UM = {"nucleus": 2.0, "golgi": 1.0}
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------
+class OracleNet(nn.Module):
+    """Heatmaps = the (normalised) input; embedding = 10 × local max of the input + a per-window offset."""
+
+    def __init__(self, with_embeddings: bool = True, offset_scale: float = 50.0, seed: int = 0) -> None:
+        super().__init__()
+        self.with_embeddings = with_embeddings
+        self.offset_scale = offset_scale
+        self.generator = torch.Generator().manual_seed(seed)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.calls += 1
+        x = x.float()
+        out = {"heatmap_nucleus": x[:, 0:1].clamp(0, 1), "heatmap_golgi": x[:, 1:2].clamp(0, 1)}
+        if self.with_embeddings:
+            offset = self.offset_scale * torch.randn(x.shape[0], 1, 1, 1, 1, generator=self.generator)
+            local_max = F.max_pool3d(x, kernel_size=5, stride=1, padding=2)
+            out["embedding_nucleus"] = 10.0 * local_max[:, 0:1] + offset
+            out["embedding_golgi"] = 10.0 * local_max[:, 1:2] + offset
+        return out
+
+
+def oracle_spec(voxel_size, architecture="cellpol", **decoding) -> ModelSpec:
+    params = dict(peak_threshold_nucleus=0.3, peak_threshold_golgi=0.3, min_distance_nucleus_um=3.0,
+                  min_distance_golgi_um=1.5, embedding_delta=2.0, max_pair_distance_um=14.0)
+    params.update(decoding)
+    return ModelSpec(
+        network=NetworkConfig(architecture=architecture, levels=1, base_filters=4),
+        voxel_size=voxel_size,
+        normalization=NormalizationSpec(low_percentile=0.0, high_percentile=100.0, clip=False),
+        decoding=DecodingSpec(**params),
+        name="oracle",
+    )
+
+
+def render(shape, voxel_size, cells) -> Volume:
+    """A float32 volume with a Gaussian nucleus and Golgi per cell ``(nucleus_zyx, golgi_zyx, amplitude)``
+    (``None`` leaves that object out)."""
+    grid = np.indices(shape, dtype=np.float64)
+    data = np.zeros((2,) + tuple(shape), dtype=np.float64)
+    for nucleus, golgi, amplitude in cells:
+        for channel, (centre, sigma) in enumerate(((nucleus, SIGMA_UM["nucleus"]), (golgi, SIGMA_UM["golgi"]))):
+            if centre is None:  # a lone object
+                continue
+            d2 = sum(((grid[a] - centre[a]) * voxel_size[a]) ** 2 for a in range(3))
+            data[channel] = np.maximum(data[channel], amplitude * np.exp(-d2 / (2 * sigma**2)))
+    return Volume(data.astype(np.float32), voxel_size, ("nuclei", "golgi"))
+
+
+def oracle_predictor(model_voxel, window=None, context_um=1.0, architecture="cellpol", seed=0, **decoding):
+    net = OracleNet(with_embeddings=architecture == "cellpol", seed=seed)
+    spec = oracle_spec(model_voxel, architecture, **decoding)
+    return Predictor.from_modules([(net, spec)], "cpu", window=window, context_um=context_um), net
+
+
+def match_to_truth(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """For each true point the distance (voxels) to the nearest found point."""
+    if len(found) == 0:
+        return np.full(len(truth), np.inf)
+    return np.min(np.linalg.norm(truth[:, None, :] - found[None, :, :], axis=2), axis=1)
+
+
+def tiny_model(tmp_path, name, seed, voxel_size=(1.0, 0.5, 0.5), architecture="cellpol", **config):
+    torch.manual_seed(seed)
+    cfg = NetworkConfig(architecture=architecture, levels=2, base_filters=4, **config)
+    net = build_network(cfg).eval()
+    spec = ModelSpec(
+        network=cfg, voxel_size=voxel_size, name=name,
+        decoding=DecodingSpec(peak_threshold_nucleus=0.05, peak_threshold_golgi=0.05,
+                              min_distance_nucleus_um=1.0, min_distance_golgi_um=1.0, embedding_delta=2.0,
+                              max_pair_distance_um=5.0),
+    )
+    return save_model(tmp_path / name, net, spec)
+
+
+# ----------------------------------------------------------------------------------------------
+# (a) decoding: peaks, sub-voxel positions, anisotropy
+# ----------------------------------------------------------------------------------------------
+def test_find_peaks_subvoxel_on_anisotropic_grid():
+    voxel = (1.0, 0.4, 0.4)
+    truth = np.array([[8.3, 20.2, 30.7], [12.6, 40.45, 15.1], [5.0, 50.0, 50.0]])
+    shape = (20, 60, 64)
+    grid = np.indices(shape, dtype=np.float64)
+    heat = np.zeros(shape)
+    for c in truth:
+        d2 = sum(((grid[a] - c[a]) * voxel[a]) ** 2 for a in range(3))
+        heat = np.maximum(heat, 0.9 * np.exp(-d2 / (2 * 1.5**2)))
+    positions, voxels, heights = find_peaks(heat.astype(np.float32), 0.4, 3.0, voxel)
+    assert len(positions) == 3
+    assert np.all(heights > 0.85) and np.all(np.diff(heights) <= 0)  # highest first
+    assert np.max(match_to_truth(positions, truth)) < 0.02
+    assert np.all(np.abs(positions - voxels) <= 0.5)
+
+
+def test_min_distance_is_in_micrometres_not_voxels():
+    # Voxel 1.0 µm in z, 0.25 µm in-plane. Two narrow peaks 2 µm apart are merged whether the gap is
+    # along z (2 voxels) or x (8 voxels); 4 µm apart they are both kept. A min-distance of 3 *voxels*
+    # would keep the pair 8 voxels apart in x.
+    voxel = (1.0, 0.25, 0.25)
+    shape = (16, 24, 64)
+    grid = np.indices(shape, dtype=np.float64)
+
+    def heat_with(points, heights):
+        h = np.zeros(shape)
+        for c, amp in zip(points, heights):
+            d2 = sum(((grid[a] - c[a]) * voxel[a]) ** 2 for a in range(3))
+            h = np.maximum(h, amp * np.exp(-d2 / (2 * 0.5**2)))
+        return h.astype(np.float32)
+
+    for gap_um in (2.0, 4.0):
+        for axis in (0, 2):
+            second = np.array([5.0, 12.0, 20.0])
+            second[axis] += gap_um / voxel[axis]
+            heat = heat_with([np.array([5.0, 12.0, 20.0]), second], [0.9, 0.8])
+            positions, _, heights = find_peaks(heat, 0.4, 3.0, voxel)
+            expected = 1 if gap_um < 3.0 else 2
+            assert len(positions) == expected, (gap_um, axis, positions)
+            assert heights[0] == pytest.approx(0.9, abs=1e-3)  # the higher peak wins
+
+
+def test_dense_and_sparse_maxima_agree_and_peaks_are_capped(monkeypatch):
+    import app.core.inference as inference
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    heat = ndimage.gaussian_filter(rng.random((12, 40, 40)), 1.0).astype(np.float32)
+    results = []
+    for fraction in (0.0, 1.0):  # every voxel counts as "dense", then never
+        monkeypatch.setattr(inference, "_DENSE_FRACTION", fraction)
+        results.append(find_peaks(heat, 0.0, 1.0, (1.0, 0.5, 0.5))[1])
+    assert len(results[0]) > 20 and np.array_equal(results[0], results[1])
+    positions, _, heights = find_peaks(heat, 0.0, 1.0, (1.0, 0.5, 0.5), max_peaks=7)
+    assert len(positions) == 7 and np.all(np.diff(heights) <= 0)
+
+
+def test_refine_peaks_border_and_flat_plane():
+    heat = np.zeros((1, 10, 10), dtype=np.float32)  # a single plane: z is never refined
+    heat[0, 4, 5] = 1.0
+    heat[0, 4, 6] = 0.5
+    heat[0, 3, 5] = heat[0, 5, 5] = 0.3
+    out = refine_peaks(heat, np.array([[0, 4, 5]]))
+    assert out[0, 0] == 0.0 and out[0, 1] == pytest.approx(4.0) and 5.0 < out[0, 2] < 5.5
+
+
+@pytest.mark.parametrize(
+    "input_voxel, model_voxel",
+    [((0.5, 0.3, 0.3), (0.8, 0.45, 0.6)),  # model coarser (downsampling, different per axis)
+     ((1.0, 0.6, 0.6), (0.5, 0.4, 0.45))],  # model finer (upsampling)
+)
+def test_positions_come_back_in_input_voxels_after_resampling(input_voxel, model_voxel):
+    shape = (20, 70, 66) if input_voxel[0] < 1 else (12, 40, 40)
+    extent = np.asarray(shape) * np.asarray(input_voxel)
+    rng = np.random.default_rng(1)
+    cells = []
+    for k, amp in enumerate((1.0, 0.8)):
+        nucleus_um = np.array([extent[0] / 2, extent[1] * (0.3 + 0.4 * k), extent[2] * 0.35])
+        nucleus_um += rng.uniform(-0.3, 0.3, 3)
+        golgi_um = nucleus_um + np.array([0.5, 0.0, 4.5])
+        cells.append((nucleus_um / input_voxel, golgi_um / input_voxel, amp))
+    volume = render(shape, input_voxel, cells)
+    predictor, _ = oracle_predictor(model_voxel)
+    pairs = predictor(volume)
+    assert len(pairs) == 2
+    truth_n = np.array([c[0] for c in cells])
+    truth_g = np.array([c[1] for c in cells])
+    # Linear resampling of a sampled Gaussian moves its peak by a small fraction of a voxel.
+    assert np.max(match_to_truth(pairs.nuclei, truth_n)) < 0.25
+    assert np.max(match_to_truth(pairs.golgi, truth_g)) < 0.25
+    assert pairs.voxel_size == volume.voxel_size
+    assert list(pairs.sources) == ["predicted", "predicted"]
+    assert pairs.meta["image_shape_zyx"] == list(shape)
+
+
+# ----------------------------------------------------------------------------------------------
+# windows and stitching
+# ----------------------------------------------------------------------------------------------
+def test_plan_axis_covers_with_overlap_and_multiple():
+    for length, wmax, overlap, multiple in [(768, 216, 31, 8), (500, 128, 40, 16), (100, 64, 20, 1), (30, 64, 10, 8)]:
+        window, starts = plan_axis(length, wmax, overlap, multiple)
+        assert window % multiple == 0 and window <= max(wmax, multiple)
+        assert starts[0] == 0
+        if len(starts) > 1:
+            assert starts[-1] + window == length
+            assert np.all(window - np.diff(starts) >= overlap)
+        else:
+            assert window >= length
+    with pytest.raises(CellPolError, match="larger window"):
+        plan_axis(200, 32, 40, 8)
+
+
+def test_blending_weights_sum_to_one_and_stitching_has_no_seams():
+    grid = plan_windows((10, 100, 130), (8, 40, 48), (3, 12, 12), (1, 1, 1))
+    assert len(grid) > 10
+    for axis in range(3):
+        weights, total = grid.axis_weights(axis)
+        assert np.allclose(total, 1.0, atol=1e-5)
+
+    # End to end: with an identity network the stitched heatmap equals the normalised input everywhere.
+    voxel = (1.0, 0.5, 0.5)
+    cells = [((4.0, 20.0, 30.0), (5.0, 20.0, 44.0), 1.0), ((6.0, 60.0, 95.0), (6.0, 70.0, 90.0), 0.7)]
+    volume = render((10, 90, 130), voxel, cells)
+    predictor, _ = oracle_predictor(voxel, window=(10, 64, 64))
+    prediction = predictor.predict(volume, keep_heatmaps=True)
+    assert prediction.pairs.meta["windows"] > 4
+    expected = volume.data[0] / volume.data[0].max()
+    assert np.allclose(prediction.heatmap_nucleus, np.clip(expected, 0, 1), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# (b) cross-window consistency: one vector per cell
+# ----------------------------------------------------------------------------------------------
+def test_pairs_straddling_window_borders_are_found_exactly_once():
+    voxel = (1.0, 0.5, 0.5)
+    shape = (8, 40, 260)
+    # Vectors 12.5 µm (25 voxels) long along x, alternately pointing right and left, nuclei spread over the
+    # whole strip so that the vectors straddle window borders. Brightness (hence embedding) cycles through
+    # three levels, so cells within d_max of each other differ by at least Δ.
+    cells, amplitudes = [], [1.0, 0.55, 0.8]
+    for k, x in enumerate((44.0, 74.0, 100.0, 130.0, 156.0, 186.0, 212.0)):
+        direction = 1 if k % 2 == 0 else -1
+        nucleus = np.array([3.6, 14.0 + 12 * (k % 2), x])
+        cells.append((nucleus, nucleus + np.array([0.8, 0.0, 25.0 * direction]), amplitudes[k % 3]))
+    truth_n = np.array([c[0] for c in cells])
+    truth_g = np.array([c[1] for c in cells])
+    volume = render(shape, voxel, cells)
+    predictor, net = oracle_predictor(voxel, window=(8, 40, 64), context_um=1.0)
+
+    # The test has teeth: windows overlap by less than two vectors' length, so for some cells the window
+    # whose centre is nearest the nucleus does not contain the Golgi (a "nucleus owns its window" decoder
+    # would read that Golgi's embedding from the wrong place).
+    grid, _ = predictor.plan(shape)
+    starts = grid.starts[2]
+    nearest = np.argmin(np.abs(truth_n[:, 2:3] - (starts[None, :] + grid.window[2] / 2)), axis=1)
+    golgi_x = truth_g[:, 2]
+    assert len(grid) >= 6 and np.any((golgi_x < starts[nearest]) | (golgi_x > starts[nearest] + grid.window[2] - 1))
+
+    pairs = predictor(volume)
+    assert net.calls >= 2
+    assert len(pairs) == len(cells)  # one vector per cell, however many windows saw it
+    for n, g in zip(pairs.nuclei, pairs.golgi):  # each nucleus with its own Golgi
+        k = int(np.argmin(np.linalg.norm(truth_n - n, axis=1)))
+        assert np.linalg.norm(truth_n[k] - n) < 0.1
+        assert np.linalg.norm(truth_g[k] - g) < 0.1
+    assert np.all((pairs.scores > 0.5) & (pairs.scores <= 1.0))
+
+
+# ----------------------------------------------------------------------------------------------
+# (c) pairing by embedding; rejections
+# ----------------------------------------------------------------------------------------------
+def test_embeddings_pair_correctly_when_the_nearest_golgi_is_the_other_cells():
+    voxel = (1.0, 0.5, 0.5)
+    # Along x (µm): nucleus A at 10, Golgi B at 12, Golgi A at 16, nucleus B at 18. Each nucleus is 2 µm
+    # from the *other* cell's Golgi and 6 µm from its own; pairing by distance would swap them.
+    um = lambda z, y, x: np.array([z, y / 0.5, x / 0.5])  # noqa: E731
+    cell_a = (um(4, 10, 10), um(4, 10, 16), 1.0)
+    cell_b = (um(4, 11, 18), um(4, 11, 12), 0.6)
+    # Far away: a Golgi 16 µm from its nucleus (beyond d_max = 14 µm) and a pair whose embeddings differ
+    # by 3 ≥ Δ = 2 (brightness 0.75 vs 0.45).
+    too_far = (um(4, 30, 8), um(4, 30, 24), 0.8)
+    mismatched_n = (um(4, 30, 60), None, 0.75)
+    mismatched_g = (None, um(4, 30, 66), 0.45)
+    volume = render((9, 80, 160), voxel, [cell_a, cell_b, too_far, mismatched_n, mismatched_g])
+
+    predictor, _ = oracle_predictor(voxel, window=(9, 64, 64))
+    pairs = predictor(volume)
+    assert pairs.meta["windows"] > 1 and pairs.meta["detected_nuclei"] == 4 and pairs.meta["detected_golgi"] == 4
+    assert len(pairs) == 2
+    order = np.argsort(pairs.nuclei[:, 2])
+    assert np.allclose(pairs.nuclei[order], [cell_a[0], cell_b[0]], atol=0.1)
+    assert np.allclose(pairs.golgi[order], [cell_a[1], cell_b[1]], atol=0.1)
+
+    # The embedding-free architecture pairs by distance, and so swaps the two Golgi here.
+    ctr, _ = oracle_predictor(voxel, window=(9, 64, 64), architecture="ctrdet")
+    by_distance = ctr(volume)
+    order = np.argsort(by_distance.nuclei[:, 2])
+    assert np.allclose(by_distance.golgi[order][:2], [cell_b[1], cell_a[1]], atol=0.1)
+
+
+def test_match_pairs_limits_and_preference():
+    # Two nuclei, two Golgi: edges (cost = |Δe|/Δ): n0-g0 0.05, n0-g1 0.95, n1-g0 0.90.
+    rows, cols = np.array([0, 0, 1]), np.array([0, 1, 0])
+    n, g, e = match_pairs(2, 2, rows, cols, np.array([0.05, 0.95, 0.90]), np.array([5.0, 5.0, 5.0]), 14.0)
+    # One confident pair beats two doubtful ones.
+    assert list(zip(n, g)) == [(0, 0)] and list(e) == [0]
+    # |Δe| = Δ exactly, or d > d_max: rejected even when it is the only candidate.
+    assert len(match_pairs(1, 1, [0], [0], np.array([1.0]), np.array([3.0]), 14.0)[0]) == 0
+    assert len(match_pairs(1, 1, [0], [0], np.array([0.0]), np.array([14.01]), 14.0)[0]) == 0
+    assert len(match_pairs(1, 1, [0], [0], np.array([0.0]), np.array([14.0]), 14.0)[0]) == 1
+    # Equal embedding costs: the shorter vector wins the tie.
+    n, g, _ = match_pairs(1, 2, [0, 0], [0, 1], np.array([0.2, 0.2]), np.array([9.0, 4.0]), 14.0)
+    assert list(g) == [1]
+
+
+# ----------------------------------------------------------------------------------------------
+# (d) real (tiny, untrained) networks end to end; ensembles
+# ----------------------------------------------------------------------------------------------
+def _random_volume(shape=(7, 44, 52), voxel=(0.8, 0.5, 0.5), seed=0):
+    rng = np.random.default_rng(seed)
+    return Volume(rng.integers(0, 4000, size=(3,) + shape, dtype=np.uint16), voxel, ("a", "b", "c"),
+                  nucleus_channel=2, golgi_channel=0)
+
+
+def _check_output(pairs, volume):
+    assert len(pairs) > 0
+    upper = np.asarray(volume.spatial_shape) - 1
+    for points in (pairs.nuclei, pairs.golgi):
+        assert np.all(points >= 0) and np.all(points <= upper)
+    assert np.all((pairs.scores >= 0) & (pairs.scores <= 1))
+    assert np.all(pairs.lengths_um <= 5.0 + 1.0)  # d_max, plus resampling round-off
+    assert set(pairs.sources) == {"predicted"}
+
+
+def test_real_network_end_to_end_and_ensemble(tmp_path):
+    a = tiny_model(tmp_path, "member_a", seed=1)
+    b = tiny_model(tmp_path, "member_b", seed=2)
+    volume = _random_volume()
+    calls = []
+    single = Predictor.from_files([a], device="cpu", window=(8, 32, 32), context_um=0.5)
+    pairs = single(volume, progress=lambda done, total, what: calls.append((done, total, what)))
+    _check_output(pairs, volume)
+    assert calls[0][0] == 0 and calls[-1][0] == calls[-1][1] == pairs.meta["windows"] > 1
+    assert all(what == "windows" for *_, what in calls)
+
+    ensemble = Predictor.from_files([a, b], device="cpu", window=(8, 32, 32), context_um=0.5)
+    joined = ensemble(volume)
+    _check_output(joined, volume)
+    info = ensemble.provenance()
+    assert info["ensemble_size"] == 2 and [m["name"] for m in info["models"]] == ["member_a", "member_b"]
+    weights = tmp_path / "member_b.safetensors"
+    assert info["models"][1]["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert info["device"] == "cpu" and info["decoding"]["embedding_delta"] == 2.0
+    assert joined.meta["models"] == info["models"]
+
+
+def test_ensemble_members_must_match(tmp_path):
+    a = tiny_model(tmp_path, "a", seed=1)
+    other_voxel = tiny_model(tmp_path, "b", seed=2, voxel_size=(0.5, 0.5, 0.5))
+    other_kind = tiny_model(tmp_path, "c", seed=3, architecture="ctrdet")
+    with pytest.raises(CellPolError, match="voxel size"):
+        Predictor.from_files([a, other_voxel], device="cpu")
+    with pytest.raises(CellPolError, match="architecture"):
+        Predictor.from_files([a, other_kind], device="cpu")
+
+
+def test_ctrdet_model_and_dimension_checks(tmp_path):
+    volume = _random_volume()
+    ctr = Predictor.from_files([tiny_model(tmp_path, "ctr", seed=4, architecture="ctrdet")], device="cpu")
+    _check_output(ctr(volume), volume)
+
+    flat = Volume(volume.data[:, :1], volume.voxel_size, nucleus_channel=2, golgi_channel=0)
+    with pytest.raises(CellPolError, match="pools along z"):
+        Predictor.from_files([tiny_model(tmp_path, "pool_z", seed=5)], device="cpu")(flat)
+    # A 3D model that never pools z runs on a single plane.
+    in_plane = tiny_model(tmp_path, "in_plane", seed=6, pool_factors=((1, 2, 2),))
+    pairs = Predictor.from_files([in_plane], device="cpu")(flat)
+    assert np.all(pairs.nuclei[:, 0] == 0)
+    two_d = tiny_model(tmp_path, "two_d", seed=7, spatial_dims=2)
+    _check_output(Predictor.from_files([two_d], device="cpu")(flat), flat)
+    with pytest.raises(CellPolError, match="2D model"):
+        Predictor.from_files([two_d], device="cpu")(volume)
+    with pytest.raises(CellPolError, match="Golgi channel"):
+        ctr(Volume(volume.data[:1], volume.voxel_size))
+
+
+def test_batchnorm_folding_keeps_outputs_and_leaves_the_callers_module_alone():
+    torch.manual_seed(0)
+    net = build_network(NetworkConfig(levels=2, base_filters=4)).eval()
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm3d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    spec = ModelSpec(network=net.config, voxel_size=(1.0, 0.5, 0.5))
+    predictor = Predictor.from_modules([(net, spec)], "cpu")
+    fused = predictor.members[0].module
+    assert fused is not net and not any(isinstance(m, nn.BatchNorm3d) for m in fused.modules())
+    assert any(isinstance(m, nn.BatchNorm3d) for m in net.modules())
+    x = torch.randn(1, 2, 4, 16, 16)
+    with torch.inference_mode():
+        expected, got = net(x), fused(x.contiguous(memory_format=torch.channels_last_3d))
+    for key in expected:
+        assert torch.allclose(expected[key], got[key], atol=1e-5)
+
+
+def test_cancel_and_device_errors(tmp_path):
+    token = CancelToken()
+    token.cancel()
+    predictor = Predictor.from_files([tiny_model(tmp_path, "m", seed=1)], device="cpu")
+    with pytest.raises(CancelledError):
+        predictor(_random_volume(), cancel=token)
+    assert select_device("cpu") == torch.device("cpu")
+    assert select_device("auto").type in ("cpu", "cuda", "mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(CellPolError, match="no CUDA GPU found; use --device cpu"):
+            select_device("cuda")
+    with pytest.raises(CellPolError, match="Unknown device"):
+        select_device("tpu")
+
+
+# ----------------------------------------------------------------------------------------------
+# (e) CLI
+# ----------------------------------------------------------------------------------------------
+def test_cli_predict_with_model_file(tmp_path, capsys):
+    model = tiny_model(tmp_path, "cli_model", seed=1)
+    image = tmp_path / "img.npy"
+    rng = np.random.default_rng(0)
+    np.save(image, rng.integers(0, 4000, size=(6, 2, 40, 40), dtype=np.uint16))
+    out = tmp_path / "out"
+    args = ["predict", str(image), "--out", str(out), "--model", str(model), "--axes", "ZCYX",
+            "--voxel-size", "1.0", "0.5", "0.5", "--nucleus-channel", "0", "--golgi-channel", "1"]
+    assert main(args + ["--device", "cpu"]) == EXIT_OK
+    pairs = read_pairs(out / "img.vectors.csv")
+    assert pairs.meta["method"] == "cellpol" and pairs.meta["models"][0]["name"] == "cli_model"
+    assert pairs.meta["image_shape_zyx"] == [6, 40, 40]
+    assert math.isclose(pairs.meta["decoding"]["max_pair_distance_um"], 5.0)
+
+    if not torch.cuda.is_available():
+        capsys.readouterr()
+        assert main(args + ["--device", "cuda", "--overwrite"]) == EXIT_USAGE
+        err = capsys.readouterr().err
+        assert "no CUDA GPU found; use --device cpu" in err and "Traceback" not in err
+
+
+def test_cli_cellpol_without_any_model(tmp_path, capsys, monkeypatch):
+    import app.cli as cli
+
+    monkeypatch.setattr(cli, "_starter_model_available", lambda: False)
+    monkeypatch.setattr("app.core.inference.find_starter_model", lambda folder=None: None)
+    image = tmp_path / "img.npy"
+    np.save(image, np.zeros((4, 2, 16, 16), dtype=np.uint16))
+    status = main(["predict", str(image), "--out", str(tmp_path / "o"), "--method", "cellpol", "--axes", "ZCYX",
+                   "--voxel-size", "1", "1", "1"])
+    assert status == EXIT_USAGE
+    assert "No learned model found: pass --model PATH or use --method classic" in capsys.readouterr().err
