@@ -564,6 +564,25 @@ class Prediction:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class NetworkOutput:
+    """The network stage of a prediction, before decoding (see :meth:`Predictor.run_network`).
+
+    Decoding it again with other thresholds (:meth:`Predictor.decode`) costs no network time, which is
+    how decoding parameters are calibrated.
+    """
+
+    heatmap_nucleus: np.ndarray  # stitched, at the model's voxel size (Z, Y, X)
+    heatmap_golgi: np.ndarray
+    embeddings: list  # per member: {window index: raw (2, z, y, x) float16 embeddings}
+    grid: "WindowGrid"
+    resampling: Resampling
+    image_shape: tuple[int, int, int]
+    image_voxel_size: tuple[float, float, float]
+    batch: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
 def fuse_batchnorm(module: nn.Module, copy: bool = True) -> nn.Module:
     """An eval-mode module with every BatchNorm that directly follows a convolution (inside an
     ``nn.Sequential``) folded into that convolution: the same outputs (to float rounding) without a
@@ -952,6 +971,16 @@ class Predictor:
         CellPolError
             Missing channel roles, a 2D/3D mismatch, or running out of memory.
         """
+        output = self.run_network(volume, progress, cancel)
+        pairs = self.decode(output)
+        return Prediction(
+            pairs, output.resampling, self.voxel_size,
+            output.heatmap_nucleus if keep_heatmaps else None,
+            output.heatmap_golgi if keep_heatmaps else None, output.timings,
+        )
+
+    def run_network(self, volume: Volume, progress: ProgressLike = None, cancel: CancelLike = None) -> NetworkOutput:
+        """Preprocess, run every member over the windows and stitch the heatmaps (no decoding)."""
         self._check_volume(volume)
         timings: dict[str, float] = {}
         t_start = time.perf_counter()
@@ -987,49 +1016,56 @@ class Predictor:
         except MemoryError:
             raise CellPolError(f"{OUT_OF_MEMORY_MESSAGE} (image {volume.describe()}).") from None
         _check_cancel(cancel)
+        timings["network_total"] = time.perf_counter() - t_start
+        return NetworkOutput(heat_sum[0], heat_sum[1], member_embeddings, grid, mapping,
+                             tuple(volume.spatial_shape), tuple(volume.voxel_size), batch, timings)
 
-        t0 = time.perf_counter()
-        dec = self.decoding
-        heat_n, heat_g = heat_sum
+    def decode(self, output: NetworkOutput, decoding: Optional[DecodingSpec] = None) -> PairSet:
+        """Peaks, pairing and mapping back to the input's voxels, with ``decoding`` (default: the model's)."""
+        timings = dict(output.timings)
+        t_start = time.perf_counter()
+        dec = decoding if decoding is not None else self.decoding
+        grid, mapping = output.grid, output.resampling
+        heat_n, heat_g = output.heatmap_nucleus, output.heatmap_golgi
         pos_n, vox_n, h_n = find_peaks(heat_n, dec.peak_threshold_nucleus, dec.min_distance_nucleus_um, self.voxel_size)
         pos_g, vox_g, h_g = find_peaks(heat_g, dec.peak_threshold_golgi, dec.min_distance_golgi_um, self.voxel_size)
-        timings["peaks"] = time.perf_counter() - t0
+        timings["peaks"] = time.perf_counter() - t_start
 
         t0 = time.perf_counter()
-        rows, cols, dist, pair_conf, extra = self._pair(grid, member_embeddings, pos_n, vox_n, pos_g, vox_g)
+        explicit_delta = decoding is not None or self._decoding_override is not None
+        rows, cols, dist, pair_conf, extra = self._pair(grid, output.embeddings, pos_n, vox_n, pos_g, vox_g,
+                                                        dec, explicit_delta)
         timings["pairing"] = time.perf_counter() - t0
-        del member_embeddings
 
-        nuclei_in = _clip_points(mapping.to_input(pos_n[rows]) if len(rows) else np.zeros((0, 3)), volume.spatial_shape)
-        golgi_in = _clip_points(mapping.to_input(pos_g[cols]) if len(cols) else np.zeros((0, 3)), volume.spatial_shape)
+        nuclei_in = _clip_points(mapping.to_input(pos_n[rows]) if len(rows) else np.zeros((0, 3)), output.image_shape)
+        golgi_in = _clip_points(mapping.to_input(pos_g[cols]) if len(cols) else np.zeros((0, 3)), output.image_shape)
         heights = np.sqrt(np.clip(h_n[rows], 0, 1) * np.clip(h_g[cols], 0, 1)) if len(rows) else np.zeros(0)
         scores = np.clip(heights * pair_conf, 0.0, 1.0)
-        timings["total"] = time.perf_counter() - t_start
+        timings["total"] = timings.get("network_total", 0.0) + time.perf_counter() - t_start
+        output.timings.update({k: timings[k] for k in ("peaks", "pairing", "total")})
         meta = self.provenance()
+        if decoding is not None:
+            meta["decoding"] = asdict(dec)
         meta.update({
-            "image_shape_zyx": list(volume.spatial_shape),
-            "model_grid_shape_zyx": list(shape),
+            "image_shape_zyx": list(output.image_shape),
+            "model_grid_shape_zyx": list(mapping.out_shape),
             "windows": len(grid),
             "window_shape_zyx": list(grid.window),
             "window_overlap_zyx": list(grid.overlap),
-            "batch_size": batch,
+            "batch_size": output.batch,
             "detected_nuclei": int(len(pos_n)),
             "detected_golgi": int(len(pos_g)),
             "peaks_capped": bool(max(len(pos_n), len(pos_g)) >= MAX_PEAKS),
             "timings_s": {k: round(v, 3) for k, v in timings.items()},
             **extra,
         })
-        pairs = PairSet(nuclei_in, golgi_in, voxel_size=volume.voxel_size, scores=scores, sources="predicted",
-                        meta=meta)
-        return Prediction(
-            pairs, mapping, self.voxel_size,
-            heat_n if keep_heatmaps else None, heat_g if keep_heatmaps else None, timings,
-        )
+        return PairSet(nuclei_in, golgi_in, voxel_size=output.image_voxel_size, scores=scores, sources="predicted",
+                       meta=meta)
 
     def _pair(self, grid: WindowGrid, member_embeddings: list[dict[int, np.ndarray]],
-              pos_n: np.ndarray, vox_n: np.ndarray, pos_g: np.ndarray, vox_g: np.ndarray):
+              pos_n: np.ndarray, vox_n: np.ndarray, pos_g: np.ndarray, vox_g: np.ndarray,
+              dec: DecodingSpec, explicit_delta: bool):
         """Accepted pairs: nucleus rows, Golgi cols, distances, pairing confidence, and meta entries."""
-        dec = self.decoding
         if self.architecture != "cellpol":
             from app.core.classic import pair_by_distance
 
@@ -1044,7 +1080,7 @@ class Predictor:
             per_member = []
             for member, embeddings in zip(self.members, member_embeddings):
                 own = member.spec.decoding.embedding_delta
-                delta = dec.embedding_delta if self._decoding_override is not None else own
+                delta = dec.embedding_delta if explicit_delta else own
                 per_member.append(self._edge_embedding_distance(
                     grid, embeddings, window, ei, ej, vox_n, vox_g, has_window) / delta)
             cost[has_window] = np.mean(per_member, axis=0)
