@@ -1,108 +1,814 @@
-"""Main window. For now a preview: maximum-intensity projection of both channels with the vectors.
+"""The main window: slice views XY/XZ/YZ and the 3D view, channel controls, the vector table, menus.
 
-The full viewer (VTK 3D view, synchronised slice views, annotation) replaces this in the GUI issue.
+The window only wires things together: the annotation model is :class:`app.core.annotation.AnnotationModel`
+(Qt-free), the shared view state is :class:`app.ui.state.ViewerState`, files are handled by
+:class:`app.ui.document.DocumentController`, and the views are :mod:`app.ui.slice_views` and
+:mod:`app.ui.viewer3d`. ``run_app`` is the entry point of ``cellpol gui``.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 from PySide6 import QtCore, QtGui, QtWidgets
 
 from app import __version__
 from app.core.errors import CellPolError
-from app.core.pairs import PairSet
-from app.core.volume import Volume
+from app.ui.annotation_panel import AnnotationPanel
+from app.ui.channel_controls import ChannelControls
+from app.ui.demo import demo_data, demo_predictions
+from app.ui.dialogs import ShortcutsDialog, native_text
+from app.ui.document import IMAGE_FILTER, IMAGE_SUFFIXES, VECTOR_FILTERS, DocumentController
+from app.ui.slice_views import OrthoViews
+from app.ui.state import ViewerState
+from app.ui.workers import run_in_thread
+
+__all__ = ["MainWindow", "demo_data", "run_app", "save_screenshot"]
+
+SETTINGS_ORGANISATION = "CellPol"
+SETTINGS_APPLICATION = "CellPol Studio"
+#: Bump when the dock layout changes, so an old saved layout is not applied to new docks.
+LAYOUT_VERSION = 2
 
 
-def composite_mip(volume: Volume) -> np.ndarray:
-    """RGB uint8 (Y, X, 3) maximum-intensity projection: nuclei green, Golgi magenta."""
-    height, width = volume.spatial_shape[1:]
-    rgb = np.zeros((height, width, 3), dtype=np.float32)
-    colours = {volume.nucleus_channel: (0.1, 0.9, 0.3), volume.golgi_channel: (1.0, 0.2, 0.9)}
-    for index, colour in colours.items():
-        if index is None:
-            continue
-        mip = volume.data[index].max(axis=0).astype(np.float32)
-        low, high = np.percentile(mip, (1.0, 99.8))
-        scaled = np.clip((mip - low) / max(high - low, 1e-6), 0, 1)
-        rgb += scaled[..., None] * np.asarray(colour, dtype=np.float32)
-    return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+def app_settings() -> QtCore.QSettings:
+    return QtCore.QSettings(SETTINGS_ORGANISATION, SETTINGS_APPLICATION)
+
+
+class Legend(QtWidgets.QLabel):
+    """What the overlay colours and marks mean (in the free corner of the slice views)."""
+
+    def __init__(self, state: ViewerState, parent: Optional[QtWidgets.QWidget] = None) -> None:
+        super().__init__(parent)
+        self.state = state
+        self.setAlignment(QtCore.Qt.AlignmentFlag.AlignTop | QtCore.Qt.AlignmentFlag.AlignLeft)
+        self.setWordWrap(True)
+        self.setStyleSheet("background: #1b1b1f; color: #ddd; padding: 6px;")
+        state.overlay_changed.connect(self.refresh)
+        self.refresh()
+
+    def refresh(self) -> None:
+        from app.ui.display import EVALUATION_COLOURS, SOURCE_COLOURS
+
+        def swatch(rgb, text):
+            return f"<span style='color: rgb{tuple(rgb)}'>■</span> {text}"
+
+        if self.state.colour_mode == "evaluation":
+            items = [swatch(EVALUATION_COLOURS[k], k) for k in ("TP", "FP", "FN")]
+        else:
+            items = [swatch(SOURCE_COLOURS[k], k) for k in ("manual", "predicted", "corrected", "imported")]
+        self.setText("<b>Vectors</b><br>" + "&nbsp; ".join(items) +
+                     "<br>○ nucleus &nbsp; ◆ Golgi &nbsp; + nucleus waiting for its Golgi<br>"
+                     "<span style='color:#999'>smaller = farther from the slice</span>")
 
 
 class MainWindow(QtWidgets.QMainWindow):
-    """Preview window: one image with its polarity vectors drawn on the projection."""
+    """CellPol Studio's main window.
 
-    def __init__(self, parent: Optional[QtWidgets.QWidget] = None) -> None:
+    Parameters
+    ----------
+    settings : QSettings, optional
+        Where preferences, recent files and window layout are remembered (default: the user's).
+    enable_3d : bool
+        Build the VTK view (tests of the 2D tools may leave it out).
+    """
+
+    def __init__(self, settings: Optional[QtCore.QSettings] = None, enable_3d: bool = True,
+                 parent: Optional[QtWidgets.QWidget] = None) -> None:
         super().__init__(parent)
+        self.settings = settings if settings is not None else app_settings()
+        self.state = ViewerState(parent=self)
+        self.model = self.state.model
+        self.document = DocumentController(self.state, self.settings, self)
+        self.ask_on_close = True
+        self._workers: list = []
+        self._closed = False
         self.setWindowTitle(f"CellPol Studio {__version__}")
-        self.resize(900, 760)
-        self.volume: Optional[Volume] = None
-        self.pairs: Optional[PairSet] = None
-        self.image_label = QtWidgets.QLabel("Open an image (File ▸ Open) or start with --demo.")
-        self.image_label.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
-        self.image_label.setMinimumSize(320, 320)
-        self.setCentralWidget(self.image_label)
-        menu = self.menuBar().addMenu("&File")
-        self.open_action = menu.addAction("&Open image…", self.open_dialog)
-        self.open_action.setShortcut(QtGui.QKeySequence.StandardKey.Open)
-        menu.addAction("&Quit", self.close).setShortcut(QtGui.QKeySequence.StandardKey.Quit)
-        self.statusBar().showMessage("Ready")
+        self.resize(1400, 900)
+        self.setAcceptDrops(True)
 
-    def set_data(self, volume: Volume, pairs: Optional[PairSet] = None) -> None:
-        self.volume, self.pairs = volume, pairs
-        rgb = np.ascontiguousarray(composite_mip(volume))
-        height, width = rgb.shape[:2]
-        image = QtGui.QImage(rgb.data, width, height, 3 * width, QtGui.QImage.Format.Format_RGB888).copy()
-        if pairs is not None and len(pairs):
-            painter = QtGui.QPainter(image)
-            painter.setRenderHint(QtGui.QPainter.RenderHint.Antialiasing)
-            painter.setPen(QtGui.QPen(QtGui.QColor("white"), 1.5))
-            for (_, ny, nx), (_, gy, gx) in zip(pairs.nuclei, pairs.golgi):
-                painter.drawLine(QtCore.QPointF(nx, ny), QtCore.QPointF(gx, gy))
-                painter.drawEllipse(QtCore.QPointF(nx, ny), 2.0, 2.0)
-            painter.end()
-        self.image_label.setPixmap(QtGui.QPixmap.fromImage(image))
-        count = "" if pairs is None else f" — {len(pairs)} vectors"
-        self.statusBar().showMessage(volume.describe() + count)
+        self.ortho = OrthoViews(self.state)
+        self.legend = Legend(self.state)
+        self.ortho.set_corner(self.legend)
+        self.viewer3d = None
+        if enable_3d:
+            from app.ui.viewer3d import Viewer3D
 
-    def open_path(self, path: str) -> bool:
-        from app.core.imageio import read_volume
+            self.viewer3d = Viewer3D(self.state)
+        self.welcome = QtWidgets.QLabel(
+            "<h2>CellPol Studio</h2><p>Open an image (Ctrl+O), drop a file or project folder here,<br>"
+            "or open the demo (File ▸ Open demo volume).</p>")
+        self.welcome.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
+        self.stack = QtWidgets.QStackedWidget()
+        self.stack.addWidget(self.welcome)
+        self.stack.addWidget(self.ortho)
+        self.setCentralWidget(self.stack)
 
-        try:
-            volume = read_volume(path)
-        except CellPolError as exc:
-            QtWidgets.QMessageBox.warning(self, "Cannot open image", str(exc))
-            return False
-        self.set_data(volume)
-        return True
+        self.actions: dict[str, QtGui.QAction] = {}
+        self._action_groups: dict[str, str] = {}
+        self._create_actions()
+        self._create_menus()
+        self._create_docks()
+        self._create_toolbars()
+        self._create_status_bar()
+        self._connect()
+        self._restore_settings()
+        self._update_history()
+
+    # ------------------------------------------------------------------------------------------
+    # Actions
+    # ------------------------------------------------------------------------------------------
+    def _action(self, name: str, text: str, slot: Optional[Callable] = None, shortcut=None, group: str = "",
+                checkable: bool = False, tip: str = "") -> QtGui.QAction:
+        action = QtGui.QAction(text, self)
+        if shortcut is not None:
+            shortcuts = shortcut if isinstance(shortcut, (list, tuple)) else [shortcut]
+            action.setShortcuts([QtGui.QKeySequence(s) for s in shortcuts])
+            action.setShortcutContext(QtCore.Qt.ShortcutContext.WindowShortcut)
+        action.setCheckable(checkable)
+        if tip:
+            action.setToolTip(tip)
+            action.setStatusTip(tip)
+        if slot is not None:
+            (action.toggled if checkable else action.triggered).connect(slot)
+        self.addAction(action)  # shortcuts work even when the action is in no visible menu
+        self.actions[name] = action
+        self._action_groups[name] = group
+        return action
+
+    def _create_actions(self) -> None:
+        K = QtGui.QKeySequence.StandardKey
+        a = self._action
+        a("open", "&Open image…", self.open_dialog, K.Open, "File")
+        a("open_project", "Open &project…", self.open_project_dialog, "Ctrl+Shift+O", "File")
+        a("new_project", "&New project…", self.new_project_dialog, None, "File")
+        a("demo", "Open &demo volume", self.open_demo, None, "File")
+        a("save", "&Save vectors", self.save, K.Save, "File")
+        a("save_as", "Save vectors &as…", self.save_as_dialog, "Ctrl+Shift+S", "File")
+        a("import", "&Import vectors…", self.import_dialog, "Ctrl+I", "File",
+          tip="Project CSV, the authors' header-less CSV, or 3DNGMic .npy")
+        a("export_legacy", "Authors' annotation CSV…", lambda: self.export_dialog("legacy"), None, "File")
+        a("export_3dngmic", "3DNGMic vectors .npy…", lambda: self.export_dialog("3dngmic"), None, "File")
+        a("reference", "Compare with reference vectors…", self.reference_dialog, None, "File",
+          tip="Colour the pairs TP/FP against a ground truth and show its missed pairs (FN)")
+        a("voxel_size", "Set voxel size…", self.voxel_size_dialog, None, "File")
+        a("screenshot", "Save screenshot…", self.screenshot_dialog, None, "File")
+        a("quit", "&Quit", self.close, K.Quit, "File")
+
+        a("undo", "&Undo", self.undo, ["Ctrl+Z"], "Edit")
+        a("redo", "&Redo", self.redo, ["Ctrl+Shift+Z", "Ctrl+Y"], "Edit")
+        a("delete", "Delete selected", self.delete_selected, ["Delete", "Backspace"], "Edit",
+          tip="Delete the selected pairs")
+        a("delete_at", "Delete pair under the mouse", self.delete_at_cursor, "D", "Edit")
+        a("repair", "Re-pair", self.repair, "L", "Edit", tip="Exchange the Golgi of the two selected pairs")
+        a("cancel", "Cancel pair / clear selection", self.cancel, "Esc", "Edit")
+        a("select_all", "Select all pairs", self.model.select_all, K.SelectAll, "Edit")
+        a("next_pair", "Next pair (table order)", lambda: self.annotation_panel.next_pair(1), ["Tab", "N"], "Edit")
+        a("previous_pair", "Previous pair", lambda: self.annotation_panel.next_pair(-1), ["Shift+Tab", "Shift+N"],
+          "Edit")
+
+        a("place_mode", "Place mode", self.state.set_place_mode, "P", "Annotate", checkable=True,
+          tip="Clicks place a nucleus, then its Golgi")
+        a("place_nucleus", "Place nucleus at the mouse", lambda: self.place_at_cursor("nucleus"), "A", "Annotate")
+        a("place_golgi", "Place Golgi at the mouse", lambda: self.place_at_cursor("golgi"), "G", "Annotate")
+        a("snap", "Snap", lambda on: self.state.set_snap(on=on), "S", "Annotate", checkable=True,
+          tip="Snap a placed point to the intensity peak of its channel (nucleus or Golgi) within the radius")
+
+        a("mip", "Maximum intensity projection", self.state.set_mip, "M", "View", checkable=True)
+        a("fit", "Fit views", self.ortho.reset_zoom, "F", "View")
+        a("slice_up", "Next slice", lambda: self.step_slice(1), ["PgUp", "."], "View")
+        a("slice_down", "Previous slice", lambda: self.step_slice(-1), ["PgDown", ","], "View")
+        for index in range(4):
+            a(f"channel_{index + 1}", f"Show/hide channel {index + 1}",
+              lambda _=False, i=index: self.toggle_channel(i), str(index + 1), "View")
+        a("evaluation_colours", "Colour by evaluation (TP/FP/FN)", self.set_evaluation_colours, "E", "View",
+          checkable=True)
+        a("render_mip", "3D: maximum intensity", self.set_3d_mip, "R", "3D view", checkable=True)
+        a("planes", "3D: slice planes", self.set_3d_planes, "O", "3D view", checkable=True)
+        a("slab", "3D: clip to a slab around the crosshair", self.set_3d_slab, "C", "3D view", checkable=True)
+        a("reset_3d", "3D: reset camera", self.reset_3d_camera, "Shift+F", "3D view")
+        a("shortcuts", "&Keyboard shortcuts", self.show_shortcuts, [K.HelpContents, "?"], "Help")
+        a("about", "&About CellPol Studio", self.show_about, None, "Help")
+        for name, short in (("mip", "MIP"), ("render_mip", "3D MIP"), ("planes", "3D planes"),
+                            ("slab", "3D slab"), ("open", "Open"), ("save", "Save")):
+            self.actions[name].setIconText(short)
+        self.actions["snap"].setChecked(self.state.snap)
+        self.actions["redo"].setEnabled(False)
+
+    def _create_menus(self) -> None:
+        bar = self.menuBar()
+        file = bar.addMenu("&File")
+        for name in ("open", "open_project", "new_project", "demo"):
+            file.addAction(self.actions[name])
+        self.recent_menu = file.addMenu("Open &recent")
+        self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
+        file.addSeparator()
+        for name in ("save", "save_as", "import"):
+            file.addAction(self.actions[name])
+        export = file.addMenu("&Export vectors as")
+        export.addAction(self.actions["export_legacy"])
+        export.addAction(self.actions["export_3dngmic"])
+        file.addAction(self.actions["reference"])
+        file.addSeparator()
+        file.addAction(self.actions["voxel_size"])
+        file.addAction(self.actions["screenshot"])
+        file.addSeparator()
+        file.addAction(self.actions["quit"])
+        edit = bar.addMenu("&Edit")
+        for name in ("undo", "redo", None, "delete", "delete_at", "repair", "cancel", None, "select_all",
+                     "next_pair", "previous_pair"):
+            edit.addSeparator() if name is None else edit.addAction(self.actions[name])
+        annotate = bar.addMenu("&Annotate")
+        for name in ("place_mode", "place_nucleus", "place_golgi", "snap"):
+            annotate.addAction(self.actions[name])
+        view = bar.addMenu("&View")
+        for name in ("mip", "fit", "slice_up", "slice_down", None, "channel_1", "channel_2", None,
+                     "evaluation_colours", None, "render_mip", "planes", "slab", "reset_3d"):
+            view.addSeparator() if name is None else view.addAction(self.actions[name])
+        self.view_menu = view
+        help_menu = bar.addMenu("&Help")
+        help_menu.addAction(self.actions["shortcuts"])
+        help_menu.addAction(self.actions["about"])
+
+    def _create_docks(self) -> None:
+        self.channel_controls = ChannelControls(self.state)
+        self.channel_controls.roles_changed.connect(self.state.set_roles)
+        scroll = QtWidgets.QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(self.channel_controls)
+        self.channel_dock = QtWidgets.QDockWidget("Channels", self)
+        self.channel_dock.setObjectName("channels_dock")
+        self.channel_dock.setWidget(scroll)
+        self.addDockWidget(QtCore.Qt.DockWidgetArea.RightDockWidgetArea, self.channel_dock)
+        self.annotation_panel = AnnotationPanel(self.state, self.actions)
+        self.vectors_dock = QtWidgets.QDockWidget("Vectors", self)
+        self.vectors_dock.setObjectName("vectors_dock")
+        self.vectors_dock.setWidget(self.annotation_panel)
+        right = QtCore.Qt.DockWidgetArea.RightDockWidgetArea
+        docks = [self.vectors_dock, self.channel_dock]
+        if self.viewer3d is not None:
+            self.view3d_dock = QtWidgets.QDockWidget("3D view", self)
+            self.view3d_dock.setObjectName("view3d_dock")
+            self.view3d_dock.setWidget(self.viewer3d)
+            self.addDockWidget(right, self.view3d_dock)
+            docks.insert(0, self.view3d_dock)
+        self.addDockWidget(right, self.vectors_dock)
+        self.addDockWidget(right, self.channel_dock)
+        self.tabifyDockWidget(self.vectors_dock, self.channel_dock)
+        self.vectors_dock.raise_()
+        self.resizeDocks([self.vectors_dock], [460], QtCore.Qt.Orientation.Horizontal)
+        if self.viewer3d is not None:
+            self.resizeDocks([self.view3d_dock, self.vectors_dock], [420, 480], QtCore.Qt.Orientation.Vertical)
+        self.view_menu.addSeparator()
+        for dock in docks:
+            self.view_menu.addAction(dock.toggleViewAction())
+
+    def _create_toolbars(self) -> None:
+        toolbar = self.addToolBar("Main")
+        toolbar.setObjectName("main_toolbar")
+        toolbar.setToolButtonStyle(QtCore.Qt.ToolButtonStyle.ToolButtonTextOnly)
+        for name in ("open", "save", None, "undo", "redo", None, "place_mode", "snap", "mip", None,
+                     "render_mip", "planes", "slab"):
+            toolbar.addSeparator() if name is None else toolbar.addAction(self.actions[name])
+        self.main_toolbar = toolbar
+
+    def _create_status_bar(self) -> None:
+        status = self.statusBar()
+        self.position_label = QtWidgets.QLabel()
+        self.position_label.setMinimumWidth(420)
+        self.mode_label = QtWidgets.QLabel()
+        self.autosave_label = QtWidgets.QLabel()
+        self.autosave_label.setStyleSheet("color: #777;")
+        status.addPermanentWidget(self.mode_label)
+        status.addPermanentWidget(self.position_label)
+        status.addPermanentWidget(self.autosave_label)
+        status.showMessage("Ready")
+
+    def _connect(self) -> None:
+        state = self.state
+        state.hover_changed.connect(self._show_position)
+        state.cursor_changed.connect(lambda _c: self._show_position(state.hover))
+        state.message.connect(lambda text: self.statusBar().showMessage(text, 5000))
+        state.history_changed.connect(self._update_history)
+        state.pending_changed.connect(lambda _p: (self._update_mode(), self._update_history()))
+        state.options_changed.connect(self._update_mode)
+        state.overlay_changed.connect(self._sync_evaluation_action)
+        self.document.status.connect(lambda text: self.statusBar().showMessage(text, 8000))
+        self.document.autosaved.connect(self._on_autosaved)
+        self.document.document_changed.connect(self._on_document_changed)
+        if self.viewer3d is not None:
+            self.viewer3d.picked.connect(lambda pid, which: self.statusBar().showMessage(
+                f"Pair {pid} ({which}) picked in 3D.", 4000))
+
+    # ------------------------------------------------------------------------------------------
+    # Settings
+    # ------------------------------------------------------------------------------------------
+    def _restore_settings(self) -> None:
+        s = self.settings
+        geometry = s.value("window/geometry")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        window_state = s.value("window/state")
+        if window_state is not None:
+            self.restoreState(window_state, LAYOUT_VERSION)
+        self.state.snap = _as_bool(s.value("annotate/snap", True))
+        self.state.snap_radius_um = float(s.value("annotate/snap_radius_um", 2.0))
+        self.state.depth_um = float(s.value("annotate/depth_um", 2.0))
+        self.actions["snap"].setChecked(self.state.snap)
+        self.actions["place_mode"].setChecked(_as_bool(s.value("annotate/place_mode", False)))
+        self.annotation_panel.radius.setValue(self.state.snap_radius_um)
+        self.annotation_panel.depth.setValue(self.state.depth_um)
+        if self.viewer3d is not None:
+            self.actions["render_mip"].setChecked(_as_bool(s.value("view3d/mip", False)))
+            self.actions["planes"].setChecked(_as_bool(s.value("view3d/planes", False)))
+            self.viewer3d.slab_um = float(s.value("view3d/slab_um", 6.0))
+
+    def save_settings(self) -> None:
+        s = self.settings
+        s.setValue("window/geometry", self.saveGeometry())
+        s.setValue("window/state", self.saveState(LAYOUT_VERSION))
+        s.setValue("annotate/snap", self.state.snap)
+        s.setValue("annotate/snap_radius_um", self.state.snap_radius_um)
+        s.setValue("annotate/depth_um", self.state.depth_um)
+        s.setValue("annotate/place_mode", self.state.place_mode)
+        if self.viewer3d is not None:
+            s.setValue("view3d/mip", self.viewer3d.blend_mode == "mip")
+            s.setValue("view3d/planes", self.viewer3d.show_planes)
+            s.setValue("view3d/slab_um", self.viewer3d.slab_um)
+        self.document.remember_displays()
+        s.sync()
+
+    # ------------------------------------------------------------------------------------------
+    # Opening and saving
+    # ------------------------------------------------------------------------------------------
+    def open_path(self, path) -> bool:
+        return self.document.open_path(path)
+
+    def set_data(self, volume, pairs=None, vectors_path=None) -> None:
+        """Show ``volume`` (and ``pairs``) without a file (scripts, tests)."""
+        self.document.load_volume(volume, vectors_path=vectors_path, pairs=pairs)
 
     def open_dialog(self) -> None:
-        path, _ = QtWidgets.QFileDialog.getOpenFileName(
-            self, "Open image", "", "Images (*.tif *.tiff *.npy *.czi);;All files (*)"
-        )
+        path, _ = QtWidgets.QFileDialog.getOpenFileName(self, "Open image", self.document.last_dir(), IMAGE_FILTER)
         if path:
             self.open_path(path)
 
+    def open_project_dialog(self) -> None:
+        folder = QtWidgets.QFileDialog.getExistingDirectory(self, "Open project folder", self.document.last_dir())
+        if folder:
+            self.document.open_project(folder)
+            self._offer_project_image()
 
-def demo_data(seed: int = 1) -> tuple[Volume, PairSet]:
-    """A small simulated volume with its ground-truth vectors."""
-    from app.core.simulate import SimConfig, simulate
+    def new_project_dialog(self) -> None:
+        folder = QtWidgets.QFileDialog.getExistingDirectory(self, "New project: choose or create a folder",
+                                                            self.document.last_dir())
+        if folder and self.document.new_project(folder):
+            self.statusBar().showMessage(
+                f"Project created in {folder}: put images in images/, annotations go to annotations/.", 8000)
 
-    return simulate(SimConfig(shape=(24, 192, 192), voxel_size=(0.5, 0.33, 0.33), seed=seed))
+    def _offer_project_image(self) -> None:
+        project = self.document.project
+        if project is None:
+            return
+        images = project.images()
+        if images:
+            path, _ = QtWidgets.QFileDialog.getOpenFileName(self, f"Open an image of {project.name}",
+                                                            str(project.folder("images")), IMAGE_FILTER)
+            if path:
+                self.open_path(path)
+
+    def open_demo(self) -> None:
+        """A simulated volume with predictions (starter model, or the classic peer) and its ground truth
+        as the reference, so TP/FP/FN colours can be shown."""
+        if not self.document.maybe_save():
+            return
+        self.statusBar().showMessage("Simulating the demo volume…")
+        QtWidgets.QApplication.processEvents()
+        volume, truth = demo_data()
+        demo_dir = Path(QtCore.QStandardPaths.writableLocation(
+            QtCore.QStandardPaths.StandardLocation.AppDataLocation)) / "demo"
+        self.document.load_volume(volume, vectors_path=demo_dir / "demo.vectors.csv", fresh=True)
+        self.document.title = "demo (simulated)"
+        self._on_document_changed()
+        self.statusBar().showMessage("Predicting vectors on the demo volume…")
+
+        def done(result) -> None:
+            pairs, how = result
+            if self.state.volume is not volume or self._closed:
+                return  # another image was opened meanwhile
+            self.model.set_pairset(pairs.with_voxel_size(volume.voxel_size))
+            self.document.set_reference(truth)
+            self.state.set_colour_mode("source")  # predictions by source first; E shows TP/FP/FN
+            labels = self.state.labels
+            tp = sum(1 for v in labels.values() if v == "TP")
+            self.statusBar().showMessage(
+                f"Demo: {len(pairs)} vectors predicted ({how['method']}); against the simulated truth "
+                f"{tp} TP, {len(labels) - tp} FP, {len(self.state.fn_rows)} FN (E shows these colours).", 15000)
+
+        self.run_job(demo_predictions, volume, on_result=done)
+
+    def save(self) -> bool:
+        return self.document.save()
+
+    def save_as_dialog(self) -> bool:
+        start = str(self.document.vectors_path or Path(self.document.last_dir()) / self.document.default_vectors_name())
+        path, _ = QtWidgets.QFileDialog.getSaveFileName(self, "Save vectors as", start, VECTOR_FILTERS["project"])
+        return bool(path) and self.document.save(path)
+
+    def import_dialog(self) -> bool:
+        filters = ";;".join(VECTOR_FILTERS.values())
+        path, chosen = QtWidgets.QFileDialog.getOpenFileName(self, "Import vectors", self.document.last_dir(), filters)
+        if not path:
+            return False
+        fmt = next((key for key, value in VECTOR_FILTERS.items() if value == chosen), None)
+        return self.document.import_vectors(path, fmt)
+
+    def export_dialog(self, fmt: str) -> bool:
+        suffix = ".npy" if fmt == "3dngmic" else ".legacy.csv"
+        stem = Path(self.document.default_vectors_name()).name.replace(".vectors.csv", "")
+        path, _ = QtWidgets.QFileDialog.getSaveFileName(
+            self, "Export vectors", str(Path(self.document.last_dir()) / (stem + suffix)), VECTOR_FILTERS[fmt])
+        return bool(path) and self.document.export_vectors(path, fmt)
+
+    def reference_dialog(self) -> bool:
+        filters = ";;".join(VECTOR_FILTERS.values())
+        path, chosen = QtWidgets.QFileDialog.getOpenFileName(self, "Reference vectors (ground truth)",
+                                                             self.document.last_dir(), filters)
+        return bool(path) and self.document.load_reference(path)
+
+    def voxel_size_dialog(self) -> None:
+        volume = self.state.volume
+        if volume is None:
+            return
+        from app.ui.dialogs import VoxelSizeDialog
+
+        info = {"path": self.document.image_path or "", "shape": volume.data.shape, "axes": "CZYX",
+                "dtype": str(volume.data.dtype), "voxel_size_problem": f"now {volume.voxel_size}"}
+        dialog = VoxelSizeDialog(info, volume.voxel_size, parent=self)
+        dialog.setWindowTitle("Set voxel size")
+        if dialog.exec() == QtWidgets.QDialog.DialogCode.Accepted:
+            voxel = dialog.voxel_size()
+            if dialog.remember.isChecked() and self.document.image_path is not None:
+                self.document.remember_voxel_size(self.document.image_path, voxel)
+            pairs = self.model.to_pairset().with_voxel_size(voxel)
+            dirty = self.model.is_dirty
+            self.document.load_volume(volume.with_voxel_size(voxel), image_path=self.document.image_path,
+                                      vectors_path=self.document.vectors_path, pairs=pairs)
+            if dirty:
+                self.model.mark_unsaved()
+
+    def screenshot_dialog(self) -> None:
+        path, _ = QtWidgets.QFileDialog.getSaveFileName(self, "Save screenshot", "cellpol.png", "PNG (*.png)")
+        if path:
+            save_screenshot(self, path)
+
+    def _fill_recent_menu(self) -> None:
+        self.recent_menu.clear()
+        recent = self.document.recent_files()
+        if not recent:
+            self.recent_menu.addAction("(none)").setEnabled(False)
+        for entry in recent:
+            action = self.recent_menu.addAction(entry)
+            action.setEnabled(Path(entry).exists())
+            action.triggered.connect(lambda _=False, p=entry: self.open_path(p))
+
+    # --- drag and drop ------------------------------------------------------------------------
+    def dragEnterEvent(self, event: QtGui.QDragEnterEvent) -> None:
+        if any(self._droppable(url) for url in event.mimeData().urls()):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QtGui.QDropEvent) -> None:
+        paths = [Path(url.toLocalFile()) for url in event.mimeData().urls() if self._droppable(url)]
+        event.acceptProposedAction()
+        images = [p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES or p.is_dir()]
+        vectors = [p for p in paths if p.suffix.lower() == ".csv"]
+        if images:
+            self.open_path(images[0])
+        for path in vectors:
+            self.document.import_vectors(path)
+
+    @staticmethod
+    def _droppable(url: QtCore.QUrl) -> bool:
+        if not url.isLocalFile():
+            return False
+        path = Path(url.toLocalFile())
+        return path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES + (".csv",)
+
+    # ------------------------------------------------------------------------------------------
+    # Editing
+    # ------------------------------------------------------------------------------------------
+    def undo(self) -> None:
+        self.model.undo()
+
+    def redo(self) -> None:
+        self.model.redo()
+
+    def delete_selected(self) -> None:
+        n = self.model.remove_selected()
+        self.statusBar().showMessage(f"Deleted {n} pair(s)." if n else "Nothing selected to delete.", 4000)
+
+    def _hover_or_cursor(self) -> tuple[int, tuple[float, float, float]]:
+        if self.state.hover is not None:
+            return self.state.hover
+        return 0, self.state.cursor
+
+    def delete_at_cursor(self) -> None:
+        """D: delete the pair whose marker is under the mouse (else the selection)."""
+        if self.state.volume is None:
+            return
+        axis, position = self._hover_or_cursor()
+        hit = self.ortho.view(axis).hit_test_voxel(position)
+        if hit is not None:
+            self.model.remove_pairs([hit[0]])
+            self.statusBar().showMessage(f"Deleted pair {hit[0]}.", 4000)
+        else:
+            self.delete_selected()
+
+    def place_at_cursor(self, which: str) -> None:
+        """A / G: place a nucleus (A) or the pending nucleus's Golgi (G) where the mouse is."""
+        if self.state.volume is None:
+            return
+        if which == "golgi" and self.model.pending_nucleus is None:
+            self.statusBar().showMessage("Place a nucleus first (A), then its Golgi (G).", 4000)
+            return
+        if which == "nucleus" and self.model.pending_nucleus is not None:
+            self.model.cancel_pending()  # A again restarts the pair
+        axis, position = self._hover_or_cursor()
+        self.state.place_at(position, axis)
+
+    def repair(self) -> None:
+        try:
+            self.model.repair_selected()
+        except CellPolError as exc:
+            self.statusBar().showMessage(str(exc), 5000)
+
+    def cancel(self) -> None:
+        if self.model.dragging:
+            self.model.cancel_drag()
+        elif not self.model.cancel_pending():
+            self.model.clear_selection()
+
+    def step_slice(self, step: int) -> None:
+        if self.state.volume is None:
+            return
+        axis = self.state.hover[0] if self.state.hover is not None else 0
+        self.state.step_slice(axis, step)
+
+    def toggle_channel(self, index: int) -> None:
+        if index < len(self.state.displays):
+            self.state.set_display(index, visible=not self.state.displays[index].visible)
+
+    def set_evaluation_colours(self, on: bool) -> None:
+        if on and self.state.reference is None:
+            self.statusBar().showMessage("No reference vectors: File ▸ Compare with reference vectors…", 5000)
+            self.actions["evaluation_colours"].setChecked(False)
+            return
+        self.state.set_colour_mode("evaluation" if on else "source")
+
+    def _sync_evaluation_action(self) -> None:
+        action = self.actions["evaluation_colours"]
+        action.blockSignals(True)
+        action.setChecked(self.state.colour_mode == "evaluation")
+        action.blockSignals(False)
+
+    # --- 3D -----------------------------------------------------------------------------------
+    def set_3d_mip(self, on: bool) -> None:
+        if self.viewer3d is not None:
+            self.viewer3d.set_blend_mode("mip" if on else "composite")
+
+    def set_3d_planes(self, on: bool) -> None:
+        if self.viewer3d is not None:
+            self.viewer3d.set_show_planes(on)
+
+    def set_3d_slab(self, on: bool) -> None:
+        if self.viewer3d is not None:
+            self.viewer3d.set_slab(on)
+
+    def reset_3d_camera(self) -> None:
+        if self.viewer3d is not None:
+            self.viewer3d.reset_camera()
+
+    # ------------------------------------------------------------------------------------------
+    # Status
+    # ------------------------------------------------------------------------------------------
+    def _show_position(self, hover) -> None:
+        volume = self.state.volume
+        if volume is None:
+            self.position_label.setText("")
+            return
+        position = hover[1] if hover is not None else self.state.cursor
+        z, y, x = (int(round(v)) for v in position)
+        vz, vy, vx = volume.voxel_size
+        values = volume.data[:, z, y, x]
+        intensities = "  ".join(f"{name} {value:g}" for name, value in zip(volume.channel_names, values.tolist()))
+        where = "" if hover is not None else "crosshair "
+        self.position_label.setText(
+            f"{where}x {x} y {y} z {z} vox · {x * vx:.2f}, {y * vy:.2f}, {z * vz:.2f} µm · {intensities}")
+
+    def _update_mode(self) -> None:
+        parts = []
+        if self.state.place_mode:
+            parts.append("PLACE" + (" Golgi" if self.model.pending_nucleus is not None else " nucleus"))
+        elif self.model.pending_nucleus is not None:
+            parts.append("Golgi next")
+        if self.state.snap:
+            parts.append(f"snap {self.state.snap_radius_um:g} µm")
+        self.mode_label.setText(" · ".join(parts))
+        action = self.actions["place_mode"]
+        if action.isChecked() != self.state.place_mode:
+            action.blockSignals(True)
+            action.setChecked(self.state.place_mode)
+            action.blockSignals(False)
+        if self.actions["snap"].isChecked() != self.state.snap:
+            self.actions["snap"].blockSignals(True)
+            self.actions["snap"].setChecked(self.state.snap)
+            self.actions["snap"].blockSignals(False)
+
+    def _update_history(self) -> None:
+        model = self.model
+        undo, redo = self.actions["undo"], self.actions["redo"]
+        undo.setEnabled(model.can_undo)
+        redo.setEnabled(model.can_redo)
+        undo.setText(f"&Undo {model.undo_stack.undo_text}".rstrip())
+        redo.setText(f"&Redo {model.undo_stack.redo_text}".rstrip())
+        self.setWindowModified(model.is_dirty)
+
+    def _on_autosaved(self, path: str) -> None:
+        self.autosave_label.setText(f"autosaved {time.strftime('%H:%M:%S')}")
+        self.autosave_label.setToolTip(path)
+
+    def _on_document_changed(self) -> None:
+        self.stack.setCurrentWidget(self.ortho if self.state.volume is not None else self.welcome)
+        project = self.document.project
+        title = self.document.title or ""
+        if project is not None:
+            title = f"{title} — {project.name}" if title else project.name
+        self.setWindowTitle(f"{title}[*] — CellPol Studio" if title else f"CellPol Studio {__version__}")
+        self._update_history()
+        self._update_mode()
+        self._show_position(None)
+        if self.state.volume is not None:
+            self.statusBar().showMessage(self.state.volume.describe(), 6000)
+
+    def show_shortcuts(self) -> ShortcutsDialog:
+        dialog = ShortcutsDialog(self.shortcut_rows(), self)
+        dialog.show()
+        return dialog
+
+    def shortcut_rows(self) -> list[tuple[str, str, str]]:
+        rows = []
+        for name, action in self.actions.items():
+            keys = ", ".join(native_text(s) for s in action.shortcuts() if not s.isEmpty())
+            if keys:
+                rows.append((keys, action.text().replace("&", ""), self._action_groups.get(name, "")))
+        return rows
+
+    def show_about(self) -> None:
+        QtWidgets.QMessageBox.about(
+            self, "About CellPol Studio",
+            f"<b>CellPol Studio {__version__}</b><p>Nucleus→Golgi cell polarity in 3D microscopy: "
+            "annotate, train, predict and evaluate polarity vectors.</p>")
+
+    # ------------------------------------------------------------------------------------------
+    # Jobs and lifetime
+    # ------------------------------------------------------------------------------------------
+    def run_job(self, function, *args, on_result=None, **kwargs):
+        """Run a job in a worker thread; errors become one message (never a traceback dialog)."""
+        def failed(exc: BaseException) -> None:
+            message = str(exc) if isinstance(exc, CellPolError) else f"{type(exc).__name__}: {exc}"
+            self.document.warn("Job failed", message)
+
+        worker = run_in_thread(function, *args, on_result=on_result, on_error=failed, **kwargs)
+        self._workers.append(worker)
+        worker.finished.connect(lambda w=worker: self._workers.remove(w) if w in self._workers else None)
+        return worker
+
+    def wait_for_jobs(self, timeout: float = 120.0) -> bool:
+        """Process events until every job has finished (scripted use); ``False`` on timeout."""
+        deadline = time.monotonic() + timeout
+        app = QtWidgets.QApplication.instance()
+        while self._workers and time.monotonic() < deadline:
+            app.processEvents(QtCore.QEventLoop.ProcessEventsFlag.AllEvents, 50)
+            time.sleep(0.01)
+        app.processEvents()
+        return not self._workers
+
+    def closeEvent(self, event: QtGui.QCloseEvent) -> None:
+        if not self._closed and self.ask_on_close and not self.document.maybe_save():
+            event.ignore()
+            return
+        self.release()
+        event.accept()
+
+    def release(self) -> None:
+        """Save settings and free the VTK render window (also what test teardown calls)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.save_settings()
+        finally:
+            if self.viewer3d is not None:
+                self.viewer3d.release()
 
 
-def run_app(files: Sequence[str] = (), demo: bool = False) -> int:
-    """Start the Qt event loop with the main window; returns the exit status."""
+def _as_bool(value) -> bool:
+    if isinstance(value, str):
+        return value.lower() in ("1", "true", "yes")
+    return bool(value)
+
+
+# ------------------------------------------------------------------------------------------------
+# Screenshots and the entry point
+# ------------------------------------------------------------------------------------------------
+def grab_window(window: MainWindow) -> QtGui.QImage:
+    """The whole window as an image, VTK view included.
+
+    On a real display (or Xvfb) the window is grabbed from the screen (``QWidget.grab`` would show garbage
+    where VTK draws with OpenGL). On the offscreen platform there is no screen: the Qt widgets are
+    rendered with ``grab`` and the VTK image from ``vtkWindowToImageFilter`` is pasted over its area.
+    """
+    app = QtWidgets.QApplication.instance()
+    viewer = window.viewer3d
+    if viewer is not None:
+        viewer.render()
+    app.processEvents()
+    from app.ui.viewer3d import headless_platform
+
+    if not headless_platform():
+        screen = window.screen() or QtGui.QGuiApplication.primaryScreen()
+        image = screen.grabWindow(window.winId()).toImage()
+        if not image.isNull():
+            return image
+    image = window.grab().toImage().convertToFormat(QtGui.QImage.Format.Format_RGB888)
+    if viewer is not None and viewer.isVisible():
+        rgb = np.ascontiguousarray(viewer.grab_image())
+        height, width = rgb.shape[:2]
+        vtk_image = QtGui.QImage(rgb.data, width, height, 3 * width, QtGui.QImage.Format.Format_RGB888).copy()
+        top_left = viewer.vtk_widget.mapTo(window, QtCore.QPoint(0, 0))
+        painter = QtGui.QPainter(image)
+        target = QtCore.QRectF(top_left.x(), top_left.y(), viewer.vtk_widget.width(), viewer.vtk_widget.height())
+        painter.drawImage(target, vtk_image)
+        painter.end()
+    return image
+
+
+def save_screenshot(window: MainWindow, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = grab_window(window)
+    if not image.save(str(path)):
+        raise CellPolError(f"Cannot write the screenshot to {path}.")
+    return path
+
+
+def run_app(files: Sequence[str] = (), demo: bool = False, screenshot: Optional[str] = None) -> int:
+    """Open the main window (on ``files``, or the demo) and run the event loop; returns the exit status.
+
+    With ``screenshot``, nothing waits for the user: the window opens ``files`` (or, without files, the
+    demo volume with predictions), renders, saves a full-window PNG, closes, and returns 0 (1 if a file
+    could not be opened).
+    """
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
-    app.setApplicationName("CellPol Studio")
-    window = MainWindow()
-    if demo:
-        window.set_data(*demo_data())
-    for path in files:
-        window.open_path(str(Path(path)))
+    app.setOrganizationName(SETTINGS_ORGANISATION)
+    app.setApplicationName(SETTINGS_APPLICATION)
+    scripted = screenshot is not None
+    settings = None
+    if scripted:
+        # A scripted run looks the same every time: default layout, nothing remembered.
+        import tempfile
+
+        scratch = tempfile.TemporaryDirectory(prefix="cellpol-screenshot-")
+        settings = QtCore.QSettings(str(Path(scratch.name) / "settings.ini"), QtCore.QSettings.Format.IniFormat)
+    window = MainWindow(settings=settings)
+    if scripted:
+        window.document.interactive = False
+        window.ask_on_close = False
+        screen = QtGui.QGuiApplication.primaryScreen()
+        if screen is not None:
+            available = screen.availableGeometry()
+            window.resize(min(1400, available.width()), min(900, available.height()))
+            window.move(available.topLeft())
     window.show()
-    return app.exec()
+    status = 0
+    for path in files:
+        if not window.open_path(str(Path(path))):
+            status = 1
+    if demo or (scripted and not files):
+        window.open_demo()
+    if not scripted:
+        return app.exec()
+    if not window.wait_for_jobs(timeout=300):
+        print("cellpol: the demo prediction did not finish in time; screenshot taken without it", file=sys.stderr)
+    if window.viewer3d is not None:
+        window.viewer3d.render()
+    QtCore.QThread.msleep(50)
+    app.processEvents()
+    out = save_screenshot(window, screenshot)
+    print(f"Screenshot saved to {out}")
+    window.close()
+    return status

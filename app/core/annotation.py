@@ -1,0 +1,1056 @@
+"""Manual annotation of polarity vectors: the model behind the desktop app's annotation tools.
+
+Everything here is plain Python and numpy (no Qt), so it is unit-tested on its own and any front end
+(the Qt app, a script, a future napari plugin) drives it the same way.
+
+:class:`AnnotationModel`
+    The pairs being edited, the selection, a half-placed pair (a nucleus waiting for its Golgi) and one
+    undo stack of :class:`Command` objects that covers every edit on every slice. Views subscribe to its
+    :class:`Signal` attributes (``changed``, ``selection_changed``, ``pending_changed``, ``edited``,
+    ``history_changed``) and never mutate it except through its methods.
+:class:`Autosaver`
+    Writes the pairs (and a half-placed nucleus) to ``<stem>.vectors.autosave.csv`` after every edit,
+    atomically, so killing the process loses nothing already placed; :func:`find_recovery` and
+    :func:`load_autosave` bring it back on the next start.
+:func:`snap_to_peak`
+    Moves a click to the local intensity peak of a channel within a radius in µm.
+:class:`Project`
+    A project folder: ``images/``, ``annotations/``, ``models/``, ``results/`` and ``cellpol-project.json``.
+
+Conventions: positions are voxel coordinates ``(z, y, x)``, 0-based floats, as in
+:class:`~app.core.pairs.PairSet`; distances are in µm through the voxel size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import numpy as np
+
+from app.core.errors import CellPolError, FileFormatError
+from app.core.fileutil import atomic_write_json, atomic_write_text
+from app.core.pairs import PairSet, read_pairs, sidecar_path, write_pairs
+from app.core.volume import parse_voxel_size
+
+NUCLEUS = "nucleus"
+GOLGI = "golgi"
+ENDS = (NUCLEUS, GOLGI)
+
+#: Sources whose pairs become ``corrected`` when the user edits them.
+_CORRECTABLE_SOURCES = ("predicted",)
+
+Point = tuple[float, float, float]
+
+
+# ------------------------------------------------------------------------------------------
+# A tiny signal
+# ------------------------------------------------------------------------------------------
+class Signal:
+    """A list of callbacks: ``connect(fn)``, ``disconnect(fn)``, ``emit(*args)`` (no Qt needed).
+
+    Callbacks run synchronously in connection order. A callback that raises propagates to the caller
+    of ``emit``: the model's state is already consistent when signals are emitted.
+    """
+
+    def __init__(self) -> None:
+        self._slots: list[Callable[..., Any]] = []
+
+    def connect(self, slot: Callable[..., Any]) -> Callable[..., Any]:
+        if slot not in self._slots:
+            self._slots.append(slot)
+        return slot
+
+    def disconnect(self, slot: Optional[Callable[..., Any]] = None) -> None:
+        """Remove ``slot`` (or every slot when ``None``); removing an unknown slot is a no-op."""
+        if slot is None:
+            self._slots.clear()
+        elif slot in self._slots:
+            self._slots.remove(slot)
+
+    def emit(self, *args: Any) -> None:
+        for slot in list(self._slots):
+            slot(*args)
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+
+# ------------------------------------------------------------------------------------------
+# Pairs
+# ------------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class Pair:
+    """One nucleus→Golgi vector being annotated (positions in voxels ``(z, y, x)``).
+
+    ``score`` is NaN for pairs without one (manual pairs); two pairs with NaN scores compare equal.
+    """
+
+    id: int
+    nucleus: Point
+    golgi: Point
+    score: float = math.nan
+    source: str = "manual"
+
+    def _key(self) -> tuple:
+        score = None if math.isnan(self.score) else self.score
+        return (self.id, self.nucleus, self.golgi, score, self.source)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Pair):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def end(self, which: str) -> Point:
+        return self.nucleus if which == NUCLEUS else self.golgi
+
+    def with_end(self, which: str, position: Point) -> "Pair":
+        return dataclasses.replace(self, **{which: _point(position)})
+
+
+def _point(values: Sequence[float]) -> Point:
+    arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    if arr.shape != (3,) or not np.all(np.isfinite(arr)):
+        raise CellPolError(f"A position must be three finite numbers (z, y, x), got {values!r}.")
+    return (float(arr[0]), float(arr[1]), float(arr[2]))
+
+
+def _check_end(which: str) -> None:
+    if which not in ENDS:
+        raise CellPolError(f"Unknown pair end {which!r}: use 'nucleus' or 'golgi'.")
+
+
+def vector_angles(pairs: PairSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Length (µm), azimuth and elevation (degrees) of each vector, computed in µm.
+
+    Azimuth is measured in the image plane from +x, counter-clockwise *as the image is displayed*
+    (rows grow downwards, as in ImageJ's angle measurements), in ``[0, 360)``. Elevation is the angle
+    above the image plane towards increasing z (deeper slices), in ``[-90, 90]``. A zero-length vector
+    has azimuth and elevation NaN.
+
+    Raises
+    ------
+    CellPolError
+        If the set has no voxel size.
+    """
+    vectors = pairs.vectors_um
+    dz, dy, dx = vectors[:, 0], vectors[:, 1], vectors[:, 2]
+    length = np.linalg.norm(vectors, axis=1)
+    with np.errstate(invalid="ignore"):
+        azimuth = np.degrees(np.arctan2(-dy, dx)) % 360.0
+        elevation = np.degrees(np.arctan2(dz, np.hypot(dx, dy)))
+    zero = length == 0
+    azimuth[zero] = np.nan
+    elevation[zero] = np.nan
+    return length, azimuth, elevation
+
+
+# ------------------------------------------------------------------------------------------
+# Commands and the undo stack
+# ------------------------------------------------------------------------------------------
+class Command:
+    """One undoable edit. ``do`` and ``undo`` must be exact inverses; ``text`` names it in menus."""
+
+    text = "edit"
+
+    def do(self, model: "AnnotationModel") -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def undo(self, model: "AnnotationModel") -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+@dataclass
+class AddPairs(Command):
+    """Add pairs (at the end of the list, or at ``indices`` when restoring)."""
+
+    pairs: list[Pair]
+    text: str = "add pair"
+
+    def do(self, model: "AnnotationModel") -> None:
+        model._insert([(None, p) for p in self.pairs])
+
+    def undo(self, model: "AnnotationModel") -> None:
+        model._remove([p.id for p in self.pairs])
+
+
+@dataclass
+class RemovePairs(Command):
+    """Delete pairs; undo puts them back at their old rows."""
+
+    pairs: list[tuple[int, Pair]]  # (row, pair), rows ascending
+    text: str = "delete pair"
+
+    def do(self, model: "AnnotationModel") -> None:
+        model._remove([p.id for _, p in self.pairs])
+
+    def undo(self, model: "AnnotationModel") -> None:
+        model._insert(list(self.pairs))
+
+
+@dataclass
+class UpdatePairs(Command):
+    """Replace pairs by new versions with the same ids (moves, re-pairing, source changes)."""
+
+    before: list[Pair]
+    after: list[Pair]
+    text: str = "move"
+
+    def do(self, model: "AnnotationModel") -> None:
+        model._update(self.after)
+
+    def undo(self, model: "AnnotationModel") -> None:
+        model._update(self.before)
+
+
+@dataclass
+class ReplaceAll(Command):
+    """Replace every pair (import, clear all)."""
+
+    before: list[Pair]
+    after: list[Pair]
+    text: str = "replace all"
+
+    def do(self, model: "AnnotationModel") -> None:
+        model._reset(self.after)
+
+    def undo(self, model: "AnnotationModel") -> None:
+        model._reset(self.before)
+
+
+class UndoStack:
+    """A linear history of :class:`Command` objects with a "clean" mark for the saved state."""
+
+    def __init__(self, limit: int = 1000) -> None:
+        self.limit = int(limit)
+        self._done: list[Command] = []
+        self._undone: list[Command] = []
+        self._clean: Optional[int] = 0  # len(_done) at the last save; None = unreachable
+
+    def push_done(self, command: Command) -> None:
+        """Record a command that has just been executed; the redo history is dropped."""
+        self._done.append(command)
+        self._undone.clear()
+        if self._clean is not None and self._clean > len(self._done) - 1:
+            self._clean = None  # the saved state was in the dropped redo history
+        if len(self._done) > self.limit:
+            del self._done[0]
+            if self._clean is not None:
+                self._clean = self._clean - 1 if self._clean > 0 else None
+
+    def pop_undo(self) -> Optional[Command]:
+        if not self._done:
+            return None
+        command = self._done.pop()
+        self._undone.append(command)
+        return command
+
+    def pop_redo(self) -> Optional[Command]:
+        if not self._undone:
+            return None
+        command = self._undone.pop()
+        self._done.append(command)
+        return command
+
+    def clear(self) -> None:
+        self._done.clear()
+        self._undone.clear()
+        self._clean = 0
+
+    def set_clean(self) -> None:
+        self._clean = len(self._done)
+
+    def set_dirty(self) -> None:
+        """No state in the history is the saved one (e.g. after recovering an autosave)."""
+        self._clean = None
+
+    @property
+    def is_clean(self) -> bool:
+        return self._clean == len(self._done)
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._done)
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self._undone)
+
+    @property
+    def undo_text(self) -> str:
+        return self._done[-1].text if self._done else ""
+
+    @property
+    def redo_text(self) -> str:
+        return self._undone[-1].text if self._undone else ""
+
+    def __len__(self) -> int:
+        return len(self._done)
+
+
+# ------------------------------------------------------------------------------------------
+# The model
+# ------------------------------------------------------------------------------------------
+class AnnotationModel:
+    """Pairs being annotated on one image, with selection, a pending nucleus and undo/redo.
+
+    Parameters
+    ----------
+    voxel_size : (z, y, x) µm, optional
+        Needed for µm quantities (lengths, angles, snapping radius).
+    image_shape : (Z, Y, X), optional
+        Recorded in saved files (the evaluation's border exclusion uses it).
+
+    Signals
+    -------
+    changed(kind, ids)
+        The pairs changed: ``kind`` is ``"add"``, ``"remove"``, ``"update"`` or ``"reset"``.
+        Also emitted while a point is dragged (before the move is committed).
+    selection_changed(ids)
+        The selected pair ids (a tuple) changed.
+    pending_changed(position)
+        A nucleus was placed and waits for its Golgi (``position``), or that was cancelled (``None``).
+    edited()
+        An edit was committed, undone or redone, or a nucleus placed or cancelled: the moment to autosave.
+    history_changed()
+        Undo/redo availability, texts or the clean state changed.
+    """
+
+    def __init__(self, voxel_size: Optional[Sequence[float]] = None,
+                 image_shape: Optional[Sequence[int]] = None, undo_limit: int = 1000) -> None:
+        self.voxel_size = parse_voxel_size(voxel_size)
+        self.image_shape = tuple(int(s) for s in image_shape) if image_shape is not None else None
+        self.meta: dict[str, Any] = {}
+        self.undo_stack = UndoStack(undo_limit)
+        self._pairs: list[Pair] = []
+        self._rows: dict[int, int] = {}
+        self._next_id = 0
+        self._selection: tuple[int, ...] = ()
+        self._pending: Optional[Point] = None
+        self._drag: Optional[tuple[Pair, str]] = None
+        self.changed = Signal()
+        self.selection_changed = Signal()
+        self.pending_changed = Signal()
+        self.edited = Signal()
+        self.history_changed = Signal()
+
+    # --- reading ----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def __iter__(self):
+        return iter(list(self._pairs))
+
+    @property
+    def pairs(self) -> list[Pair]:
+        return list(self._pairs)
+
+    @property
+    def ids(self) -> list[int]:
+        return [p.id for p in self._pairs]
+
+    def get(self, pair_id: int) -> Pair:
+        try:
+            return self._pairs[self._rows[int(pair_id)]]
+        except KeyError:
+            raise CellPolError(f"No pair with id {pair_id}.") from None
+
+    def __contains__(self, pair_id: object) -> bool:
+        return pair_id in self._rows
+
+    def row_of(self, pair_id: int) -> int:
+        return self._rows[int(pair_id)]
+
+    @property
+    def pending_nucleus(self) -> Optional[Point]:
+        return self._pending
+
+    @property
+    def selection(self) -> tuple[int, ...]:
+        return self._selection
+
+    @property
+    def is_dirty(self) -> bool:
+        """Whether there are edits since the last :meth:`mark_saved` (or load)."""
+        return not self.undo_stack.is_clean
+
+    @property
+    def dragging(self) -> bool:
+        return self._drag is not None
+
+    def to_pairset(self) -> PairSet:
+        """The pairs as a :class:`PairSet` (ids, scores and sources kept; ``meta`` copied)."""
+        meta = dict(self.meta)
+        if self.image_shape is not None:
+            meta["image_shape_zyx"] = list(self.image_shape)
+        if not self._pairs:
+            return PairSet.empty(self.voxel_size, meta=meta)
+        return PairSet(
+            np.array([p.nucleus for p in self._pairs]),
+            np.array([p.golgi for p in self._pairs]),
+            voxel_size=self.voxel_size,
+            scores=np.array([p.score for p in self._pairs]),
+            ids=np.array([p.id for p in self._pairs]),
+            sources=np.array([p.source for p in self._pairs], dtype=object),
+            meta=meta,
+        )
+
+    def positions(self, which: str) -> np.ndarray:
+        """``(N, 3)`` array of the nucleus or Golgi positions, in row order."""
+        _check_end(which)
+        if not self._pairs:
+            return np.zeros((0, 3))
+        return np.array([p.end(which) for p in self._pairs], dtype=np.float64)
+
+    def nearest(self, position: Sequence[float], max_distance_um: float = math.inf,
+                ends: Sequence[str] = ENDS, axes: Sequence[int] = (0, 1, 2)) -> Optional[tuple[int, str, float]]:
+        """The pair end closest to ``position`` as ``(id, end, distance_um)``, or ``None``.
+
+        ``axes`` restricts the distance to some axes (e.g. ``(1, 2)`` for "nearest in this XY view").
+        """
+        if not self._pairs:
+            return None
+        scale = np.asarray(self.voxel_size or (1.0, 1.0, 1.0))
+        axes = list(axes)
+        target = np.asarray(_point(position))[axes] * scale[axes]
+        best: Optional[tuple[int, str, float]] = None
+        for which in ends:
+            points = self.positions(which)[:, axes] * scale[axes]
+            distances = np.linalg.norm(points - target, axis=1)
+            k = int(np.argmin(distances))
+            if distances[k] <= max_distance_um and (best is None or distances[k] < best[2]):
+                best = (self._pairs[k].id, which, float(distances[k]))
+        return best
+
+    # --- loading ----------------------------------------------------------------------------
+    def set_pairset(self, pairs: PairSet, *, pending: Optional[Sequence[float]] = None) -> None:
+        """Load ``pairs`` as the starting state: history cleared, the state counts as saved."""
+        self._drag = None
+        if pairs.voxel_size is not None:
+            self.voxel_size = pairs.voxel_size
+        self.meta = {k: v for k, v in pairs.meta.items() if k not in ("pending_nucleus", "autosave")}
+        shape = pairs.meta.get("image_shape_zyx")
+        if shape is not None and self.image_shape is None:
+            self.image_shape = tuple(int(s) for s in shape)
+        self._reset(self._pairs_from(pairs))
+        self._next_id = max([p.id for p in self._pairs], default=-1) + 1
+        self.undo_stack.clear()
+        self._set_selection(())
+        self._set_pending(_point(pending) if pending is not None else None)
+        self.history_changed.emit()
+
+    def _pairs_from(self, pairs: PairSet) -> list[Pair]:
+        return [
+            Pair(int(pairs.ids[i]), _point(pairs.nuclei[i]), _point(pairs.golgi[i]),
+                 float(pairs.scores[i]), str(pairs.sources[i]))
+            for i in range(len(pairs))
+        ]
+
+    def mark_saved(self) -> None:
+        """The current state is what is on disk now."""
+        self.undo_stack.set_clean()
+        self.history_changed.emit()
+
+    def mark_unsaved(self) -> None:
+        """The current state differs from the saved file (e.g. it was recovered from an autosave)."""
+        self.undo_stack.set_dirty()
+        self.history_changed.emit()
+
+    # --- editing: the public, undoable operations ------------------------------------------
+    def place(self, position: Sequence[float]) -> Optional[int]:
+        """Place a nucleus, or, when one is pending, its Golgi. Returns the new pair's id when complete."""
+        if self._pending is None:
+            self.place_nucleus(position)
+            return None
+        return self.place_golgi(position)
+
+    def place_nucleus(self, position: Sequence[float]) -> None:
+        """Start a pair: the nucleus waits (not yet undoable) for :meth:`place_golgi`."""
+        self._set_pending(_point(position))
+        self.edited.emit()
+
+    def place_golgi(self, position: Sequence[float]) -> int:
+        """Complete the pending pair; adding it is one undoable command. Returns its id."""
+        if self._pending is None:
+            raise CellPolError("Place a nucleus first, then its Golgi.")
+        pair_id = self.add_pair(self._pending, position, text="place pair")
+        return pair_id
+
+    def cancel_pending(self) -> bool:
+        """Forget a half-placed pair; returns whether there was one."""
+        if self._pending is None:
+            return False
+        self._set_pending(None)
+        self.edited.emit()
+        return True
+
+    def add_pair(self, nucleus: Sequence[float], golgi: Sequence[float], source: str = "manual",
+                 score: float = math.nan, *, text: str = "add pair") -> int:
+        pair = Pair(self._next_id, _point(nucleus), _point(golgi), float(score), str(source))
+        self._next_id += 1
+        had_pending, self._pending = self._pending is not None, None  # autosaved without it
+        self._execute(AddPairs([pair], text=text))
+        if had_pending:
+            self.pending_changed.emit(None)
+        self._set_selection((pair.id,))
+        return pair.id
+
+    def remove_pairs(self, ids: Iterable[int]) -> int:
+        """Delete pairs (unknown ids are ignored); one undoable command. Returns how many."""
+        rows = sorted({self._rows[int(i)] for i in ids if int(i) in self._rows})
+        if not rows:
+            return 0
+        text = "delete pair" if len(rows) == 1 else f"delete {len(rows)} pairs"
+        self._execute(RemovePairs([(r, self._pairs[r]) for r in rows], text=text))
+        return len(rows)
+
+    def remove_selected(self) -> int:
+        return self.remove_pairs(self._selection)
+
+    def move_point(self, pair_id: int, which: str, position: Sequence[float],
+                   *, start: Optional[Pair] = None) -> None:
+        """Move one end of a pair; one undoable command. A predicted pair becomes ``corrected``."""
+        _check_end(which)
+        before = start if start is not None else self.get(pair_id)
+        after = self._edited(before.with_end(which, position))
+        if after == before:
+            if start is not None:  # a drag that came back where it started
+                self._update([before])
+            return
+        self._execute(UpdatePairs([before], [after], text=f"move {which}"))
+
+    def swap_golgi(self, id_a: int, id_b: int) -> None:
+        """Re-pair: exchange the Golgi of two pairs (one undoable command)."""
+        a, b = self.get(id_a), self.get(id_b)
+        if a.id == b.id:
+            raise CellPolError("Re-pairing needs two different pairs.")
+        after = [self._edited(dataclasses.replace(a, golgi=b.golgi)),
+                 self._edited(dataclasses.replace(b, golgi=a.golgi))]
+        self._execute(UpdatePairs([a, b], after, text="re-pair"))
+
+    def repair_selected(self) -> None:
+        """Re-pair the two selected pairs (:meth:`swap_golgi`)."""
+        if len(self._selection) != 2:
+            raise CellPolError("Select exactly two pairs to exchange their Golgi (re-pair).")
+        self.swap_golgi(*self._selection)
+
+    def set_sources(self, ids: Iterable[int], source: str) -> None:
+        """Change the source of pairs (e.g. accept predictions as ``corrected``); undoable."""
+        before = [self.get(i) for i in ids]
+        after = [dataclasses.replace(p, source=str(source)) for p in before]
+        if before != after:
+            self._execute(UpdatePairs(before, after, text=f"mark {source}"))
+
+    def replace_all(self, pairs: PairSet | Sequence[Pair], text: str = "replace all") -> None:
+        """Replace every pair by ``pairs`` (an import); one undoable command. Ids are renumbered."""
+        incoming = self._pairs_from(pairs) if isinstance(pairs, PairSet) else list(pairs)
+        fresh = []
+        for p in incoming:
+            fresh.append(dataclasses.replace(p, id=self._next_id))
+            self._next_id += 1
+        self._execute(ReplaceAll(list(self._pairs), fresh, text=text))
+
+    def add_pairs(self, pairs: PairSet, text: str = "import pairs") -> list[int]:
+        """Append the pairs of a :class:`PairSet` (new ids); one undoable command."""
+        fresh = []
+        for p in self._pairs_from(pairs):
+            fresh.append(dataclasses.replace(p, id=self._next_id))
+            self._next_id += 1
+        if fresh:
+            self._execute(AddPairs(fresh, text=text))
+        return [p.id for p in fresh]
+
+    # --- dragging: live preview, one command at the end -------------------------------------
+    def begin_drag(self, pair_id: int, which: str) -> None:
+        _check_end(which)
+        self._drag = (self.get(pair_id), which)
+
+    def drag_to(self, position: Sequence[float]) -> None:
+        """Show the dragged end at ``position`` (not recorded, not autosaved)."""
+        if self._drag is None:
+            raise CellPolError("No drag in progress.")
+        start, which = self._drag
+        self._update([self.get(start.id).with_end(which, position)])
+
+    def end_drag(self, position: Optional[Sequence[float]] = None) -> None:
+        """Commit the drag as one move (from where it started) and autosave."""
+        if self._drag is None:
+            return
+        start, which = self._drag
+        self._drag = None
+        final = position if position is not None else self.get(start.id).end(which)
+        self.move_point(start.id, which, final, start=start)
+
+    def cancel_drag(self) -> None:
+        if self._drag is None:
+            return
+        start, _ = self._drag
+        self._drag = None
+        self._update([start])
+
+    # --- undo / redo -----------------------------------------------------------------------
+    def undo(self) -> bool:
+        """Undo the last edit. A half-placed pair is cancelled first (that is the last thing done)."""
+        if self._drag is not None:
+            self.cancel_drag()
+            return True
+        if self.cancel_pending():
+            return True
+        command = self.undo_stack.pop_undo()
+        if command is None:
+            return False
+        command.undo(self)
+        self._after_history_step()
+        return True
+
+    def redo(self) -> bool:
+        if self._drag is not None:
+            return False
+        command = self.undo_stack.pop_redo()
+        if command is None:
+            return False
+        if self._pending is not None:
+            self._set_pending(None)
+        command.do(self)
+        self._after_history_step()
+        return True
+
+    @property
+    def can_undo(self) -> bool:
+        return self.undo_stack.can_undo or self._pending is not None
+
+    @property
+    def can_redo(self) -> bool:
+        return self.undo_stack.can_redo
+
+    def _after_history_step(self) -> None:
+        self._set_selection(tuple(i for i in self._selection if i in self._rows))
+        self.edited.emit()
+        self.history_changed.emit()
+
+    # --- selection --------------------------------------------------------------------------
+    def select(self, ids: Iterable[int], add: bool = False) -> None:
+        wanted = tuple(int(i) for i in ids if int(i) in self._rows)
+        if add:
+            wanted = self._selection + tuple(i for i in wanted if i not in self._selection)
+        self._set_selection(wanted)
+
+    def toggle_selection(self, pair_id: int) -> None:
+        if pair_id in self._selection:
+            self._set_selection(tuple(i for i in self._selection if i != pair_id))
+        else:
+            self.select([pair_id], add=True)
+
+    def clear_selection(self) -> None:
+        self._set_selection(())
+
+    def select_all(self) -> None:
+        self._set_selection(tuple(self.ids))
+
+    def _set_selection(self, ids: tuple[int, ...]) -> None:
+        ids = tuple(dict.fromkeys(ids))
+        if ids != self._selection:
+            self._selection = ids
+            self.selection_changed.emit(ids)
+
+    def _set_pending(self, position: Optional[Point]) -> None:
+        if position != self._pending:
+            self._pending = position
+            self.pending_changed.emit(position)
+
+    # --- internals: the only places that change the pair list -------------------------------
+    def _execute(self, command: Command) -> None:
+        command.do(self)
+        self.undo_stack.push_done(command)
+        self._set_selection(tuple(i for i in self._selection if i in self._rows))
+        self.edited.emit()
+        self.history_changed.emit()
+
+    def _edited(self, pair: Pair) -> Pair:
+        if pair.source in _CORRECTABLE_SOURCES:
+            return dataclasses.replace(pair, source="corrected")
+        return pair
+
+    def _reindex(self) -> None:
+        self._rows = {p.id: r for r, p in enumerate(self._pairs)}
+
+    def _insert(self, items: list[tuple[Optional[int], Pair]]) -> None:
+        for row, pair in items:  # rows ascending, so earlier inserts do not shift later ones
+            if pair.id in self._rows:
+                raise CellPolError(f"Pair id {pair.id} already exists.")
+            if row is None:
+                self._pairs.append(pair)
+            else:
+                self._pairs.insert(row, pair)
+            self._reindex()
+        self.changed.emit("add", tuple(p.id for _, p in items))
+
+    def _remove(self, ids: list[int]) -> None:
+        gone = set(ids)
+        self._pairs = [p for p in self._pairs if p.id not in gone]
+        self._reindex()
+        self.changed.emit("remove", tuple(ids))
+
+    def _update(self, pairs: list[Pair]) -> None:
+        for pair in pairs:
+            self._pairs[self._rows[pair.id]] = pair
+        self.changed.emit("update", tuple(p.id for p in pairs))
+
+    def _reset(self, pairs: list[Pair]) -> None:
+        self._pairs = list(pairs)
+        self._reindex()
+        self.changed.emit("reset", tuple(self._rows))
+
+
+# ------------------------------------------------------------------------------------------
+# Snapping
+# ------------------------------------------------------------------------------------------
+def snap_to_peak(
+    image: np.ndarray,
+    position: Sequence[float],
+    voxel_size: Sequence[float],
+    radius_um: float,
+    *,
+    free_axis: Optional[int] = None,
+    sigma_um: Optional[float] = None,
+) -> Point:
+    """The local intensity peak of ``image`` within ``radius_um`` of ``position``.
+
+    Parameters
+    ----------
+    image : ndarray, shape (Z, Y, X)
+        One channel (the nucleus channel for a nucleus, the Golgi channel for a Golgi).
+    position : (z, y, x)
+        Where the user clicked, in voxels.
+    voxel_size : (z, y, x) µm
+    radius_um : float
+        Search radius (an ellipsoid in voxels on anisotropic data). ``0`` returns ``position``.
+    free_axis : int, optional
+        Search this whole axis (a click on a maximum-intensity projection has no depth: the peak along the
+        projection ray gives it).
+    sigma_um : float, optional
+        Gaussian smoothing before taking the maximum, so shot noise does not win (default
+        ``max(radius_um / 3, 0.3)``).
+
+    Returns
+    -------
+    (z, y, x)
+        Voxel coordinates of the peak (whole voxels), the clicked position when the neighbourhood is flat.
+    """
+    from scipy import ndimage
+
+    image = np.asarray(image)
+    if image.ndim != 3:
+        raise CellPolError(f"snap_to_peak needs a (Z, Y, X) image, got shape {image.shape}.")
+    pos = np.asarray(_point(position))
+    shape = np.asarray(image.shape)
+    pos = np.clip(pos, 0, shape - 1)
+    if radius_um <= 0:
+        if free_axis is None:
+            return _point(pos)
+        fixed = [a for a in range(3) if a != free_axis]
+        pos[fixed] = np.round(pos[fixed])  # the peak along the ray through the clicked voxel
+    scale = np.asarray(parse_voxel_size(voxel_size), dtype=np.float64)
+    sigma = float(sigma_um) if sigma_um is not None else max(radius_um / 3.0, 0.3)
+    sigma_vox = sigma / scale
+    reach = np.ceil(max(radius_um, 0.0) / scale).astype(int)
+    pad = np.ceil(3 * sigma_vox).astype(int)
+    lo = np.maximum(np.round(pos).astype(int) - reach - pad, 0)
+    hi = np.minimum(np.round(pos).astype(int) + reach + pad + 1, shape)
+    if free_axis is not None:
+        lo[free_axis], hi[free_axis] = 0, shape[free_axis]
+    crop = image[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].astype(np.float32)
+    smooth = ndimage.gaussian_filter(crop, sigma_vox, mode="nearest")
+    grids = np.meshgrid(*[np.arange(lo[a], hi[a]) for a in range(3)], indexing="ij")
+    distance2 = np.zeros(crop.shape, dtype=np.float64)
+    for axis in range(3):
+        if axis != free_axis:
+            distance2 += ((grids[axis] - pos[axis]) * scale[axis]) ** 2
+    inside = distance2 <= max(radius_um, 0.0) ** 2 + 1e-9
+    if not inside.any():
+        return _point(pos)
+    values = np.where(inside, smooth, -np.inf)
+    peak = values.max()
+    if not np.isfinite(peak) or peak <= smooth[inside].min():
+        return _point(pos)  # flat: nothing to snap to
+    # Ties: the candidate closest to the click.
+    candidates = np.argwhere(values == peak)
+    best = candidates[np.argmin(distance2[tuple(candidates.T)])]
+    return _point(best + lo)
+
+
+# ------------------------------------------------------------------------------------------
+# Where annotations live; autosave and recovery
+# ------------------------------------------------------------------------------------------
+_IMAGE_ENDINGS = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".npy", ".czi")
+
+
+def image_stem(image_path: str | os.PathLike) -> str:
+    """File name without its image ending (``cells.ome.tif`` → ``cells``)."""
+    name = Path(image_path).name
+    for ending in _IMAGE_ENDINGS:
+        if name.lower().endswith(ending):
+            return name[: -len(ending)]
+    return Path(name).stem
+
+
+def vectors_path_for(image_path: str | os.PathLike, folder: Optional[str | os.PathLike] = None) -> Path:
+    """``<folder or the image's folder>/<stem>.vectors.csv``."""
+    image_path = Path(image_path)
+    base = Path(folder) if folder is not None else image_path.parent
+    return base / f"{image_stem(image_path)}.vectors.csv"
+
+
+def autosave_path_for(vectors_path: str | os.PathLike) -> Path:
+    """``name.vectors.csv`` → ``name.vectors.autosave.csv`` (its sidecar is ``….autosave.json``)."""
+    path = Path(vectors_path)
+    name = path.name
+    if name.lower().endswith(".vectors.csv"):
+        return path.with_name(name[: -len(".vectors.csv")] + ".vectors.autosave.csv")
+    return path.with_name(path.stem + ".autosave.csv")
+
+
+def find_recovery(vectors_path: str | os.PathLike) -> Optional[Path]:
+    """The autosave of ``vectors_path`` if it holds work newer than the saved file, else ``None``."""
+    autosave = autosave_path_for(vectors_path)
+    if not autosave.exists():
+        return None
+    saved = Path(vectors_path)
+    if saved.exists() and saved.stat().st_mtime_ns >= autosave.stat().st_mtime_ns:
+        return None
+    return autosave
+
+
+def load_autosave(path: str | os.PathLike) -> tuple[PairSet, Optional[Point]]:
+    """Read an autosave: the pairs and the half-placed nucleus (or ``None``)."""
+    pairs = read_pairs(path)
+    pending = pairs.meta.get("pending_nucleus")
+    return pairs, (_point(pending) if pending is not None else None)
+
+
+def discard_autosave(vectors_path: str | os.PathLike) -> None:
+    """Delete the autosave (and its sidecar) of ``vectors_path``; missing files are fine."""
+    autosave = autosave_path_for(vectors_path)
+    for path in (autosave, sidecar_path(autosave)):
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+class Autosaver:
+    """Write the model to its autosave file after every edit (atomically, synchronously).
+
+    A few hundred pairs take well under a millisecond to format, so there is nothing to debounce; a
+    drag is written once, when it is committed. Write errors (a full disk, a read-only folder) do not
+    interrupt editing: they are reported through ``failed(message)``.
+
+    Parameters
+    ----------
+    model : AnnotationModel
+    path : path-like
+        The autosave CSV (see :func:`autosave_path_for`).
+    provenance : callable, optional
+        Returns extra sidecar entries (image path, shape, ...).
+    """
+
+    def __init__(self, model: AnnotationModel, path: str | os.PathLike,
+                 provenance: Optional[Callable[[], dict[str, Any]]] = None) -> None:
+        self.model = model
+        self.path = Path(path)
+        self.provenance = provenance
+        self.enabled = True
+        self.saved = Signal()   # (path)
+        self.failed = Signal()  # (message)
+        self.last_error: Optional[str] = None
+        self.count = 0
+        model.edited.connect(self._on_edited)
+
+    def detach(self) -> None:
+        self.model.edited.disconnect(self._on_edited)
+
+    def _on_edited(self) -> None:
+        if self.enabled:
+            self.save_now()
+
+    def save_now(self) -> Optional[Path]:
+        extra: dict[str, Any] = dict(self.provenance() if self.provenance else {})
+        extra["autosave"] = True
+        pending = self.model.pending_nucleus
+        extra["pending_nucleus"] = list(pending) if pending is not None else None
+        try:
+            path = write_pairs(self.path, self.model.to_pairset(), provenance=extra)
+        except OSError as exc:
+            self.last_error = f"Autosave to {self.path} failed: {exc.strerror or exc}"
+            self.failed.emit(self.last_error)
+            return None
+        self.last_error = None
+        self.count += 1
+        self.saved.emit(path)
+        return path
+
+
+# ------------------------------------------------------------------------------------------
+# Evaluation colours
+# ------------------------------------------------------------------------------------------
+def evaluation_labels(reference: PairSet, pairs: PairSet, level: int = 5,
+                      image_shape: Optional[Sequence[int]] = None) -> tuple[dict[int, str], np.ndarray]:
+    """Label each pair of ``pairs`` TP or FP against ``reference`` (the paper's matching at ``level``).
+
+    Returns ``({pair_id: "TP" | "FP"}, fn_rows)`` where ``fn_rows`` are the rows of ``reference``
+    that no prediction matched (the false negatives). No border exclusion: every drawn pair is labelled.
+    """
+    from app.core.evaluate import score_pairs
+
+    score = score_pairs(reference, pairs, image_shape=image_shape, border_margin_um=0.0,
+                        voxel_size=pairs.voxel_size or reference.voxel_size)
+    tp_mask = score.tp_mask[level] if score.tp_mask.size else np.zeros(0, dtype=bool)
+    tp_pred = set(score.matches["pred_index"][tp_mask].tolist())
+    tp_gt = set(score.matches["gt_index"][tp_mask].tolist())
+    labels = {int(pairs.ids[i]): ("TP" if i in tp_pred else "FP") for i in range(len(pairs))}
+    fn_rows = np.array([i for i in range(len(reference)) if i not in tp_gt], dtype=np.int64)
+    return labels, fn_rows
+
+
+# ------------------------------------------------------------------------------------------
+# Export formats that PairSet reads (the legacy ones are import-only in app.core.pairs)
+# ------------------------------------------------------------------------------------------
+def write_legacy_csv(path: str | os.PathLike, pairs: PairSet, one_based: bool = False) -> Path:
+    """Write the authors' header-less CSV (``col_N,row_N,col_G,row_G,z_N,z_G``), read back by
+    :func:`app.core.pairs.read_legacy_csv` with the same ``one_based``. Their tool writes 0-based."""
+    offset = 1.0 if one_based else 0.0
+    lines = []
+    for (nz, ny, nx), (gz, gy, gx) in zip(pairs.nuclei, pairs.golgi):
+        values = [nx, ny, gx, gy, nz, gz]
+        lines.append(",".join(repr(float(v + offset)) for v in values))
+    path = Path(path)
+    atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
+    return path
+
+
+def write_3dngmic_vectors(path: str | os.PathLike, pairs: PairSet) -> Path:
+    """Write a 3DNGMic ``vectors/*.npy``: ``(N, 6) = [a0_N, a1_N, z_N, a0_G, a1_G, z_G]`` float64."""
+    from app.core.fileutil import atomic_path
+
+    arr = np.zeros((len(pairs), 6))
+    if len(pairs):
+        arr[:, [2, 0, 1]] = pairs.nuclei
+        arr[:, [5, 3, 4]] = pairs.golgi
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, arr, allow_pickle=False)
+    return path
+
+
+# ------------------------------------------------------------------------------------------
+# Project folder
+# ------------------------------------------------------------------------------------------
+PROJECT_FILE = "cellpol-project.json"
+PROJECT_FOLDERS = ("images", "annotations", "models", "results")
+PROJECT_FORMAT = "cellpol-project"
+
+
+@dataclass
+class Project:
+    """A project folder: images, their annotations, models and results, and a project file.
+
+    The project file records the voxel sizes the user typed for images without metadata (so they are
+    asked once), and free-form settings.
+    """
+
+    root: Path
+    name: str = ""
+    voxel_sizes: dict[str, list[float]] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+
+    @property
+    def file(self) -> Path:
+        return self.root / PROJECT_FILE
+
+    def folder(self, kind: str) -> Path:
+        if kind not in PROJECT_FOLDERS:
+            raise CellPolError(f"Unknown project folder {kind!r}; one of {', '.join(PROJECT_FOLDERS)}.")
+        return self.root / kind
+
+    @classmethod
+    def create(cls, root: str | os.PathLike, name: Optional[str] = None) -> "Project":
+        """Make the folders and the project file (an existing project is opened instead)."""
+        root = Path(root)
+        if (root / PROJECT_FILE).exists():
+            return cls.open(root)
+        for kind in PROJECT_FOLDERS:
+            (root / kind).mkdir(parents=True, exist_ok=True)
+        project = cls(root, name or root.name,
+                      created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        project.save()
+        return project
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "Project":
+        """Open a project from its folder or its project file."""
+        path = Path(path)
+        root = path.parent if path.name == PROJECT_FILE else path
+        file = root / PROJECT_FILE
+        if not file.exists():
+            raise FileFormatError(f"{root}: not a CellPol project (no {PROJECT_FILE}).")
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise FileFormatError(f"{file}: the project file is not valid JSON ({exc}).") from None
+        if not isinstance(data, dict) or data.get("format") != PROJECT_FORMAT:
+            raise FileFormatError(f"{file}: not a CellPol project file.")
+        for kind in PROJECT_FOLDERS:
+            (root / kind).mkdir(exist_ok=True)
+        return cls(root, str(data.get("name", root.name)), dict(data.get("voxel_sizes", {})),
+                   dict(data.get("settings", {})), str(data.get("created", "")))
+
+    def save(self) -> None:
+        from app import __version__
+
+        atomic_write_json(self.file, {
+            "format": PROJECT_FORMAT, "version": 1, "name": self.name, "created": self.created,
+            "app_version": __version__, "folders": list(PROJECT_FOLDERS),
+            "voxel_sizes": self.voxel_sizes, "settings": self.settings,
+        })
+
+    def images(self) -> list[Path]:
+        from app.core.imageio import find_images
+
+        folder = self.folder("images")
+        return find_images([folder]) if any(folder.iterdir()) else []
+
+    def contains(self, path: str | os.PathLike) -> bool:
+        try:
+            Path(path).resolve().relative_to(self.root.resolve())
+        except ValueError:
+            return False
+        return True
+
+    def vectors_path(self, image_path: str | os.PathLike) -> Path:
+        """Annotations of an image live in ``annotations/<stem>.vectors.csv``."""
+        return vectors_path_for(image_path, self.folder("annotations"))
+
+    def _key(self, image_path: str | os.PathLike) -> str:
+        path = Path(image_path)
+        if self.contains(path):
+            return path.resolve().relative_to(self.root.resolve()).as_posix()
+        return str(path.resolve())
+
+    def voxel_size_for(self, image_path: str | os.PathLike) -> Optional[tuple[float, float, float]]:
+        value = self.voxel_sizes.get(self._key(image_path))
+        return parse_voxel_size(value) if value else None
+
+    def remember_voxel_size(self, image_path: str | os.PathLike, voxel_size: Sequence[float]) -> None:
+        self.voxel_sizes[self._key(image_path)] = list(parse_voxel_size(voxel_size))
+        self.save()

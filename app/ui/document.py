@@ -1,0 +1,494 @@
+"""The open document: image, its annotation file, autosave and recovery, project, recent files.
+
+:class:`DocumentController` holds the file logic of the window so the window itself only wires widgets.
+Every question it asks the user goes through one ``ask_*`` method (tests replace them; with
+``interactive = False`` they answer without a dialog, as a screenshot run needs).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from PySide6 import QtCore, QtWidgets
+
+from app import __version__
+from app.core.annotation import (
+    Autosaver,
+    Project,
+    autosave_path_for,
+    discard_autosave,
+    evaluation_labels,
+    find_recovery,
+    image_stem,
+    load_autosave,
+    vectors_path_for,
+    write_3dngmic_vectors,
+    write_legacy_csv,
+)
+from app.core.errors import CellPolError, FileFormatError, MissingVoxelSizeError
+from app.core.pairs import PairSet, read_3dngmic_vectors, read_legacy_csv, read_pairs, write_pairs
+from app.core.volume import Volume, parse_voxel_size
+from app.ui.state import ViewerState
+
+MAX_RECENT = 10
+IMAGE_FILTER = "Images (*.tif *.tiff *.ome.tif *.ome.tiff *.npy *.czi);;All files (*)"
+IMAGE_SUFFIXES = (".tif", ".tiff", ".npy", ".czi")
+VECTOR_FILTERS = {
+    "project": "CellPol vectors CSV (*.csv)",
+    "legacy": "Authors' annotation CSV, no header (*.csv)",
+    "3dngmic": "3DNGMic vectors (*.npy)",
+}
+
+
+class DocumentController(QtCore.QObject):
+    """Opening, saving, importing and exporting for one window; owns the autosave."""
+
+    document_changed = QtCore.Signal()
+    status = QtCore.Signal(str)
+    autosaved = QtCore.Signal(str)
+
+    def __init__(self, state: ViewerState, settings: QtCore.QSettings,
+                 parent_widget: Optional[QtWidgets.QWidget] = None) -> None:
+        super().__init__(parent_widget)
+        self.state = state
+        self.model = state.model
+        self.settings = settings
+        self.parent_widget = parent_widget
+        self.interactive = True
+        self.image_path: Optional[Path] = None
+        self.vectors_path: Optional[Path] = None
+        self.project: Optional[Project] = None
+        self.autosaver: Optional[Autosaver] = None
+        self.errors: list[str] = []
+        self.title = ""
+        self.state.pairs_changed.connect(self._refresh_evaluation)
+
+    # --- questions (replaced in tests) ------------------------------------------------------
+    def warn(self, title: str, message: str) -> None:
+        self.errors.append(message)
+        if self.interactive:
+            QtWidgets.QMessageBox.warning(self.parent_widget, title, message)
+        else:
+            print(f"cellpol: {message}", file=sys.stderr)
+
+    def ask_voxel_size(self, info: dict[str, Any], ask_axes: bool):
+        """``(voxel_size, axes, remember)`` or ``None`` if cancelled."""
+        if not self.interactive:
+            return None
+        from app.ui.dialogs import VoxelSizeDialog
+
+        dialog = VoxelSizeDialog(info, self._last_voxel_size(), ask_axes, self.parent_widget)
+        if dialog.exec() != QtWidgets.QDialog.DialogCode.Accepted:
+            return None
+        return dialog.voxel_size(), dialog.axes(), dialog.remember.isChecked()
+
+    def ask_recover(self, autosave: Path) -> bool:
+        if not self.interactive:
+            return True  # keep the user's work: recover rather than drop it silently
+        when = _dt.datetime.fromtimestamp(autosave.stat().st_mtime).strftime("%Y-%m-%d %H:%M:%S")
+        answer = QtWidgets.QMessageBox.question(
+            self.parent_widget, "Recover annotations",
+            f"Unsaved annotations of this image were autosaved at {when} (the app was closed without "
+            f"saving, or stopped).\n\nRecover them?",
+            QtWidgets.QMessageBox.StandardButton.Yes | QtWidgets.QMessageBox.StandardButton.No)
+        return answer == QtWidgets.QMessageBox.StandardButton.Yes
+
+    def ask_unsaved(self) -> str:
+        """``"save"``, ``"discard"`` or ``"cancel"`` for unsaved edits."""
+        if not self.interactive:
+            return "keep"  # leave the autosave in place; it is offered on the next open
+        buttons = QtWidgets.QMessageBox.StandardButton
+        answer = QtWidgets.QMessageBox.question(
+            self.parent_widget, "Unsaved annotations",
+            "The annotations have unsaved changes (they are autosaved). Save them now?",
+            buttons.Save | buttons.Discard | buttons.Cancel)
+        return {buttons.Save: "save", buttons.Discard: "discard"}.get(answer, "cancel")
+
+    def ask_legacy_base(self) -> Optional[bool]:
+        """Whether a header-less CSV is 1-based (``True``), 0-based (``False``) or cancelled (``None``)."""
+        if not self.interactive:
+            return False
+        box = QtWidgets.QMessageBox(self.parent_widget)
+        box.setWindowTitle("Authors' annotation CSV")
+        box.setText("This CSV has no header: it is the authors' annotation format (YN,XN,YG,XG,ZN,ZG).\n"
+                    "Files saved by their annotation tool count from 0; the older Crop files count from 1.")
+        zero = box.addButton("0-based (annotation tool)", QtWidgets.QMessageBox.ButtonRole.AcceptRole)
+        one = box.addButton("1-based (older Crop files)", QtWidgets.QMessageBox.ButtonRole.AcceptRole)
+        box.addButton(QtWidgets.QMessageBox.StandardButton.Cancel)
+        box.exec()
+        clicked = box.clickedButton()
+        return False if clicked is zero else True if clicked is one else None
+
+    def ask_import_mode(self, n_existing: int, n_new: int) -> Optional[str]:
+        """``"replace"``, ``"add"`` or ``None`` (cancel) when importing into a non-empty set."""
+        if not self.interactive:
+            return "replace"
+        box = QtWidgets.QMessageBox(self.parent_widget)
+        box.setWindowTitle("Import vectors")
+        box.setText(f"Replace the {n_existing} pairs shown by the {n_new} imported ones, or add them?\n"
+                    "(Either can be undone.)")
+        replace = box.addButton("Replace", QtWidgets.QMessageBox.ButtonRole.AcceptRole)
+        add = box.addButton("Add", QtWidgets.QMessageBox.ButtonRole.AcceptRole)
+        box.addButton(QtWidgets.QMessageBox.StandardButton.Cancel)
+        box.exec()
+        clicked = box.clickedButton()
+        return "replace" if clicked is replace else "add" if clicked is add else None
+
+    # --- settings helpers -------------------------------------------------------------------
+    def _settings_json(self, key: str, default: Any) -> Any:
+        raw = self.settings.value(key, "")
+        try:
+            return json.loads(raw) if raw else default
+        except (TypeError, ValueError):
+            return default
+
+    def _last_voxel_size(self) -> Optional[list[float]]:
+        return self._settings_json("last_voxel_size", None)
+
+    def remembered_voxel_size(self, path: Path) -> Optional[tuple[float, float, float]]:
+        if self.project is not None and self.project.contains(path):
+            remembered = self.project.voxel_size_for(path)
+            if remembered:
+                return remembered
+        value = self._settings_json("voxel_sizes", {}).get(str(Path(path).resolve()))
+        try:
+            return parse_voxel_size(value) if value else None
+        except CellPolError:
+            return None
+
+    def remember_voxel_size(self, path: Path, voxel_size: Sequence[float]) -> None:
+        sizes = self._settings_json("voxel_sizes", {})
+        sizes[str(Path(path).resolve())] = list(voxel_size)
+        self.settings.setValue("voxel_sizes", json.dumps(sizes))
+        if self.project is not None and self.project.contains(path):
+            self.project.remember_voxel_size(path, voxel_size)
+
+    def recent_files(self) -> list[str]:
+        return [p for p in self._settings_json("recent_files", []) if isinstance(p, str)]
+
+    def add_recent(self, path: Path) -> None:
+        entry = str(Path(path).resolve())
+        recent = [entry] + [p for p in self.recent_files() if p != entry]
+        self.settings.setValue("recent_files", json.dumps(recent[:MAX_RECENT]))
+
+    def last_dir(self) -> str:
+        return str(self.settings.value("last_dir", "") or "")
+
+    def set_last_dir(self, path: Path) -> None:
+        self.settings.setValue("last_dir", str(Path(path).resolve().parent))
+
+    # --- opening ----------------------------------------------------------------------------
+    def open_path(self, path, voxel_size: Optional[Sequence[float]] = None, axes: Optional[str] = None) -> bool:
+        """Open an image (asking for the voxel size if the file has none), a project folder, or import a
+        vectors file into the open image. Returns whether something was opened."""
+        from app.core.annotation import PROJECT_FILE
+        from app.core.imageio import read_image_info, read_volume
+
+        path = Path(path)
+        if path.is_dir() or path.name == PROJECT_FILE:
+            return self.open_project(path)
+        if path.suffix.lower() == ".csv":
+            return self.import_vectors(path)
+        if not self.maybe_save():
+            return False
+        if voxel_size is None:
+            voxel_size = self.remembered_voxel_size(path) if path.exists() else None
+        try:
+            QtWidgets.QApplication.setOverrideCursor(QtCore.Qt.CursorShape.WaitCursor)
+            try:
+                volume = read_volume(path, voxel_size=voxel_size, axes=axes)
+            finally:
+                QtWidgets.QApplication.restoreOverrideCursor()
+        except MissingVoxelSizeError:
+            return self._ask_and_retry(path, read_image_info(path), ask_axes=False, axes=axes)
+        except FileFormatError as exc:
+            info = None
+            if axes is None:
+                try:
+                    info = read_image_info(path)
+                except CellPolError:
+                    info = None
+            if info is not None and info.get("axes_problem"):
+                return self._ask_and_retry(path, info, ask_axes=True, axes=None, voxel_size=voxel_size)
+            self.warn("Cannot open image", str(exc))
+            return False
+        except CellPolError as exc:
+            self.warn("Cannot open image", str(exc))
+            return False
+        except MemoryError:
+            self.warn("Cannot open image", f"{path}: not enough memory to load this image.")
+            return False
+        self.load_volume(volume, image_path=path)
+        self.add_recent(path)
+        self.set_last_dir(path)
+        return True
+
+    def _ask_and_retry(self, path: Path, info: dict, ask_axes: bool, axes: Optional[str],
+                       voxel_size: Optional[Sequence[float]] = None) -> bool:
+        if info.get("voxel_size") and voxel_size is None:
+            voxel_size = info["voxel_size"]
+        answer = self.ask_voxel_size(info, ask_axes)
+        if answer is None:
+            self.status.emit("Opening cancelled: the image needs a voxel size.")
+            if not self.interactive:
+                self.warn("Cannot open image", f"{path}: no voxel size in the file's metadata.")
+            return False
+        chosen, chosen_axes, remember = answer
+        if ask_axes and not chosen_axes:
+            self.warn("Cannot open image", f"{path}: {info.get('axes_problem') or 'the axis order is unknown'} "
+                      "Give the axis order (e.g. ZCYX).")
+            return False
+        self.settings.setValue("last_voxel_size", json.dumps(list(chosen)))
+        if remember:
+            self.remember_voxel_size(path, chosen)
+        return self.open_path(path, voxel_size=chosen, axes=chosen_axes or axes)
+
+    def load_volume(self, volume: Volume, image_path: Optional[Path] = None,
+                    vectors_path: Optional[Path] = None, pairs: Optional[PairSet] = None,
+                    fresh: bool = False) -> None:
+        """Show ``volume`` and its annotations (from ``vectors_path``, or beside the image), offering to
+        recover an autosave newer than the saved file. ``fresh`` starts empty (the demo)."""
+        self._detach_autosave()
+        self.image_path = Path(image_path) if image_path is not None else None
+        if vectors_path is None and self.image_path is not None:
+            if self.project is not None and self.project.contains(self.image_path):
+                vectors_path = self.project.vectors_path(self.image_path)
+            else:
+                vectors_path = vectors_path_for(self.image_path)
+        self.vectors_path = Path(vectors_path) if vectors_path is not None else None
+        self.state.set_evaluation(None, {}, [])
+        self.state.set_colour_mode("source")
+        self.state.set_volume(volume, self._displays_for(volume))
+
+        loaded = PairSet.empty(volume.voxel_size)
+        if pairs is not None:
+            loaded = pairs
+        elif self.vectors_path is not None and self.vectors_path.exists() and not fresh:
+            try:
+                loaded = read_pairs(self.vectors_path, voxel_size=volume.voxel_size)
+            except CellPolError as exc:
+                self.warn("Cannot read the annotations", str(exc))
+        loaded = loaded.with_voxel_size(volume.voxel_size)
+        self.model.set_pairset(loaded)
+        if fresh and self.vectors_path is not None:
+            discard_autosave(self.vectors_path)
+        elif self.vectors_path is not None:
+            autosave = find_recovery(self.vectors_path)
+            if autosave is not None:
+                if self.ask_recover(autosave):
+                    try:
+                        recovered, pending = load_autosave(autosave)
+                        self.model.set_pairset(recovered.with_voxel_size(volume.voxel_size), pending=pending)
+                        self.model.mark_unsaved()
+                        self.status.emit(f"Recovered {len(recovered)} pairs from {autosave.name}.")
+                    except CellPolError as exc:
+                        self.warn("Cannot recover the autosave", str(exc))
+                else:
+                    discard_autosave(self.vectors_path)
+        if self.vectors_path is not None:
+            self.autosaver = Autosaver(self.model, autosave_path_for(self.vectors_path), self.provenance)
+            self.autosaver.saved.connect(lambda p: self.autosaved.emit(str(p)))
+            self.autosaver.failed.connect(self.status.emit)
+        name = self.image_path.name if self.image_path is not None else (volume.source or "demo")
+        self.title = str(name)
+        self.document_changed.emit()
+
+    def _displays_for(self, volume: Volume):
+        """Default displays with the colours and gammas remembered for the nucleus/Golgi roles."""
+        from app.ui.display import default_displays
+
+        displays = default_displays(volume)
+        prefs = self._settings_json("channel_display", {})
+        for index, display in enumerate(displays):
+            role = "nucleus" if index == volume.nucleus_channel else "golgi" if index == volume.golgi_channel else None
+            saved = prefs.get(role) if role else None
+            if saved:
+                try:
+                    displays[index] = display.replace(colour=tuple(int(v) for v in saved["colour"]),
+                                                      gamma=float(saved.get("gamma", 1.0)))
+                except (KeyError, TypeError, ValueError):
+                    pass
+        return displays
+
+    def remember_displays(self) -> None:
+        volume = self.state.volume
+        if volume is None:
+            return
+        prefs = self._settings_json("channel_display", {})
+        for role, index in (("nucleus", volume.nucleus_channel), ("golgi", volume.golgi_channel)):
+            if index is not None and index < len(self.state.displays):
+                prefs[role] = self.state.displays[index].to_dict()
+        self.settings.setValue("channel_display", json.dumps(prefs))
+
+    def provenance(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {"app_version": __version__}
+        if self.image_path is not None:
+            meta["image"] = str(self.image_path)
+        if self.state.volume is not None:
+            meta["image_shape_zyx"] = list(self.state.volume.spatial_shape)
+            meta["channels"] = {"nucleus": self.state.volume.nucleus_channel,
+                                "golgi": self.state.volume.golgi_channel}
+        return meta
+
+    # --- projects ---------------------------------------------------------------------------
+    def open_project(self, path) -> bool:
+        try:
+            self.project = Project.open(path)
+        except CellPolError as exc:
+            self.warn("Cannot open project", str(exc))
+            return False
+        self.add_recent(self.project.root)
+        self.status.emit(f"Project {self.project.name}: {len(self.project.images())} images.")
+        self.document_changed.emit()
+        return True
+
+    def new_project(self, path) -> bool:
+        try:
+            self.project = Project.create(path)
+        except (CellPolError, OSError) as exc:
+            self.warn("Cannot create project", str(exc))
+            return False
+        self.add_recent(self.project.root)
+        self.document_changed.emit()
+        return True
+
+    # --- saving -----------------------------------------------------------------------------
+    def save(self, path=None) -> bool:
+        """Write the annotations (project CSV + JSON sidecar). ``path`` = save as."""
+        if self.state.volume is None:
+            return False
+        target = Path(path) if path is not None else self.vectors_path
+        if target is None:
+            return False
+        try:
+            write_pairs(target, self.model.to_pairset(), provenance=self.provenance())
+        except (CellPolError, OSError) as exc:
+            self.warn("Cannot save the annotations", f"{target}: {getattr(exc, 'strerror', None) or exc}")
+            return False
+        if self.vectors_path is not None and target != self.vectors_path:
+            discard_autosave(self.vectors_path)
+            self.vectors_path = target
+            self._detach_autosave()
+            self.autosaver = Autosaver(self.model, autosave_path_for(target), self.provenance)
+            self.autosaver.saved.connect(lambda p: self.autosaved.emit(str(p)))
+            self.autosaver.failed.connect(self.status.emit)
+        discard_autosave(target)
+        self.model.mark_saved()
+        self.status.emit(f"Saved {len(self.model)} pairs to {target}.")
+        return True
+
+    def maybe_save(self) -> bool:
+        """Before the annotations go away: ``True`` to go on, ``False`` to stop."""
+        if self.state.volume is None or not self.model.is_dirty:
+            return True
+        answer = self.ask_unsaved()
+        if answer == "save":
+            return self.save()
+        if answer == "discard":
+            if self.vectors_path is not None:
+                discard_autosave(self.vectors_path)
+            self.model.mark_saved()
+            return True
+        return answer == "keep"
+
+    def _detach_autosave(self) -> None:
+        if self.autosaver is not None:
+            self.autosaver.detach()
+            self.autosaver = None
+
+    # --- import / export --------------------------------------------------------------------
+    def read_vectors(self, path, fmt: Optional[str] = None) -> Optional[PairSet]:
+        """Read any supported vectors file; ``fmt`` forces ``project``, ``legacy`` or ``3dngmic``."""
+        path = Path(path)
+        voxel = self.state.volume.voxel_size if self.state.volume is not None else None
+        try:
+            if fmt == "3dngmic" or (fmt is None and path.suffix.lower() == ".npy"):
+                return read_3dngmic_vectors(path, voxel_size=voxel)
+            if fmt != "legacy":
+                try:
+                    return read_pairs(path, voxel_size=voxel)
+                except FileFormatError as exc:
+                    if fmt == "project" or "no header" not in str(exc):
+                        raise
+            one_based = self.ask_legacy_base()
+            if one_based is None:
+                return None
+            return read_legacy_csv(path, one_based=one_based, voxel_size=voxel)
+        except CellPolError as exc:
+            self.warn("Cannot read vectors", str(exc))
+            return None
+
+    def import_vectors(self, path, fmt: Optional[str] = None) -> bool:
+        if self.state.volume is None:
+            self.warn("Import vectors", "Open an image first, then import its vectors.")
+            return False
+        pairs = self.read_vectors(path, fmt)
+        if pairs is None:
+            return False
+        mode = "replace"
+        if len(self.model):
+            mode = self.ask_import_mode(len(self.model), len(pairs))
+            if mode is None:
+                return False
+        name = Path(path).name
+        if mode == "add":
+            self.model.add_pairs(pairs, text=f"import {name}")
+        else:
+            self.model.replace_all(pairs, text=f"import {name}")
+        self.status.emit(f"Imported {len(pairs)} pairs from {name}.")
+        return True
+
+    def export_vectors(self, path, fmt: str = "project") -> bool:
+        pairs = self.model.to_pairset()
+        try:
+            if fmt == "legacy":
+                write_legacy_csv(path, pairs, one_based=False)
+            elif fmt == "3dngmic":
+                write_3dngmic_vectors(path, pairs)
+            else:
+                write_pairs(path, pairs, provenance=self.provenance())
+        except (CellPolError, OSError) as exc:
+            self.warn("Cannot export", f"{path}: {getattr(exc, 'strerror', None) or exc}")
+            return False
+        self.status.emit(f"Exported {len(pairs)} pairs to {path}.")
+        return True
+
+    # --- evaluation colours -----------------------------------------------------------------
+    def set_reference(self, reference: Optional[PairSet]) -> None:
+        """Compare the pairs with ``reference`` (TP/FP colours, FN drawn from the reference)."""
+        if reference is None:
+            self.state.set_evaluation(None, {}, [])
+            self.state.set_colour_mode("source")
+            return
+        self.state.reference = reference
+        self._refresh_evaluation()
+        self.state.set_colour_mode("evaluation")
+
+    def load_reference(self, path) -> bool:
+        reference = self.read_vectors(path)
+        if reference is None:
+            return False
+        self.set_reference(reference)
+        labels = self.state.labels
+        tp = sum(1 for v in labels.values() if v == "TP")
+        self.status.emit(f"Against {Path(path).name}: {tp} TP, {len(labels) - tp} FP, {len(self.state.fn_rows)} FN.")
+        return True
+
+    def _refresh_evaluation(self, *args) -> None:
+        reference = self.state.reference
+        if reference is None or self.model.dragging or self.state.volume is None:
+            return
+        try:
+            labels, fn_rows = evaluation_labels(reference, self.model.to_pairset(),
+                                                image_shape=self.state.volume.spatial_shape)
+        except CellPolError as exc:
+            self.status.emit(f"Evaluation colours unavailable: {exc}")
+            labels, fn_rows = {}, []
+        self.state.set_evaluation(reference, labels, fn_rows)
+
+    def default_vectors_name(self) -> str:
+        return f"{image_stem(self.image_path)}.vectors.csv" if self.image_path else "vectors.csv"

@@ -1,0 +1,197 @@
+"""What the views share: the volume, the channel displays, the crosshair, the overlay options, and the
+edit actions that need the image (snapping).
+
+One :class:`ViewerState` per window. Views read it and listen to its Qt signals; the annotation model
+(:class:`app.core.annotation.AnnotationModel`) stays Qt-free and is relayed here through
+:attr:`ViewerState.pairs_changed` and friends, so widgets connect to Qt signals only.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+from PySide6 import QtCore
+
+from app.core.annotation import GOLGI, NUCLEUS, AnnotationModel, snap_to_peak
+from app.core.pairs import PairSet
+from app.core.volume import Volume
+from app.ui.display import ChannelDisplay, default_displays
+
+#: View kinds by the axis they look along: XY looks along z (0), XZ along y (1), YZ along x (2).
+AXIS_NAMES = {0: "XY", 1: "XZ", 2: "YZ"}
+#: (horizontal, vertical) array axes of each view, (z, y, x) indexing.
+VIEW_AXES = {0: (2, 1), 1: (2, 0), 2: (0, 1)}
+
+
+class ViewerState(QtCore.QObject):
+    """Shared view state of one window."""
+
+    volume_changed = QtCore.Signal()
+    cursor_changed = QtCore.Signal(object)    # (z, y, x) voxel floats
+    display_changed = QtCore.Signal()
+    mip_changed = QtCore.Signal(bool)
+    hover_changed = QtCore.Signal(object)     # (axis, (z, y, x)) or None
+    overlay_changed = QtCore.Signal()         # colour mode, evaluation labels, depth window
+    options_changed = QtCore.Signal()         # place mode, snapping
+    pairs_changed = QtCore.Signal(str, object)
+    selection_changed = QtCore.Signal(object)
+    pending_changed = QtCore.Signal(object)
+    history_changed = QtCore.Signal()
+    message = QtCore.Signal(str)              # for the status bar
+
+    def __init__(self, model: Optional[AnnotationModel] = None, parent: Optional[QtCore.QObject] = None) -> None:
+        super().__init__(parent)
+        self.volume: Optional[Volume] = None
+        self.displays: list[ChannelDisplay] = []
+        self.cursor: tuple[float, float, float] = (0.0, 0.0, 0.0)
+        self.mip = False
+        self.place_mode = False
+        self.snap = True
+        self.snap_radius_um = 2.0
+        self.depth_um = 2.0
+        self.colour_mode = "source"            # or "evaluation"
+        self.labels: dict[int, str] = {}       # pair id → TP / FP
+        self.reference: Optional[PairSet] = None
+        self.fn_rows = np.zeros(0, dtype=np.int64)
+        self.hover: Optional[tuple[int, tuple[float, float, float]]] = None
+        self._mips: dict[tuple[int, int], np.ndarray] = {}
+        self.model = model if model is not None else AnnotationModel()
+        self._connect_model(self.model)
+
+    # --- the annotation model ---------------------------------------------------------------
+    def _connect_model(self, model: AnnotationModel) -> None:
+        model.changed.connect(self.pairs_changed.emit)
+        model.selection_changed.connect(self.selection_changed.emit)
+        model.pending_changed.connect(self.pending_changed.emit)
+        model.history_changed.connect(self.history_changed.emit)
+
+    # --- volume and display -----------------------------------------------------------------
+    def set_volume(self, volume: Volume, displays: Optional[Sequence[ChannelDisplay]] = None) -> None:
+        self.volume = volume
+        self.displays = list(displays) if displays is not None else default_displays(volume)
+        self._mips.clear()
+        z, y, x = volume.spatial_shape
+        self.cursor = (float(z // 2), float(y // 2), float(x // 2))
+        self.model.voxel_size = volume.voxel_size
+        self.model.image_shape = volume.spatial_shape
+        self.volume_changed.emit()
+        self.cursor_changed.emit(self.cursor)
+
+    def set_roles(self, nucleus_channel: int, golgi_channel: int) -> None:
+        """Change which channels hold nuclei and Golgi (snapping and prediction use them)."""
+        self.volume = self.volume.with_roles(nucleus_channel, golgi_channel)
+        self.display_changed.emit()
+
+    def set_display(self, index: int, **changes) -> None:
+        self.displays[index] = self.displays[index].replace(**changes)
+        self.display_changed.emit()
+
+    @property
+    def voxel_size(self) -> tuple[float, float, float]:
+        return self.volume.voxel_size if self.volume is not None else (1.0, 1.0, 1.0)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.volume.spatial_shape if self.volume is not None else (1, 1, 1)
+
+    def plane(self, channel: int, axis: int) -> np.ndarray:
+        """What a view looking along ``axis`` shows of ``channel``: rows = its vertical axis."""
+        data = self.volume.data[channel]
+        if self.mip:
+            key = (channel, axis)
+            if key not in self._mips:
+                self._mips[key] = data.max(axis=axis)
+            plane = self._mips[key]
+        else:
+            index = self.slice_index(axis)
+            plane = data[(slice(None),) * axis + (index,)]
+        return plane.T if axis == 2 else plane  # YZ: rows = y, columns = z
+
+    def slice_index(self, axis: int) -> int:
+        return int(np.clip(round(self.cursor[axis]), 0, self.shape[axis] - 1))
+
+    def set_mip(self, on: bool) -> None:
+        if bool(on) != self.mip:
+            self.mip = bool(on)
+            self.mip_changed.emit(self.mip)
+
+    # --- crosshair and hover ----------------------------------------------------------------
+    def clamp(self, position: Sequence[float]) -> tuple[float, float, float]:
+        upper = np.asarray(self.shape, dtype=np.float64) - 1
+        clamped = np.clip(np.asarray(position, dtype=np.float64), 0, upper)
+        return (float(clamped[0]), float(clamped[1]), float(clamped[2]))
+
+    def set_cursor(self, position: Sequence[float]) -> None:
+        cursor = self.clamp(position)
+        if cursor != self.cursor:
+            self.cursor = cursor
+            self.cursor_changed.emit(cursor)
+
+    def step_slice(self, axis: int, step: int) -> None:
+        cursor = list(self.cursor)
+        cursor[axis] = self.slice_index(axis) + step
+        self.set_cursor(cursor)
+
+    def set_hover(self, axis: Optional[int], position: Optional[Sequence[float]]) -> None:
+        self.hover = None if axis is None or position is None else (axis, self.clamp(position))
+        self.hover_changed.emit(self.hover)
+
+    # --- overlay options --------------------------------------------------------------------
+    def set_colour_mode(self, mode: str) -> None:
+        if mode not in ("source", "evaluation"):
+            raise ValueError(mode)
+        self.colour_mode = mode
+        self.overlay_changed.emit()
+
+    def set_evaluation(self, reference: Optional[PairSet], labels: dict[int, str], fn_rows: np.ndarray) -> None:
+        self.reference, self.labels, self.fn_rows = reference, dict(labels), np.asarray(fn_rows, dtype=np.int64)
+        self.overlay_changed.emit()
+
+    def set_place_mode(self, on: bool) -> None:
+        self.place_mode = bool(on)
+        self.options_changed.emit()
+
+    def set_snap(self, on: Optional[bool] = None, radius_um: Optional[float] = None) -> None:
+        if on is not None:
+            self.snap = bool(on)
+        if radius_um is not None:
+            self.snap_radius_um = float(radius_um)
+        self.options_changed.emit()
+
+    # --- edits that need the image ----------------------------------------------------------
+    def next_end(self) -> str:
+        """Which end a placement makes now: a nucleus, or the Golgi of a pending nucleus."""
+        return NUCLEUS if self.model.pending_nucleus is None else GOLGI
+
+    def snapped(self, position: Sequence[float], which: str, axis: Optional[int] = None) -> tuple[float, float, float]:
+        """``position`` snapped to the peak of the nucleus or Golgi channel (as configured).
+
+        On a maximum-intensity projection the click has no depth, so the whole ray along ``axis`` is
+        searched (with or without snapping).
+        """
+        position = self.clamp(position)
+        volume = self.volume
+        if volume is None:
+            return position
+        channel = volume.nucleus_channel if which == NUCLEUS else volume.golgi_channel
+        free_axis = axis if (self.mip and axis is not None) else None
+        if channel is None or (not self.snap and free_axis is None):
+            return position
+        radius = self.snap_radius_um if self.snap else 0.0
+        return snap_to_peak(volume.data[channel], position, volume.voxel_size, radius, free_axis=free_axis)
+
+    def place_at(self, position: Sequence[float], axis: Optional[int] = None) -> Optional[int]:
+        """Place the next end (nucleus, then its Golgi) at ``position``; the crosshair follows it.
+
+        Returns the new pair's id when this completed a pair.
+        """
+        which = self.next_end()
+        point = self.snapped(position, which, axis)
+        pair_id = self.model.place(point)
+        self.set_cursor(point)
+        if pair_id is None:
+            self.message.emit("Nucleus placed: now click its Golgi (Esc cancels).")
+        else:
+            self.message.emit(f"Pair {pair_id} added.")
+        return pair_id
