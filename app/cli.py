@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gui", help="open the desktop app")
     p.add_argument("files", nargs="*", help="images to open")
     p.add_argument("--demo", action="store_true", help="open a simulated demo volume")
+    p.add_argument("--screenshot", metavar="PNG",
+                   help="render, save a full-window screenshot to PNG and exit (without FILE: the demo)")
 
     p = sub.add_parser("synth", help="write simulated two-channel volumes with ground-truth vectors")
     p.add_argument("--out", required=True, help="output folder")
@@ -124,7 +126,8 @@ def _progress_bar(total: int, desc: str):
 def _cmd_gui(args: argparse.Namespace) -> int:
     from app.ui.main_window import run_app
 
-    return run_app(files=getattr(args, "files", []) or [], demo=bool(args.demo))
+    return run_app(files=getattr(args, "files", []) or [], demo=bool(args.demo),
+                   screenshot=getattr(args, "screenshot", None))
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
