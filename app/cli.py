@@ -77,6 +77,51 @@ def build_parser() -> argparse.ArgumentParser:
     _voxel_size_arg(p, help_extra="; overrides the file's metadata, required where it has none")
     _channel_args(p)
 
+    p = sub.add_parser(
+        "train", help="train or fine-tune a model on your annotated images",
+        description="Fine-tune the starter model (or train from scratch with --init none) on images with "
+                    "<name>.vectors.csv annotations. Validation uses whole images: --val-images, else a held-out "
+                    "image, else (one image) the training image itself. A killed run resumes when the same "
+                    "command is run again.",
+    )
+    p.add_argument("--images", nargs="+", metavar="DIR", help="training images: folders and/or files")
+    p.add_argument("--project", metavar="DIR",
+                   help="train on the annotated images of a CellPol project (instead of --images/--vectors)")
+    p.add_argument("--vectors", metavar="DIR", help="folder of <name>.vectors.csv (default: beside the images)")
+    p.add_argument("--out", required=True, metavar="MODEL", help="model to write (MODEL.json + MODEL.safetensors)")
+    p.add_argument("--val-images", nargs="+", metavar="DIR", help="validation images (other images than the training ones)")
+    p.add_argument("--val-vectors", metavar="DIR", help="folder of the validation vectors (default: beside the images)")
+    p.add_argument("--steps", type=int, default=500, metavar="N", help="training steps (batches); default 500")
+    p.add_argument("--init", default="starter", metavar="MODEL|none",
+                   help="model to fine-tune (default: the bundled starter model); 'none' trains from scratch")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (split, initialisation, batches)")
+    p.add_argument("--batch-size", type=int, default=4, metavar="N", help="patches per step (default 4)")
+    p.add_argument("--lr", type=float, metavar="LR", help="peak learning rate (default 1e-3 fine-tuning, 2e-3 from scratch)")
+    p.add_argument("--patch", nargs=3, type=int, metavar=("Z", "Y", "X"),
+                   help="patch size in voxels at the model's voxel size (default: about 16×48×48 µm)")
+    p.add_argument("--epoch-steps", type=int, metavar="N", help="steps between validations (default 100)")
+    p.add_argument("--synthetic", type=int, default=0, metavar="N",
+                   help="mix N simulated volumes into training (the paper's Synthetic+Real recipe)")
+    p.add_argument("--synthetic-dir", metavar="DIR", help="mix in simulated volumes from DIR (cellpol synth output)")
+    p.add_argument("--synthetic-fraction", type=float, default=0.5, metavar="F",
+                   help="share of patches drawn from the simulated volumes (default 0.5)")
+    p.add_argument("--model-voxel-size", nargs=3, type=float, metavar=("Z", "Y", "X"),
+                   help="from scratch only: voxel size (µm) the model works at (default: from the images)")
+    p.add_argument("--base-filters", type=int, default=8, metavar="N", help="from scratch only: network width (default 8)")
+    p.add_argument("--augment", nargs="+", metavar="NAME=P",
+                   help="augmentation probabilities, e.g. rotate90=0.5 noise=0 (flip_y, flip_x, rotate90, flip_z, "
+                        "intensity, gamma, noise)")
+    p.add_argument("--no-augment", action="store_true", help="no augmentation at all")
+    p.add_argument("--embedding-weight", type=float, default=1.0, metavar="W",
+                   help="weight of the pull/push embedding loss (default 1, the paper's)")
+    p.add_argument("--calibrate", choices=("auto", "always", "never"), default="auto",
+                   help="re-choose the decoding thresholds on the validation images: auto = from scratch, or "
+                        "when the validation images hold at least 30 pairs (else the initial model's are kept)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model and discard its checkpoints")
+    _voxel_size_arg(p, help_extra="; overrides the files' metadata, required where they have none")
+    _channel_args(p)
+
     p = sub.add_parser("evaluate", help="score predictions against ground truth (the paper's protocol)")
     p.add_argument("--gt", required=True, help="folder of ground-truth <stem>.vectors.csv")
     p.add_argument("--pred", required=True, help="folder of predicted <stem>.vectors.csv")
@@ -104,7 +149,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     handlers = {
         None: _cmd_gui, "gui": _cmd_gui, "synth": _cmd_synth, "predict": _cmd_predict,
-        "evaluate": _cmd_evaluate, "import-legacy": _cmd_import_legacy, "info": _cmd_info,
+        "evaluate": _cmd_evaluate, "train": _cmd_train, "import-legacy": _cmd_import_legacy, "info": _cmd_info,
     }
     try:
         return handlers[args.command](args)
@@ -237,6 +282,142 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     for path in written.values():
         print(f"wrote {path}")
     return EXIT_OK
+
+
+def _fmt_rate(value) -> str:
+    return "—" if value is None or value != value else f"{value:.3f}"
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from tqdm import tqdm
+
+    from app.core import evaluate
+    from app.core.errors import CancelledError
+    from app.core.jobs import CancelToken
+    from app.core.volume import parse_voxel_size
+    from app.training.finetune import TrainingOptions, output_paths, run_training
+
+    options = TrainingOptions(
+        augment=_augment_arg(args.augment, args.no_augment), embedding_weight=args.embedding_weight,
+        images=args.images, out=args.out, vectors=args.vectors, project=args.project, val_images=args.val_images,
+        val_vectors=args.val_vectors, steps=args.steps, init=args.init, device=args.device, seed=args.seed,
+        voxel_size=parse_voxel_size(args.voxel_size), axes=args.axes, nucleus_channel=args.nucleus_channel,
+        golgi_channel=args.golgi_channel, batch_size=args.batch_size, learning_rate=args.lr,
+        patch_shape=tuple(args.patch) if args.patch else None, epoch_steps=args.epoch_steps,
+        synthetic=args.synthetic, synthetic_dir=args.synthetic_dir, synthetic_fraction=args.synthetic_fraction,
+        model_voxel_size=args.model_voxel_size, base_filters=args.base_filters, calibrate=args.calibrate,
+        overwrite=args.overwrite,
+    )
+    paths = output_paths(args.out)
+    cancel = CancelToken()
+
+    def on_interrupt(signum, frame):  # first Ctrl+C: stop cleanly with a checkpoint; second: at once
+        cancel.cancel()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print("\nStopping after this step and saving a checkpoint (Ctrl+C again to stop at once)...",
+              file=sys.stderr)
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_interrupt) if in_main_thread else None
+    bar = reading = None
+    step = 0
+    baseline = None
+
+    def say(message: str) -> None:
+        (bar.write(message, file=sys.stderr) if bar is not None else print(message, file=sys.stderr))
+
+    try:
+        for event in run_training(options, cancel=cancel):
+            kind = event.kind
+            if kind == "loading":
+                if event.total_steps > 3 and reading is None:
+                    reading = tqdm(total=event.total_steps, desc="read", unit="img", file=sys.stderr,
+                                   dynamic_ncols=True)
+                if reading is not None:
+                    reading.update(event.step - reading.n)
+                if event.step == event.total_steps and reading is not None:
+                    reading.close()
+                    reading = None
+            elif kind == "info":
+                say(event.message)
+                step = max(step, event.step)
+            elif kind == "baseline":
+                baseline = event.metrics
+                say("Initial model on the validation images: " + _metrics_line(event.metrics))
+            elif kind in ("step", "epoch", "checkpoint"):
+                if bar is None:
+                    bar = tqdm(total=event.total_steps, initial=step, desc="train", unit="step", file=sys.stderr,
+                               dynamic_ncols=True)
+                if kind == "step":
+                    bar.update(event.step - bar.n)
+                    bar.set_postfix(loss=f"{event.losses['total']:.4f}", refresh=False)
+                    step = event.step
+                elif kind == "epoch":
+                    say(f"epoch {event.epoch} (step {event.step}): loss {event.losses.get('total', float('nan')):.4f}"
+                        + (f", validation loss {event.metrics['val_loss']:.4f}" if "val_loss" in event.metrics else "")
+                        + (", " + _metrics_line(event.metrics) if "tpr0" in event.metrics else "")
+                        + ("  *best" if event.best else ""))
+            elif kind == "calibration":
+                if bar is not None:
+                    bar.close()
+                    bar = None
+                m = event.metrics
+                say(f"Calibrated decoding: peak thresholds nucleus {m['peak_threshold_nucleus']:g}, Golgi "
+                    f"{m['peak_threshold_golgi']:g}; minimum distances {m['min_distance_nucleus_um']:g} / "
+                    f"{m['min_distance_golgi_um']:g} µm (TPR − FDR at τL=5: {_fmt_rate(m.get('j'))})")
+            elif kind == "done":
+                if bar is not None:
+                    bar.close()
+                    bar = None
+                print(f"\nValidation ({event.message})")
+                if event.data is not None:
+                    print(evaluate.format_table(event.data))
+                if baseline is not None:
+                    print("before: " + _metrics_line(baseline))
+                print("after:  " + _metrics_line(event.metrics))
+                minutes = event.seconds / 60
+                print(f"{event.total_steps} steps in {minutes:.1f} min ({event.seconds / max(1, event.total_steps):.2f} "
+                      f"s/step). Model: {event.path}")
+                print(f"Losses: {paths['log']}; validation per epoch: {paths['validation_log']}")
+                print(f"Predict with: cellpol predict IMAGES --model {event.path} --out OUTPUT_FOLDER")
+    except CancelledError:
+        if bar is not None:
+            bar.close()
+        print(f"Stopped at step {step}; checkpoint saved in {paths['checkpoints']}. Run the same command again to "
+              "resume.", file=sys.stderr)
+        return 130
+    finally:
+        for progress_bar in (bar, reading):
+            if progress_bar is not None:
+                progress_bar.close()
+        if in_main_thread and previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    return EXIT_OK
+
+
+def _augment_arg(items, off: bool):
+    from app.training.data import AugmentConfig
+
+    if off:
+        return AugmentConfig.off()
+    values = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        try:
+            values[name.strip()] = float(value)
+        except ValueError:
+            raise CellPolError(f"--augment takes NAME=PROBABILITY pairs, e.g. noise=0.3; got {item!r}.") from None
+        if not sep:
+            raise CellPolError(f"--augment takes NAME=PROBABILITY pairs, e.g. noise=0.3; got {item!r}.")
+    return AugmentConfig.from_dict({**AugmentConfig().to_dict(), **values})
+
+
+def _metrics_line(metrics: dict) -> str:
+    return (f"TPR {_fmt_rate(metrics.get('tpr0'))} FDR {_fmt_rate(metrics.get('fdr0'))} at τL=0, "
+            f"TPR {_fmt_rate(metrics.get('tpr5'))} FDR {_fmt_rate(metrics.get('fdr5'))} at τL=5")
 
 
 def _cmd_import_legacy(args: argparse.Namespace) -> int:

@@ -81,3 +81,229 @@ def test_heatmap_loss_falls_when_fitting_one_patch(sampler, tmp_path):
     first = np.mean([loss["heatmap"] for loss in losses[:3]])
     last = np.mean([loss["heatmap"] for loss in losses[-3:]])
     assert last < 0.7 * first, (first, last)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pause, cancel, validation, best checkpoint, exact resume, determinism, 2D
+# ----------------------------------------------------------------------------------------------
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import textwrap  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+
+from app.core.errors import CancelledError, CellPolError  # noqa: E402
+from app.core.jobs import CancelToken  # noqa: E402
+from app.core.modelfile import save_model  # noqa: E402
+from app.training.data import AugmentConfig, PreparedVolume  # noqa: E402
+from app.training.trainer import PauseToken, _loss_at, read_checkpoint_state  # noqa: E402
+from conftest import REPO  # noqa: E402
+
+
+def small_config(**changes):
+    settings = dict(steps=6, batch_size=2, learning_rate=3e-3, warmup_steps=1, checkpoint_every=2, epoch_steps=3,
+                    seed=1, device="cpu")
+    settings.update(changes)
+    return TrainConfig(**settings)
+
+
+def weights(path):
+    model, _ = load_model(path)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_pause_saves_a_checkpoint_and_waits_for_resume(sampler, tmp_path):
+    pause = PauseToken()
+    pause.pause()
+    run = train(tiny_spec(), sampler, small_config(steps=2), tmp_path / "ck", pause=pause)
+    first = next(run)
+    assert first.kind == "paused" and first.step == 0 and (tmp_path / "ck" / "last.json").exists()
+    pause.resume()
+    kinds = [e.kind for e in run]
+    assert kinds[0] == "resumed" and kinds.count("step") == 2 and kinds[-1] == "done"
+
+
+def test_cancel_while_paused_or_training_keeps_a_checkpoint(sampler, tmp_path):
+    pause, cancel = PauseToken(), CancelToken()
+    run = train(tiny_spec(), sampler, small_config(), tmp_path / "ck", cancel=cancel, pause=pause)
+    for event in run:
+        if event.kind == "step" and event.step == 3:
+            break
+    cancel.cancel()
+    after = []
+    with pytest.raises(CancelledError):
+        for event in run:
+            after.append(event.kind)
+    assert "step" not in after  # no step once cancelled (the epoch's own events may still come)
+    assert read_checkpoint_state(tmp_path / "ck")["step"] == 3  # saved on the way out, not lost
+    resumed = [e.step for e in train(tiny_spec(), sampler, small_config(), tmp_path / "ck") if e.kind == "step"]
+    assert resumed == [4, 5, 6]
+
+    pause2, cancel2 = PauseToken(), CancelToken()
+    pause2.pause()
+    run = train(tiny_spec(), sampler, small_config(), tmp_path / "ck2", cancel=cancel2, pause=pause2)
+    assert next(run).kind == "paused"
+    cancel2.cancel()
+    started = time.perf_counter()
+    with pytest.raises(CancelledError):
+        next(run)
+    assert time.perf_counter() - started < 2.0
+
+
+def test_resume_after_interruption_gives_the_same_weights(sampler, tmp_path):
+    list(train(tiny_spec(), sampler, small_config(), tmp_path / "whole"))
+    run = train(tiny_spec(), sampler, small_config(), tmp_path / "cut")
+    for event in run:
+        if event.kind == "step" and event.step == 5:  # killed after step 5: the checkpoint of step 4 survives
+            break
+    run.close()
+    assert read_checkpoint_state(tmp_path / "cut")["step"] == 4
+    # A save cut short leaves only a temporary file behind; it must not disturb the resume.
+    (tmp_path / "cut" / ".last.ckpt.safetensors.abc.tmp").write_bytes(b"partial")
+    steps = [e.step for e in train(tiny_spec(), sampler, small_config(), tmp_path / "cut") if e.kind == "step"]
+    assert steps == [5, 6]
+    a, b = weights(tmp_path / "whole" / "last.json"), weights(tmp_path / "cut" / "last.json")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_same_seed_same_run_other_seed_other_run(sampler, tmp_path):
+    def losses(seed, name):
+        return [e.losses["total"] for e in train(tiny_spec(), sampler, small_config(steps=3, seed=seed), tmp_path / name)
+                if e.kind == "step"]
+
+    assert losses(4, "a") == losses(4, "b")
+    assert losses(4, "a2") != losses(5, "c")
+
+
+def test_validation_events_choose_the_best_checkpoint(sampler, tmp_path):
+    scores = iter([0.2, 0.6, 0.4])
+
+    def validator(model, spec):
+        return {"j5": next(scores), "val_loss": 1.0}
+
+    events = list(train(tiny_spec(), sampler, small_config(steps=9, checkpoint_every=9), tmp_path / "ck",
+                        validator=validator))
+    epochs = [e for e in events if e.kind == "epoch"]
+    assert [e.step for e in epochs] == [3, 6, 9] and [e.metrics["j5"] for e in epochs] == [0.2, 0.6, 0.4]
+    assert [e.best for e in epochs] == [True, True, False]
+    best = [e for e in events if e.kind == "checkpoint" and e.best]
+    assert [e.step for e in best] == [3, 6]
+    state = json.loads((tmp_path / "ck" / "best.state.json").read_text())
+    assert state["step"] == 6 and state["metrics"]["j5"] == 0.6
+    assert not all(torch.equal(a, b) for a, b in zip(weights(tmp_path / "ck" / "best.json").values(),
+                                                     weights(tmp_path / "ck" / "last.json").values()))
+    # Epoch losses are the means of the epoch's steps.
+    step_losses = [e.losses["total"] for e in events if e.kind == "step"]
+    assert epochs[0].losses["total"] == pytest.approx(np.mean(step_losses[:3]))
+
+
+def test_a_checkpoint_of_another_run_is_refused(sampler, tmp_path):
+    list(train(tiny_spec(), sampler, small_config(steps=2), tmp_path / "ck", fingerprint={"data": ["a"]}))
+    with pytest.raises(CellPolError, match="different training run.*data"):
+        next(train(tiny_spec(), sampler, small_config(steps=4), tmp_path / "ck", fingerprint={"data": ["b"]}))
+
+
+def test_a_damaged_checkpoint_is_one_clear_error(sampler, tmp_path):
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    (folder / "last.ckpt.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(CellPolError, match="damaged"):
+        read_checkpoint_state(folder)
+    with pytest.raises(CellPolError, match="damaged"):
+        next(train(tiny_spec(), sampler, small_config(), folder))
+
+
+def test_first_checkpoint_layout_still_resumes(sampler, tmp_path):
+    # The layout written before the single-file checkpoint: model file + optimiser file + JSON state.
+    from safetensors.torch import save_file
+
+    from app.core.network import build_network
+
+    folder = tmp_path / "old"
+    folder.mkdir()
+    torch.manual_seed(0)
+    model = build_network(tiny_spec().network)
+    save_model(folder / "last", model, tiny_spec())
+    save_file({}, str(folder / "last.optimizer.safetensors"))
+    (folder / "last.state.json").write_text(json.dumps({"step": 4, "losses": []}))
+    steps = [e.step for e in train(tiny_spec(), sampler, small_config(), folder) if e.kind == "step"]
+    assert steps == [5, 6]
+    assert (folder / "last.ckpt.safetensors").exists()
+
+
+def test_training_a_2d_network(tmp_path):
+    from app.core.simulate import SimConfig, simulate
+    from app.training.data import prepare
+
+    volume, pairs = simulate(SimConfig(shape=(1, 96, 96), voxel_size=(1.0, 0.5, 0.5), seed=2))
+    prepared = prepare(volume, pairs, (1.0, 0.5, 0.5))
+    assert prepared.image.shape[1] == 1
+    network = NetworkConfig(spatial_dims=2, levels=2, base_filters=4)
+    spec = ModelSpec(network=network, voxel_size=(1.0, 0.5, 0.5))
+    sampler2d = PatchSampler([prepared], (1, 32, 32))
+    events = list(train(spec, sampler2d, small_config(steps=3, checkpoint_every=3), tmp_path / "ck"))
+    assert [e.step for e in events if e.kind == "step"] == [1, 2, 3]
+    assert all(np.isfinite(e.losses["total"]) and e.losses["heatmap"] > 0 for e in events if e.kind == "step")
+    _, saved = load_model(tmp_path / "ck" / "last.json")
+    assert saved.network.spatial_dims == 2
+    with pytest.raises(CellPolError, match="multiple"):
+        next(train(spec, PatchSampler([prepared], (2, 32, 32)), small_config(), tmp_path / "ck2"))
+    with pytest.raises(CellPolError, match="multiple"):
+        next(train(tiny_spec(), PatchSampler([prepared], (1, 30, 32)), small_config(), tmp_path / "ck3"))
+
+
+def test_embedding_terms_ramp_in():
+    config = small_config(embedding_warmup_steps=10)
+    assert _loss_at(0, config).push_weight == 0.0 and _loss_at(5, config).pull_weight == pytest.approx(0.5)
+    assert _loss_at(10, config) == config.loss and _loss_at(3, small_config()) == small_config().loss
+
+
+def test_sampler_weights_and_augmentation_settings(sampler):
+    empty = PreparedVolume(np.zeros((2, 8, 32, 32), np.float32), sampler.volumes[0].pairs.subset(slice(0, 0)), "bg")
+    only_first = PatchSampler([sampler.volumes[0], empty], PATCH, AugmentConfig.off(), weights=[1.0, 0.0])
+    rng = np.random.default_rng(0)
+    assert all(only_first.sample(rng)[0].max() > 0 for _ in range(5))
+    only_empty = PatchSampler([sampler.volumes[0], empty], PATCH, AugmentConfig.off(), weights=[0.0, 1.0])
+    assert all(only_empty.sample(rng)[0].max() == 0 for _ in range(5))
+    with pytest.raises(CellPolError, match="between 0 and 1"):
+        AugmentConfig(noise=1.5)
+    with pytest.raises(CellPolError, match="weights"):
+        PatchSampler(sampler.volumes, PATCH, weights=[1.0])
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    sys.path.insert(0, {tests!r})
+    from pathlib import Path
+    from test_trainer import tiny_spec, small_config, PATCH, VOXEL
+    from app.training.data import PatchSampler, synthetic_pool
+    from app.training.trainer import train
+    pool = synthetic_pool(2, VOXEL, seed=5, field_um=(10.0, 40.0, 40.0))
+    for event in train(tiny_spec(), PatchSampler(pool, PATCH), small_config(steps=100000, checkpoint_every=2),
+                       Path({folder!r})):
+        if event.kind == "checkpoint":
+            print("checkpoint", event.step, flush=True)
+    """
+)
+
+
+def test_a_run_killed_with_sigkill_resumes(sampler, tmp_path):
+    folder = tmp_path / "ck"
+    script = KILL_SCRIPT.format(tests=str(REPO / "tests"), folder=str(folder))
+    process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        for line in process.stdout:
+            if line.startswith("checkpoint") and int(line.split()[1]) >= 4:
+                break
+        process.kill()  # SIGKILL: no clean-up of any kind
+    finally:
+        process.wait(timeout=30)
+    state = read_checkpoint_state(folder)
+    assert state["step"] >= 4
+    steps = [e.step for e in train(tiny_spec(), sampler, small_config(steps=state["step"] + 2), folder)
+             if e.kind == "step"]
+    assert steps == [state["step"] + 1, state["step"] + 2]

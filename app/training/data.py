@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from app.core.errors import CellPolError
 from app.core.pairs import PairSet
 from app.core.preprocess import normalize, resample
 from app.core.volume import Volume
@@ -41,7 +42,13 @@ def prepare(volume: Volume, pairs: PairSet, voxel_size: Sequence[float], low: fl
 
 @dataclass
 class AugmentConfig:
-    """Augmentation probabilities and ranges (each applied independently)."""
+    """Augmentation probabilities (each applied independently, per patch; 0 switches one off).
+
+    Geometric: flips along y, x (and z), and an in-plane transpose of square patches, which together
+    with the flips gives every 90° rotation about the z axis (all 8 in-plane symmetries); pairs move with
+    the image. Intensity, per channel: contrast (gain U(0.6, 1.6)) and brightness (offset U(−0.1, 0.1)),
+    gamma U(0.7, 1.4) and additive Gaussian noise (σ U(0, 0.08), on the normalised [0, 1] scale).
+    """
 
     flip_y: float = 0.5
     flip_x: float = 0.5
@@ -51,22 +58,69 @@ class AugmentConfig:
     gamma: float = 0.3  # per-channel gamma U(0.7, 1.4)
     noise: float = 0.3  # additive Gaussian noise, sigma U(0, 0.08)
 
+    def __post_init__(self) -> None:
+        for name, value in self.to_dict().items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+                raise CellPolError(f"The augmentation probability {name} must be between 0 and 1, got {value!r}.")
+            setattr(self, name, float(value))
+
+    @classmethod
+    def off(cls) -> "AugmentConfig":
+        """No augmentation at all (validation patches)."""
+        return cls(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+    def to_dict(self) -> dict[str, float]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data) -> "AugmentConfig":
+        from dataclasses import fields
+
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise CellPolError(f"Unknown augmentation setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
+        return cls(**dict(data))
+
 
 @dataclass
 class PatchSampler:
     """Random patches ``(2, Z, Y, X)`` with their pairs in patch coordinates.
 
-    ``foreground_fraction`` of the patches are centred near an annotated nucleus; the rest anywhere.
-    Volumes smaller than the patch are padded with zeros (after normalisation 0 = background).
+    ``foreground_fraction`` of the patches are centred near an annotated nucleus; the rest anywhere
+    (background, and cells nobody annotated on a fully annotated image). Volumes smaller than the patch
+    are padded with zeros (after normalisation 0 = background). ``weights`` (one per volume, any positive
+    scale) set how often each volume is drawn; default: equally often. 2D volumes take a patch shape
+    ``(1, Y, X)``.
     """
 
     volumes: list[PreparedVolume]
     patch_shape: tuple[int, int, int]
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     foreground_fraction: float = 0.8
+    weights: Optional[Sequence[float]] = None
+
+    def __post_init__(self) -> None:
+        if not self.volumes:
+            raise CellPolError("There are no training volumes to draw patches from.")
+        if not 0.0 <= self.foreground_fraction <= 1.0:
+            raise CellPolError(f"foreground_fraction must be between 0 and 1, got {self.foreground_fraction}.")
+        self.patch_shape = tuple(int(p) for p in self.patch_shape)  # type: ignore[assignment]
+        if len(self.patch_shape) != 3 or min(self.patch_shape) < 1:
+            raise CellPolError(f"The patch shape must be three positive sizes (Z, Y, X), got {self.patch_shape}.")
+        if self.weights is not None:
+            w = np.asarray(self.weights, dtype=np.float64)
+            if w.shape != (len(self.volumes),) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+                raise CellPolError("The volume weights must be one non-negative number per volume, not all 0.")
+            self._probabilities = w / w.sum()
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, PairSet]:
-        prepared = self.volumes[int(rng.integers(len(self.volumes)))]
+        if self.weights is None:
+            prepared = self.volumes[int(rng.integers(len(self.volumes)))]
+        else:
+            prepared = self.volumes[int(rng.choice(len(self.volumes), p=self._probabilities))]
         image, pairs = prepared.image, prepared.pairs
         shape = np.array(image.shape[1:])
         patch = np.array(self.patch_shape)
@@ -106,6 +160,14 @@ class PatchSampler:
                 crop[c] += rng.normal(0, rng.uniform(0, 0.08), crop[c].shape).astype(np.float32)
         out = PairSet(nuclei, golgi, voxel_size=pairs.voxel_size, ids=pairs.ids)
         return crop, out
+
+
+def fixed_patches(volumes: Sequence[PreparedVolume], patch_shape: Sequence[int], n: int, seed: int = 0,
+                  foreground_fraction: float = 0.8) -> list[tuple[np.ndarray, PairSet]]:
+    """``n`` patches drawn once, without augmentation (the same every call: a validation-loss set)."""
+    sampler = PatchSampler(list(volumes), tuple(patch_shape), AugmentConfig.off(), foreground_fraction)
+    rng = np.random.default_rng([int(seed), 99])
+    return [sampler.sample(rng) for _ in range(int(n))]
 
 
 def _crop_padded(image: np.ndarray, origin: np.ndarray, patch: np.ndarray) -> np.ndarray:
