@@ -60,7 +60,6 @@ chosen from a memory budget (about 1.3 GB of activations on a CPU), so a 64×768
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -71,6 +70,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from app.core.fileutil import sha256_file
 from app.core.errors import CancelledError, CellPolError, ChannelError
 from app.core.jobs import CancelToken, ProgressCallback
 from app.core.modelfile import DecodingSpec, ModelSpec, load_model, model_paths
@@ -613,14 +613,6 @@ def fuse_batchnorm(module: nn.Module, copy: bool = True) -> nn.Module:
     return module
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _is_oom(exc: BaseException) -> bool:
     if isinstance(exc, MemoryError):
         return True
@@ -745,7 +737,7 @@ class Predictor:
 
                 named = json.loads(json_path.read_text(encoding="utf-8")).get("weights", "")
                 weights_path = json_path.parent / str(named)
-            checksum = _sha256_file(weights_path)
+            checksum = sha256_file(weights_path)
             members.append(Member(module, spec, json_path.resolve(), weights_path.resolve(), checksum))
         return cls(members, torch_device, **options)
 

@@ -44,7 +44,6 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
-import hashlib
 import io
 import math
 import os
@@ -59,7 +58,7 @@ import torch
 
 from app.core import evaluate
 from app.core.errors import CellPolError
-from app.core.fileutil import atomic_write_text
+from app.core.fileutil import atomic_write_text, sha256_file
 from app.core.jobs import CancelToken, check_cancel
 from app.core.modelfile import DecodingSpec, ModelSpec, load_model, model_paths, save_model
 from app.core.network import NetworkConfig, required_multiple
@@ -334,14 +333,6 @@ class _CachedNetwork:
 # ----------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def resolve_init(init: Optional[PathLike]) -> tuple[Optional[Path], bool]:
     """``(model .json or None, whether it is the default starter)``.
 
@@ -578,7 +569,7 @@ def run_training(options: TrainingOptions, cancel: Optional[CancelToken] = None,
     val_patches = fixed_patches(prepared(split.validation), patch_shape, opts.validation_patches, opts.seed)
     validator = ValidationRun(split.validation, device, val_patches, opts.batch_size, config.sigma_um, config.loss,
                               cancel=cancel)
-    init_sha = _sha256_file(model_paths(init_path)[1]) if init_path is not None else None
+    init_sha = sha256_file(model_paths(init_path)[1]) if init_path is not None else None
     fingerprint = {
         "train_images": [[i.name, len(i.pairs), list(i.volume.spatial_shape)] for i in split.train],
         "validation_images": [[i.name, len(i.pairs)] for i in split.validation],
