@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
+from app.core.batch import image_stem
 from app.core.errors import CellPolError, FileFormatError
 from app.core.fileutil import atomic_write_json, atomic_write_text
 from app.core.pairs import PairSet, read_pairs, sidecar_path, write_pairs
@@ -791,16 +792,6 @@ def snap_to_peak(
 # ------------------------------------------------------------------------------------------
 # Where annotations live; autosave and recovery
 # ------------------------------------------------------------------------------------------
-_IMAGE_ENDINGS = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".npy", ".czi")
-
-
-def image_stem(image_path: str | os.PathLike) -> str:
-    """File name without its image ending (``cells.ome.tif`` → ``cells``)."""
-    name = Path(image_path).name
-    for ending in _IMAGE_ENDINGS:
-        if name.lower().endswith(ending):
-            return name[: -len(ending)]
-    return Path(name).stem
 
 
 def vectors_path_for(image_path: str | os.PathLike, folder: Optional[str | os.PathLike] = None) -> Path:

@@ -112,31 +112,29 @@ class DocumentController(QtCore.QObject):
         """Whether a header-less CSV is 1-based (``True``), 0-based (``False``) or cancelled (``None``)."""
         if not self.interactive:
             return False
-        box = QtWidgets.QMessageBox(self.parent_widget)
-        box.setWindowTitle("Authors' annotation CSV")
-        box.setText("This CSV has no header: it is the authors' annotation format (YN,XN,YG,XG,ZN,ZG).\n"
-                    "Files saved by their annotation tool count from 0; the older Crop files count from 1.")
-        zero = box.addButton("0-based (annotation tool)", QtWidgets.QMessageBox.ButtonRole.AcceptRole)
-        one = box.addButton("1-based (older Crop files)", QtWidgets.QMessageBox.ButtonRole.AcceptRole)
-        box.addButton(QtWidgets.QMessageBox.StandardButton.Cancel)
-        box.exec()
-        clicked = box.clickedButton()
-        return False if clicked is zero else True if clicked is one else None
+        return self._choose("Authors' annotation CSV",
+                            "This CSV has no header: it is the authors' annotation format (YN,XN,YG,XG,ZN,ZG).\n"
+                            "Files saved by their annotation tool count from 0; the older Crop files count from 1.",
+                            {"0-based (annotation tool)": False, "1-based (older Crop files)": True})
 
     def ask_import_mode(self, n_existing: int, n_new: int) -> Optional[str]:
         """``"replace"``, ``"add"`` or ``None`` (cancel) when importing into a non-empty set."""
         if not self.interactive:
             return "replace"
+        return self._choose("Import vectors",
+                            f"Replace the {n_existing} pairs shown by the {n_new} imported ones, or add them?\n"
+                            "(Either can be undone.)", {"Replace": "replace", "Add": "add"})
+
+    def _choose(self, title: str, text: str, choices: dict):
+        """A message box with one button per choice plus Cancel; the chosen value, or ``None``."""
         box = QtWidgets.QMessageBox(self.parent_widget)
-        box.setWindowTitle("Import vectors")
-        box.setText(f"Replace the {n_existing} pairs shown by the {n_new} imported ones, or add them?\n"
-                    "(Either can be undone.)")
-        replace = box.addButton("Replace", QtWidgets.QMessageBox.ButtonRole.AcceptRole)
-        add = box.addButton("Add", QtWidgets.QMessageBox.ButtonRole.AcceptRole)
+        box.setWindowTitle(title)
+        box.setText(text)
+        buttons = {box.addButton(label, QtWidgets.QMessageBox.ButtonRole.AcceptRole): value
+                   for label, value in choices.items()}
         box.addButton(QtWidgets.QMessageBox.StandardButton.Cancel)
         box.exec()
-        clicked = box.clickedButton()
-        return "replace" if clicked is replace else "add" if clicked is add else None
+        return buttons.get(box.clickedButton())
 
     # --- settings helpers -------------------------------------------------------------------
     def _settings_json(self, key: str, default: Any) -> Any:
