@@ -248,7 +248,7 @@ def _expected_shapes(config: NetworkConfig) -> dict[str, tuple[int, ...]]:
     return {name: tuple(t.shape) for name, t in reference.state_dict().items()}
 
 
-def _compare_state(
+def compare_state(
     tensors: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]]
 ) -> Optional[str]:
     """A one-line description of how ``tensors`` differ from the architecture, or None."""
@@ -280,28 +280,39 @@ def save_model(path: PathLike, module: nn.Module, spec: ModelSpec) -> Path:
     CellPolError
         If the module's weights do not fit ``spec.network``.
     """
-    from app import __version__
-
     json_path, weights_path = model_paths(path)
     module_config = getattr(module, "config", None)
     if isinstance(module_config, NetworkConfig) and module_config != spec.network:
         raise CellPolError("The network's configuration differs from the one in the model description.")
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in module.state_dict().items()}
-    problem = _compare_state(tensors, _expected_shapes(spec.network))
+    problem = compare_state(tensors, _expected_shapes(spec.network))
     if problem:
         raise CellPolError(f"The network's weights do not fit the described architecture: {problem}.")
 
+    return write_model_files(json_path, weights_path, tensors, spec.to_dict())
+
+
+def write_model_files(json_path: Path, weights_path: Path, tensors: Mapping[str, torch.Tensor],
+                      document: Mapping[str, Any]) -> Path:
+    """Write ``tensors`` (safetensors) then ``document`` (JSON) atomically; return the JSON path.
+
+    The JSON gets the weights' file name and SHA-256 after its ``format``/``version``/``name``/
+    ``description`` entries, and the app version and time at the end. Shared by every model kind (the
+    detector here, the Vox2Vox generator), each with its own ``format`` value.
+    """
+    from app import __version__
     from safetensors.torch import save as st_save
 
-    payload = st_save(tensors, metadata={"format": FORMAT_NAME, "version": str(FORMAT_VERSION)})
+    head_keys = ("format", "version", "name", "description")
+    payload = st_save(dict(tensors), metadata={"format": str(document.get("format", "")),
+                                               "version": str(document.get("version", ""))})
     with atomic_path(weights_path) as tmp:
         tmp.write_bytes(payload)
-    document = spec.to_dict()
     document = {
-        **{k: document[k] for k in ("format", "version", "name", "description")},
+        **{k: document[k] for k in head_keys if k in document},
         "weights": weights_path.name,
         "weights_sha256": _sha256(payload),
-        **{k: v for k, v in document.items() if k not in ("format", "version", "name", "description")},
+        **{k: v for k, v in document.items() if k not in head_keys},
         "app_version": __version__,
         "saved": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -312,7 +323,8 @@ def save_model(path: PathLike, module: nn.Module, spec: ModelSpec) -> Path:
 # ----------------------------------------------------------------------------------------------
 # Load
 # ----------------------------------------------------------------------------------------------
-def _read_document(json_path: Path) -> dict[str, Any]:
+def read_document(json_path: Path) -> dict[str, Any]:
+    """The JSON object of a model file; a missing, unreadable or damaged file is one :class:`FileFormatError`."""
     if not json_path.is_file():
         raise FileFormatError(
             f"Model file not found: {json_path} (a model is a .json description plus its .safetensors weights)."
@@ -339,26 +351,16 @@ def _spec_from_document(document: Mapping[str, Any], json_path: Path) -> ModelSp
         raise FileFormatError(f"{json_path} is not a usable CellPol model: {exc}.") from None
 
 
-def load_spec(path: PathLike) -> ModelSpec:
-    """Read and validate the JSON of a model (``path``: stem, ``.json`` or ``.safetensors``)."""
-    json_path, _ = model_paths(path)
-    return _spec_from_document(_read_document(json_path), json_path)
+def read_model_weights(json_path: Path, weights_path: Path,
+                       document: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], Path]:
+    """The tensors of a model's weights file, checked against the JSON's checksum; never unpickles.
 
-
-def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> tuple[nn.Module, ModelSpec]:
-    """Load a model (eval mode, on ``device``) and its spec. Never unpickles anything.
-
-    Raises
-    ------
-    FileFormatError
-        Missing or damaged JSON or weights, a checksum mismatch, or weights that do not fit the architecture.
+    Falls back on the file named in the JSON (a bare name next to it). Returns the tensors and the path
+    read. Every problem is one :class:`FileFormatError`.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load as st_load
 
-    json_path, weights_path = model_paths(path)
-    document = _read_document(json_path)
-    spec = _spec_from_document(document, json_path)
     if not weights_path.is_file():
         # Fall back on the file name recorded in the JSON (a bare name next to it, never a path elsewhere).
         named = document.get("weights")
@@ -383,7 +385,28 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> tupl
         raise FileFormatError(
             f"The model weights {weights_path} are damaged or not a safetensors file ({exc})."
         ) from None
-    problem = _compare_state(tensors, _expected_shapes(spec.network))
+    return tensors, weights_path
+
+
+def load_spec(path: PathLike) -> ModelSpec:
+    """Read and validate the JSON of a model (``path``: stem, ``.json`` or ``.safetensors``)."""
+    json_path, _ = model_paths(path)
+    return _spec_from_document(read_document(json_path), json_path)
+
+
+def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> tuple[nn.Module, ModelSpec]:
+    """Load a model (eval mode, on ``device``) and its spec. Never unpickles anything.
+
+    Raises
+    ------
+    FileFormatError
+        Missing or damaged JSON or weights, a checksum mismatch, or weights that do not fit the architecture.
+    """
+    json_path, weights_path = model_paths(path)
+    document = read_document(json_path)
+    spec = _spec_from_document(document, json_path)
+    tensors, weights_path = read_model_weights(json_path, weights_path, document)
+    problem = compare_state(tensors, _expected_shapes(spec.network))
     if problem:
         raise FileFormatError(
             f"The weights {weights_path.name} do not fit the architecture in {json_path.name} "
