@@ -17,7 +17,6 @@ from app.core.annotation import (
     NUCLEUS,
     AnnotationModel,
     Autosaver,
-    Project,
     Signal,
     autosave_path_for,
     discard_autosave,
@@ -28,11 +27,17 @@ from app.core.annotation import (
     snap_to_peak,
     vector_angles,
     vectors_path_for,
-    write_3dngmic_vectors,
-    write_legacy_csv,
 )
 from app.core.errors import CellPolError, FileFormatError
-from app.core.pairs import PairSet, read_3dngmic_vectors, read_legacy_csv, read_pairs, write_pairs
+from app.core.pairs import (
+    PairSet,
+    read_3dngmic_vectors,
+    read_legacy_csv,
+    read_pairs,
+    write_3dngmic_vectors,
+    write_legacy_csv,
+    write_pairs,
+)
 from conftest import REPO
 
 VOXEL = (0.5, 0.25, 0.25)
@@ -370,21 +375,3 @@ def test_evaluation_labels_tp_fp_fn():
     labels, fn_rows = evaluation_labels(reference, pred)
     assert labels == {7: "TP", 8: "FP", 9: "FP"}  # pair 8's Golgi is 21 µm off
     assert fn_rows.tolist() == [1, 2]
-
-
-def test_project_folder(tmp_path):
-    project = Project.create(tmp_path / "proj", name="Retina")
-    for kind in ("images", "annotations", "models", "results"):
-        assert (tmp_path / "proj" / kind).is_dir()
-    image = project.folder("images") / "a.tif"
-    image.write_bytes(b"")
-    assert project.vectors_path(image) == project.folder("annotations") / "a.vectors.csv"
-    project.remember_voxel_size(image, (0.3, 0.1, 0.1))
-    again = Project.open(tmp_path / "proj" / "cellpol-project.json")
-    assert again.name == "Retina" and again.voxel_size_for(image) == (0.3, 0.1, 0.1)
-    assert again.voxel_size_for(tmp_path / "elsewhere.tif") is None
-    assert Project.create(tmp_path / "proj").name == "Retina"  # an existing project is opened
-    with pytest.raises(FileFormatError):
-        Project.open(tmp_path)
-    with pytest.raises(CellPolError):
-        project.folder("nope")

@@ -458,7 +458,7 @@ def test_signal_emits_do_not_exhaust_true():
 
 
 def test_project_folder_keeps_annotations_and_voxel_sizes(qtbot, window, tmp_path):
-    from app.core.annotation import Project
+    from app.core.project import Project
 
     project = Project.create(tmp_path / "study", name="Retina study")
     image = project.folder("images") / "retina.npy"

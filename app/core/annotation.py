@@ -14,8 +14,11 @@ Everything here is plain Python and numpy (no Qt), so it is unit-tested on its o
     :func:`load_autosave` bring it back on the next start.
 :func:`snap_to_peak`
     Moves a click to the local intensity peak of a channel within a radius in µm.
-:class:`Project`
-    A project folder: ``images/``, ``annotations/``, ``models/``, ``results/`` and ``cellpol-project.json``.
+:func:`evaluation_labels`
+    TP/FP/FN labels of the pairs against a reference, for colouring the views.
+
+Projects (folders of images and their annotations) are :mod:`app.core.project`; file formats, the legacy
+ones included, are :mod:`app.core.pairs`.
 
 Conventions: positions are voxel coordinates ``(z, y, x)``, 0-based floats, as in
 :class:`~app.core.pairs.PairSet`; distances are in µm through the voxel size.
@@ -24,19 +27,16 @@ Conventions: positions are voxel coordinates ``(z, y, x)``, 0-based floats, as i
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
-import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
 from app.core.batch import image_stem
-from app.core.errors import CellPolError, FileFormatError
-from app.core.fileutil import atomic_write_json, atomic_write_text
+from app.core.errors import CellPolError
 from app.core.pairs import PairSet, read_pairs, sidecar_path, write_pairs
 from app.core.volume import parse_voxel_size
 
@@ -913,135 +913,16 @@ def evaluation_labels(reference: PairSet, pairs: PairSet, level: int = 5,
 
 
 # ------------------------------------------------------------------------------------------
-# Export formats that PairSet reads (the legacy ones are import-only in app.core.pairs)
+# Moved names
 # ------------------------------------------------------------------------------------------
-def write_legacy_csv(path: str | os.PathLike, pairs: PairSet, one_based: bool = False) -> Path:
-    """Write the authors' header-less CSV (``col_N,row_N,col_G,row_G,z_N,z_G``), read back by
-    :func:`app.core.pairs.read_legacy_csv` with the same ``one_based``. Their tool writes 0-based."""
-    offset = 1.0 if one_based else 0.0
-    lines = []
-    for (nz, ny, nx), (gz, gy, gx) in zip(pairs.nuclei, pairs.golgi):
-        values = [nx, ny, gx, gy, nz, gz]
-        lines.append(",".join(repr(float(v + offset)) for v in values))
-    path = Path(path)
-    atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
-    return path
+_MOVED_TO_PROJECT = ("Project", "PROJECT_FILE", "PROJECT_FOLDERS", "PROJECT_FORMAT")
 
 
-def write_3dngmic_vectors(path: str | os.PathLike, pairs: PairSet) -> Path:
-    """Write a 3DNGMic ``vectors/*.npy``: ``(N, 6) = [a0_N, a1_N, z_N, a0_G, a1_G, z_G]`` float64."""
-    from app.core.fileutil import atomic_path
+def __getattr__(name: str) -> Any:
+    # Projects moved to app.core.project (which imports this module, hence the lazy lookup); code written
+    # against the old location, e.g. app.training.dataset, keeps working.
+    if name in _MOVED_TO_PROJECT:
+        from app.core import project
 
-    arr = np.zeros((len(pairs), 6))
-    if len(pairs):
-        arr[:, [2, 0, 1]] = pairs.nuclei
-        arr[:, [5, 3, 4]] = pairs.golgi
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.save(handle, arr, allow_pickle=False)
-    return path
-
-
-# ------------------------------------------------------------------------------------------
-# Project folder
-# ------------------------------------------------------------------------------------------
-PROJECT_FILE = "cellpol-project.json"
-PROJECT_FOLDERS = ("images", "annotations", "models", "results")
-PROJECT_FORMAT = "cellpol-project"
-
-
-@dataclass
-class Project:
-    """A project folder: images, their annotations, models and results, and a project file.
-
-    The project file records the voxel sizes the user typed for images without metadata (so they are
-    asked once), and free-form settings.
-    """
-
-    root: Path
-    name: str = ""
-    voxel_sizes: dict[str, list[float]] = field(default_factory=dict)
-    settings: dict[str, Any] = field(default_factory=dict)
-    created: str = ""
-
-    @property
-    def file(self) -> Path:
-        return self.root / PROJECT_FILE
-
-    def folder(self, kind: str) -> Path:
-        if kind not in PROJECT_FOLDERS:
-            raise CellPolError(f"Unknown project folder {kind!r}; one of {', '.join(PROJECT_FOLDERS)}.")
-        return self.root / kind
-
-    @classmethod
-    def create(cls, root: str | os.PathLike, name: Optional[str] = None) -> "Project":
-        """Make the folders and the project file (an existing project is opened instead)."""
-        root = Path(root)
-        if (root / PROJECT_FILE).exists():
-            return cls.open(root)
-        for kind in PROJECT_FOLDERS:
-            (root / kind).mkdir(parents=True, exist_ok=True)
-        project = cls(root, name or root.name,
-                      created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-        project.save()
-        return project
-
-    @classmethod
-    def open(cls, path: str | os.PathLike) -> "Project":
-        """Open a project from its folder or its project file."""
-        path = Path(path)
-        root = path.parent if path.name == PROJECT_FILE else path
-        file = root / PROJECT_FILE
-        if not file.exists():
-            raise FileFormatError(f"{root}: not a CellPol project (no {PROJECT_FILE}).")
-        try:
-            data = json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise FileFormatError(f"{file}: the project file is not valid JSON ({exc}).") from None
-        if not isinstance(data, dict) or data.get("format") != PROJECT_FORMAT:
-            raise FileFormatError(f"{file}: not a CellPol project file.")
-        for kind in PROJECT_FOLDERS:
-            (root / kind).mkdir(exist_ok=True)
-        return cls(root, str(data.get("name", root.name)), dict(data.get("voxel_sizes", {})),
-                   dict(data.get("settings", {})), str(data.get("created", "")))
-
-    def save(self) -> None:
-        from app import __version__
-
-        atomic_write_json(self.file, {
-            "format": PROJECT_FORMAT, "version": 1, "name": self.name, "created": self.created,
-            "app_version": __version__, "folders": list(PROJECT_FOLDERS),
-            "voxel_sizes": self.voxel_sizes, "settings": self.settings,
-        })
-
-    def images(self) -> list[Path]:
-        from app.core.imageio import find_images
-
-        folder = self.folder("images")
-        return find_images([folder]) if any(folder.iterdir()) else []
-
-    def contains(self, path: str | os.PathLike) -> bool:
-        try:
-            Path(path).resolve().relative_to(self.root.resolve())
-        except ValueError:
-            return False
-        return True
-
-    def vectors_path(self, image_path: str | os.PathLike) -> Path:
-        """Annotations of an image live in ``annotations/<stem>.vectors.csv``."""
-        return vectors_path_for(image_path, self.folder("annotations"))
-
-    def _key(self, image_path: str | os.PathLike) -> str:
-        path = Path(image_path)
-        if self.contains(path):
-            return path.resolve().relative_to(self.root.resolve()).as_posix()
-        return str(path.resolve())
-
-    def voxel_size_for(self, image_path: str | os.PathLike) -> Optional[tuple[float, float, float]]:
-        value = self.voxel_sizes.get(self._key(image_path))
-        return parse_voxel_size(value) if value else None
-
-    def remember_voxel_size(self, image_path: str | os.PathLike, voxel_size: Sequence[float]) -> None:
-        self.voxel_sizes[self._key(image_path)] = list(parse_voxel_size(voxel_size))
-        self.save()
+        return getattr(project, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,9 +12,9 @@ Project CSV (read and written everywhere)::
 in voxels, x = column, y = row, z = slice, 0-based; plus a JSON sidecar ``<name>.vectors.json`` (for
 ``<name>.vectors.csv``) with voxel size, image, model, app version and parameters.
 
-Legacy imports: the authors' header-less annotation CSV (columns ``YN,XN,YG,XG,ZN,ZG`` in their
-loader's naming, where their "X" is the first array axis = row) and 3DNGMic ``vectors/*.npy``
-``(N, 6) = [a0_N, a1_N, z_N, a0_G, a1_G, z_G]``.
+Legacy formats, read and written: the authors' header-less annotation CSV (columns ``YN,XN,YG,XG,ZN,ZG``
+in their loader's naming, where their "X" is the first array axis = row) and 3DNGMic ``vectors/*.npy``
+``(N, 6) = [a0_N, a1_N, z_N, a0_G, a1_G, z_G]``. Each writer sits under its reader.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 
 from app.core.errors import CellPolError, FileFormatError
-from app.core.fileutil import atomic_write_json, atomic_write_text
+from app.core.fileutil import atomic_path, atomic_write_json, atomic_write_text
 from app.core.volume import parse_voxel_size
 
 CSV_COLUMNS = ("nucleus_x", "nucleus_y", "nucleus_z", "golgi_x", "golgi_y", "golgi_z")
@@ -349,7 +349,7 @@ def _parse_float(row: Sequence[str], index: int, path: Path, line: int, name: st
 
 
 # ------------------------------------------------------------------------------------------
-# Legacy imports
+# Legacy formats
 # ------------------------------------------------------------------------------------------
 def read_legacy_csv(
     path: str | os.PathLike,
@@ -393,6 +393,19 @@ def read_legacy_csv(
     return PairSet(nuclei, golgi, voxel_size=voxel_size, sources="imported", meta=meta)
 
 
+def write_legacy_csv(path: str | os.PathLike, pairs: PairSet, one_based: bool = False) -> Path:
+    """Write the authors' header-less CSV (``col_N,row_N,col_G,row_G,z_N,z_G``), atomically; read back by
+    :func:`read_legacy_csv` with the same ``one_based``. Their tool writes 0-based."""
+    offset = 1.0 if one_based else 0.0
+    lines = []
+    for (nz, ny, nx), (gz, gy, gx) in zip(pairs.nuclei, pairs.golgi):
+        values = [nx, ny, gx, gy, nz, gz]
+        lines.append(",".join(repr(float(v + offset)) for v in values))
+    path = Path(path)
+    atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
+    return path
+
+
 def read_3dngmic_vectors(path: str | os.PathLike, voxel_size: Optional[Sequence[float]] = None) -> PairSet:
     """Import a 3DNGMic ``vectors/i.npy``: ``(N, 6) = [a0_N, a1_N, z_N, a0_G, a1_G, z_G]`` (a0 = row)."""
     path = Path(path)
@@ -411,3 +424,16 @@ def read_3dngmic_vectors(path: str | os.PathLike, voxel_size: Optional[Sequence[
     golgi = arr[:, [5, 3, 4]]
     return PairSet(nuclei, golgi, voxel_size=voxel_size, sources="imported",
                    meta={"imported_from": str(path), "legacy_format": "3dngmic-npy"})
+
+
+def write_3dngmic_vectors(path: str | os.PathLike, pairs: PairSet) -> Path:
+    """Write a 3DNGMic ``vectors/*.npy`` atomically: ``(N, 6) = [a0_N, a1_N, z_N, a0_G, a1_G, z_G]`` float64."""
+    arr = np.zeros((len(pairs), 6))
+    if len(pairs):
+        arr[:, [2, 0, 1]] = pairs.nuclei
+        arr[:, [5, 3, 4]] = pairs.golgi
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, arr, allow_pickle=False)
+    return path

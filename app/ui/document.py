@@ -18,7 +18,6 @@ from PySide6 import QtCore, QtWidgets
 from app import __version__
 from app.core.annotation import (
     Autosaver,
-    Project,
     autosave_path_for,
     discard_autosave,
     evaluation_labels,
@@ -26,11 +25,18 @@ from app.core.annotation import (
     image_stem,
     load_autosave,
     vectors_path_for,
-    write_3dngmic_vectors,
-    write_legacy_csv,
 )
 from app.core.errors import CellPolError, FileFormatError, MissingVoxelSizeError
-from app.core.pairs import PairSet, read_3dngmic_vectors, read_legacy_csv, read_pairs, write_pairs
+from app.core.pairs import (
+    PairSet,
+    read_3dngmic_vectors,
+    read_legacy_csv,
+    read_pairs,
+    write_3dngmic_vectors,
+    write_legacy_csv,
+    write_pairs,
+)
+from app.core.project import PROJECT_FILE, Project
 from app.core.volume import Volume, parse_voxel_size
 from app.ui.state import ViewerState
 
@@ -183,7 +189,6 @@ class DocumentController(QtCore.QObject):
     def open_path(self, path, voxel_size: Optional[Sequence[float]] = None, axes: Optional[str] = None) -> bool:
         """Open an image (asking for the voxel size if the file has none), a project folder, or import a
         vectors file into the open image. Returns whether something was opened."""
-        from app.core.annotation import PROJECT_FILE
         from app.core.imageio import read_image_info, read_volume
 
         path = Path(path)

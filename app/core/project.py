@@ -1,0 +1,264 @@
+"""A CellPol project folder: images, their annotations, models, results and a project file.
+
+Layout::
+
+    <root>/cellpol-project.json     name, creation date, voxel sizes typed by the user, settings
+    <root>/images/                  the images (any format app.core.imageio reads)
+    <root>/annotations/<stem>.vectors.csv   manual annotations (+ .vectors.json sidecar, + autosave)
+    <root>/models/                  trained models
+    <root>/results/<stem>.vectors.csv       predictions (what ``cellpol predict images/ --out results/`` writes)
+
+The project file is JSON, ``"format": "cellpol-project"``, ``"version": 1``; keys this version does not know are
+kept when the file is rewritten (atomically), so an older app does not drop a newer one's entries.
+Plain Python (no Qt): the desktop app's project panel and the training CLI use the same class.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from app.core.annotation import find_recovery, vectors_path_for
+from app.core.errors import CellPolError, FileFormatError
+from app.core.fileutil import atomic_write_json
+from app.core.pairs import read_pairs
+from app.core.volume import parse_voxel_size
+
+PROJECT_FILE = "cellpol-project.json"
+PROJECT_FOLDERS = ("images", "annotations", "models", "results")
+PROJECT_FORMAT = "cellpol-project"
+PROJECT_VERSION = 1
+#: Keys of the project file this version reads and writes; any other key is carried over untouched.
+_KNOWN_KEYS = ("format", "version", "name", "created", "app_version", "folders", "voxel_sizes", "settings")
+
+#: Annotation states of an image (:attr:`ImageStatus.state`).
+NOT_STARTED = "not started"
+SAVED = "saved"
+UNSAVED = "unsaved"          # an autosave newer than the saved file: recovered when the image is opened
+UNREADABLE = "unreadable"    # the annotations file exists but cannot be read
+#: Sources that count as the user's own pairs.
+MANUAL_SOURCES = ("manual", "corrected")
+
+
+@dataclass
+class ImageStatus:
+    """What the project panel shows about one image (all read without loading pixels).
+
+    Attributes
+    ----------
+    path : Path
+    shape : (Z, Y, X) or None
+        From the file header; ``None`` when it cannot be told cheaply (ambiguous axes, unreadable).
+    voxel_size : (z, y, x) µm or None
+        From the file's metadata, else the one remembered in the project.
+    n_pairs, n_manual : int
+        Pairs in the annotations (the autosave when it is newer), and how many are the user's own
+        (``manual`` or ``corrected``).
+    has_predictions : bool
+        ``results/<stem>.vectors.csv`` exists.
+    state : str
+        :data:`NOT_STARTED`, :data:`SAVED`, :data:`UNSAVED` or :data:`UNREADABLE`.
+    problem : str
+        Why the header or the annotations could not be read ("" when fine).
+    """
+
+    path: Path
+    shape: Optional[tuple[int, int, int]] = None
+    voxel_size: Optional[tuple[float, float, float]] = None
+    n_pairs: int = 0
+    n_manual: int = 0
+    has_predictions: bool = False
+    state: str = NOT_STARTED
+    problem: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+@dataclass
+class Project:
+    """A project folder: images, their annotations, models and results, and a project file.
+
+    The project file records the voxel sizes the user typed for images without metadata (so they are
+    asked once), and free-form settings (e.g. the image last worked on).
+    """
+
+    root: Path
+    name: str = ""
+    voxel_sizes: dict[str, list[float]] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # keys of a newer format version, kept as they are
+
+    @property
+    def file(self) -> Path:
+        return self.root / PROJECT_FILE
+
+    def folder(self, kind: str) -> Path:
+        if kind not in PROJECT_FOLDERS:
+            raise CellPolError(f"Unknown project folder {kind!r}; one of {', '.join(PROJECT_FOLDERS)}.")
+        return self.root / kind
+
+    @classmethod
+    def create(cls, root: str | os.PathLike, name: Optional[str] = None) -> "Project":
+        """Make the folders and the project file (an existing project is opened instead)."""
+        root = Path(root)
+        if (root / PROJECT_FILE).exists():
+            return cls.open(root)
+        for kind in PROJECT_FOLDERS:
+            (root / kind).mkdir(parents=True, exist_ok=True)
+        project = cls(root, name or root.name,
+                      created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        project.save()
+        return project
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "Project":
+        """Open a project from its folder or its project file."""
+        path = Path(path)
+        root = path.parent if path.name == PROJECT_FILE else path
+        file = root / PROJECT_FILE
+        if not file.exists():
+            raise FileFormatError(f"{root}: not a CellPol project (no {PROJECT_FILE}).")
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise FileFormatError(f"{file}: the project file is not valid JSON ({exc}).") from None
+        if not isinstance(data, dict) or data.get("format") != PROJECT_FORMAT:
+            raise FileFormatError(f"{file}: not a CellPol project file.")
+        for kind in PROJECT_FOLDERS:
+            (root / kind).mkdir(exist_ok=True)
+        extra = {k: v for k, v in data.items() if k not in _KNOWN_KEYS}
+        return cls(root, str(data.get("name", root.name)), dict(data.get("voxel_sizes", {})),
+                   dict(data.get("settings", {})), str(data.get("created", "")), extra)
+
+    def save(self) -> None:
+        """Rewrite the project file atomically."""
+        from app import __version__
+
+        data: dict[str, Any] = {
+            "format": PROJECT_FORMAT, "version": PROJECT_VERSION, "name": self.name, "created": self.created,
+            "app_version": __version__, "folders": list(PROJECT_FOLDERS),
+            "voxel_sizes": self.voxel_sizes, "settings": self.settings,
+        }
+        for key, value in self.extra.items():
+            data.setdefault(key, value)
+        atomic_write_json(self.file, data)
+
+    # --- images and where their files live ----------------------------------------------------
+    def images(self) -> list[Path]:
+        """The images in ``images/``, in natural order."""
+        from app.core.imageio import find_images
+
+        folder = self.folder("images")
+        return find_images([folder]) if folder.is_dir() and any(folder.iterdir()) else []
+
+    def contains(self, path: str | os.PathLike) -> bool:
+        try:
+            Path(path).resolve().relative_to(self.root.resolve())
+        except ValueError:
+            return False
+        return True
+
+    def vectors_path(self, image_path: str | os.PathLike) -> Path:
+        """Annotations of an image live in ``annotations/<stem>.vectors.csv``."""
+        return vectors_path_for(image_path, self.folder("annotations"))
+
+    def predictions_path(self, image_path: str | os.PathLike) -> Path:
+        """Predictions of an image live in ``results/<stem>.vectors.csv``."""
+        return vectors_path_for(image_path, self.folder("results"))
+
+    def neighbour(self, image_path: Optional[str | os.PathLike], step: int) -> Optional[Path]:
+        """The image ``step`` places after ``image_path`` in :meth:`images` (before, if negative).
+
+        ``None`` past either end. An image not in the list (or ``None``) starts from the first image
+        going forwards and from the last going backwards.
+        """
+        images = self.images()
+        if not images or step == 0:
+            return None
+        keys = [p.resolve() for p in images]
+        current = Path(image_path).resolve() if image_path is not None else None
+        if current in keys:
+            index = keys.index(current) + step
+        else:
+            index = 0 if step > 0 else len(images) - 1
+        return images[index] if 0 <= index < len(images) else None
+
+    # --- voxel sizes and settings -------------------------------------------------------------
+    def _key(self, image_path: str | os.PathLike) -> str:
+        path = Path(image_path)
+        if self.contains(path):
+            return path.resolve().relative_to(self.root.resolve()).as_posix()
+        return str(path.resolve())
+
+    def voxel_size_for(self, image_path: str | os.PathLike) -> Optional[tuple[float, float, float]]:
+        value = self.voxel_sizes.get(self._key(image_path))
+        return parse_voxel_size(value) if value else None
+
+    def remember_voxel_size(self, image_path: str | os.PathLike, voxel_size: Sequence[float]) -> None:
+        self.voxel_sizes[self._key(image_path)] = list(parse_voxel_size(voxel_size))
+        self.save()
+
+    @property
+    def last_image(self) -> Optional[Path]:
+        """The image last opened in the app (``None`` if unknown or gone)."""
+        value = self.settings.get("last_image")
+        if not value:
+            return None
+        path = self.root / value if not Path(value).is_absolute() else Path(value)
+        return path if path.exists() else None
+
+    def remember_last_image(self, image_path: str | os.PathLike) -> None:
+        key = self._key(image_path)
+        if self.settings.get("last_image") != key:
+            self.settings["last_image"] = key
+            self.save()
+
+    # --- status of each image -------------------------------------------------------------------
+    def image_status(self, image_path: str | os.PathLike, read_header: bool = True) -> ImageStatus:
+        """Shape, voxel size, annotation counts and state of one image, without reading its pixels."""
+        path = Path(image_path)
+        status = ImageStatus(path, has_predictions=self.predictions_path(path).is_file())
+        if read_header:
+            from app.core.imageio import read_image_info
+
+            try:
+                info = read_image_info(path)
+            except CellPolError as exc:
+                status.problem = str(exc)
+            else:
+                czyx = info.get("czyx_shape")
+                if czyx:
+                    status.shape = tuple(int(s) for s in czyx[1:])
+                else:
+                    status.problem = str(info.get("axes_problem") or "")
+                if info.get("voxel_size"):
+                    status.voxel_size = parse_voxel_size(info["voxel_size"])
+        if status.voxel_size is None:
+            try:
+                status.voxel_size = self.voxel_size_for(path)
+            except CellPolError:
+                pass
+        vectors = self.vectors_path(path)
+        recovery = find_recovery(vectors)
+        source = recovery if recovery is not None else vectors
+        if source.is_file():
+            try:
+                pairs = read_pairs(source)
+            except CellPolError as exc:
+                status.state, status.problem = UNREADABLE, str(exc)
+            else:
+                status.n_pairs = len(pairs)
+                status.n_manual = int(sum(1 for s in pairs.sources if str(s) in MANUAL_SOURCES))
+                status.state = UNSAVED if recovery is not None else SAVED
+        return status
+
+    def statuses(self, read_header: bool = True) -> list[ImageStatus]:
+        """:meth:`image_status` of every image, in :meth:`images` order."""
+        return [self.image_status(path, read_header) for path in self.images()]
