@@ -56,6 +56,7 @@ class DocumentController(QtCore.QObject):
     document_changed = QtCore.Signal()
     status = QtCore.Signal(str)
     autosaved = QtCore.Signal(str)
+    saved = QtCore.Signal(str)
 
     def __init__(self, state: ViewerState, settings: QtCore.QSettings,
                  parent_widget: Optional[QtWidgets.QWidget] = None) -> None:
@@ -298,6 +299,11 @@ class DocumentController(QtCore.QObject):
             self.autosaver.failed.connect(self.status.emit)
         name = self.image_path.name if self.image_path is not None else (volume.source or "demo")
         self.title = str(name)
+        if self.project is not None and self.image_path is not None and self.project.contains(self.image_path):
+            try:
+                self.project.remember_last_image(self.image_path)
+            except OSError as exc:
+                self.status.emit(f"Cannot update the project file: {exc.strerror or exc}")
         self.document_changed.emit()
 
     def _displays_for(self, volume: Volume):
@@ -349,6 +355,24 @@ class DocumentController(QtCore.QObject):
         self.document_changed.emit()
         return True
 
+    def open_project_image(self, path) -> bool:
+        """Open another image of the project (project panel, Next/Previous image).
+
+        Unsaved annotations of a project image are saved to the project first, without asking: they are
+        the project's own files, and moving through the images should not stop at a dialog each time.
+        (Annotations of an image from outside the project go through the usual Save/Discard question.)
+        If that save fails the current image stays open. Returns whether ``path`` is now open.
+        """
+        path = Path(path)
+        if self.image_path is not None and self.state.volume is not None and \
+                path.resolve() == self.image_path.resolve():
+            return True
+        in_project = (self.project is not None and self.vectors_path is not None
+                      and self.project.contains(self.vectors_path))
+        if in_project and self.state.volume is not None and self.model.is_dirty and not self.save():
+            return False
+        return self.open_path(path)
+
     def new_project(self, path) -> bool:
         try:
             self.project = Project.create(path)
@@ -382,6 +406,7 @@ class DocumentController(QtCore.QObject):
         discard_autosave(target)
         self.model.mark_saved()
         self.status.emit(f"Saved {len(self.model)} pairs to {target}.")
+        self.saved.emit(str(target))
         return True
 
     def maybe_save(self) -> bool:

@@ -18,11 +18,13 @@ from PySide6 import QtCore, QtGui, QtWidgets
 
 from app import __version__
 from app.core.errors import CellPolError
+from app.core.project import MANUAL_SOURCES
 from app.ui.annotation_panel import AnnotationPanel
 from app.ui.channel_controls import ChannelControls
 from app.ui.demo import demo_data, demo_predictions
 from app.ui.dialogs import ShortcutsDialog, native_text
 from app.ui.document import IMAGE_FILTER, IMAGE_SUFFIXES, VECTOR_FILTERS, DocumentController
+from app.ui.project_panel import ProjectPanel
 from app.ui.slice_views import OrthoViews
 from app.ui.state import ViewerState
 from app.ui.workers import run_in_thread
@@ -32,7 +34,7 @@ __all__ = ["MainWindow", "demo_data", "run_app", "save_screenshot"]
 SETTINGS_ORGANISATION = "CellPol"
 SETTINGS_APPLICATION = "CellPol Studio"
 #: Bump when the dock layout changes, so an old saved layout is not applied to new docks.
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 
 
 def app_settings() -> QtCore.QSettings:
@@ -156,6 +158,12 @@ class MainWindow(QtWidgets.QMainWindow):
         a("reference", "Compare with reference vectors…", self.reference_dialog, None, "File",
           tip="Colour the pairs TP/FP against a ground truth and show its missed pairs (FN)")
         a("voxel_size", "Set voxel size…", self.voxel_size_dialog, None, "File")
+        a("next_image", "Next image", lambda: self.step_image(1), "Ctrl+PgDown", "Project",
+          tip="Open the next image of the project (the current annotations are saved first)")
+        a("previous_image", "Previous image", lambda: self.step_image(-1), "Ctrl+PgUp", "Project",
+          tip="Open the previous image of the project (the current annotations are saved first)")
+        a("refresh_project", "Refresh", self.refresh_project, None, "Project",
+          tip="Re-read the project's images and annotation files")
         a("screenshot", "Save screenshot…", self.screenshot_dialog, None, "File")
         a("quit", "&Quit", self.close, K.Quit, "File")
 
@@ -214,6 +222,9 @@ class MainWindow(QtWidgets.QMainWindow):
         export.addAction(self.actions["export_3dngmic"])
         file.addAction(self.actions["reference"])
         file.addSeparator()
+        for name in ("previous_image", "next_image"):
+            file.addAction(self.actions[name])
+        file.addSeparator()
         file.addAction(self.actions["voxel_size"])
         file.addAction(self.actions["screenshot"])
         file.addSeparator()
@@ -258,6 +269,13 @@ class MainWindow(QtWidgets.QMainWindow):
             docks.insert(0, self.view3d_dock)
         self.addDockWidget(right, self.vectors_dock)
         self.addDockWidget(right, self.channel_dock)
+        self.project_panel = ProjectPanel(self.actions)
+        self.project_dock = QtWidgets.QDockWidget("Project", self)
+        self.project_dock.setObjectName("project_dock")
+        self.project_dock.setWidget(self.project_panel)
+        self.addDockWidget(QtCore.Qt.DockWidgetArea.LeftDockWidgetArea, self.project_dock)
+        self.project_dock.hide()  # shown when a project is opened
+        docks.append(self.project_dock)
         self.tabifyDockWidget(self.vectors_dock, self.channel_dock)
         self.vectors_dock.raise_()
         self.resizeDocks([self.vectors_dock], [460], QtCore.Qt.Orientation.Horizontal)
@@ -300,6 +318,10 @@ class MainWindow(QtWidgets.QMainWindow):
         self.document.status.connect(lambda text: self.statusBar().showMessage(text, 8000))
         self.document.autosaved.connect(self._on_autosaved)
         self.document.document_changed.connect(self._on_document_changed)
+        self.document.saved.connect(lambda _path: self._update_project_row())
+        self.project_panel.open_requested.connect(self.open_project_image)
+        state.pairs_changed.connect(lambda *_: self._update_project_row())
+        state.history_changed.connect(self._update_project_row)
         if self.viewer3d is not None:
             self.viewer3d.picked.connect(lambda pid, which: self.statusBar().showMessage(
                 f"Pair {pid} ({which}) picked in 3D.", 4000))
@@ -315,6 +337,7 @@ class MainWindow(QtWidgets.QMainWindow):
         window_state = s.value("window/state")
         if window_state is not None:
             self.restoreState(window_state, LAYOUT_VERSION)
+        self.project_dock.hide()  # until a project is open
         self.state.snap = _as_bool(s.value("annotate/snap", True))
         self.state.snap_radius_um = float(s.value("annotate/snap_radius_um", 2.0))
         self.state.depth_um = float(s.value("annotate/depth_um", 2.0))
@@ -361,7 +384,6 @@ class MainWindow(QtWidgets.QMainWindow):
         folder = QtWidgets.QFileDialog.getExistingDirectory(self, "Open project folder", self.document.last_dir())
         if folder:
             self.document.open_project(folder)
-            self._offer_project_image()
 
     def new_project_dialog(self) -> None:
         folder = QtWidgets.QFileDialog.getExistingDirectory(self, "New project: choose or create a folder",
@@ -370,16 +392,40 @@ class MainWindow(QtWidgets.QMainWindow):
             self.statusBar().showMessage(
                 f"Project created in {folder}: put images in images/, annotations go to annotations/.", 8000)
 
-    def _offer_project_image(self) -> None:
+    # --- project images -------------------------------------------------------------------------
+    def open_project_image(self, path) -> bool:
+        """Open an image of the project; the current annotations are saved first (nothing is lost)."""
+        opened = self.document.open_project_image(path)
+        if not opened:
+            self.project_panel.set_current(self.document.image_path)  # back to the image still open
+        return opened
+
+    def step_image(self, step: int) -> bool:
+        """Next (``step`` = 1) or previous (-1) image of the project (Ctrl+PgDown / Ctrl+PgUp)."""
         project = self.document.project
         if project is None:
+            self.statusBar().showMessage("No project open: File ▸ Open project…", 4000)
+            return False
+        target = project.neighbour(self.document.image_path, step)
+        if target is None:
+            self.statusBar().showMessage("This is the last image of the project." if step > 0 else
+                                         "This is the first image of the project.", 4000)
+            return False
+        return self.open_project_image(target)
+
+    def refresh_project(self) -> None:
+        self.project_panel.refresh()
+        self._update_project_row()
+
+    def _update_project_row(self) -> None:
+        """The open image's row in the project panel follows the edits (counts, unsaved state)."""
+        document = self.document
+        if document.project is None or document.image_path is None or self.state.volume is None:
             return
-        images = project.images()
-        if images:
-            path, _ = QtWidgets.QFileDialog.getOpenFileName(self, f"Open an image of {project.name}",
-                                                            str(project.folder("images")), IMAGE_FILTER)
-            if path:
-                self.open_path(path)
+        pairs = self.model.pairs
+        manual = sum(1 for p in pairs if p.source in MANUAL_SOURCES)
+        exists = document.vectors_path is not None and document.vectors_path.exists()
+        self.project_panel.update_image(document.image_path, len(pairs), manual, self.model.is_dirty, exists)
 
     def open_demo(self) -> None:
         """A simulated volume with predictions (starter model, or the classic peer) and its ground truth
@@ -644,6 +690,14 @@ class MainWindow(QtWidgets.QMainWindow):
     def _on_document_changed(self) -> None:
         self.stack.setCurrentWidget(self.ortho if self.state.volume is not None else self.welcome)
         project = self.document.project
+        if project is not self.project_panel.project:
+            self.project_panel.set_project(project)
+            self.project_dock.setVisible(project is not None)
+            if project is not None:
+                self.project_dock.raise_()
+                self.project_panel.table.setFocus()
+        self.project_panel.set_current(self.document.image_path)
+        self._update_project_row()
         title = self.document.title or ""
         if project is not None:
             title = f"{title} — {project.name}" if title else project.name
