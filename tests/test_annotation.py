@@ -20,7 +20,8 @@ from app.core.annotation import (
     Signal,
     autosave_path_for,
     discard_autosave,
-    evaluation_labels,
+    check_reference,
+    compare_with_reference,
     find_recovery,
     image_stem,
     load_autosave,
@@ -367,11 +368,30 @@ def test_legacy_and_3dngmic_exports_round_trip(tmp_path):
     assert len(read_3dngmic_vectors(write_3dngmic_vectors(tmp_path / "e.npy", PairSet.empty()))) == 0
 
 
-def test_evaluation_labels_tp_fp_fn():
+def test_compare_with_reference_labels_tp_fp_fn_and_border():
     reference = PairSet([[5, 10, 10], [5, 50, 50], [5, 90, 90]], [[5, 10, 20], [5, 50, 60], [5, 90, 100]],
                         voxel_size=(1.0, 0.5, 0.5))
     pred = PairSet([[5, 11, 10], [5, 50, 50], [5, 140, 140]], [[5, 10, 21], [5, 80, 80], [5, 140, 150]],
                    voxel_size=(1.0, 0.5, 0.5), ids=[7, 8, 9])
-    labels, fn_rows = evaluation_labels(reference, pred)
-    assert labels == {7: "TP", 8: "FP", 9: "FP"}  # pair 8's Golgi is 21 µm off
-    assert fn_rows.tolist() == [1, 2]
+    every = compare_with_reference(reference, pred, border_margin_um=0.0)
+    assert every.labels == {7: "TP", 8: "FP", 9: "FP"}  # pair 8's Golgi is 21 µm off
+    assert every.fn_rows.tolist() == [1, 2]
+    assert every.score.tp[5] == 1 and every.score.fp[5] == 2 and every.score.fn[5] == 2
+    # The paper's 7 µm border (14 voxels at 0.5 µm) on a 10×200×200 image leaves out the pairs at y or x = 10.
+    paper = compare_with_reference(reference, pred, image_shape=(10, 200, 200))
+    assert paper.labels == {7: "border", 8: "FP", 9: "FP"} and paper.fn_rows.tolist() == [1, 2]
+    assert (paper.score.n_gt, paper.score.n_pred) == (2, 2)  # the colours agree with the counts
+
+
+def test_check_reference_refuses_another_image():
+    reference = PairSet([[2, 10, 10]], [[2, 10, 20]], voxel_size=(1.0, 0.5, 0.5), meta={"image_shape_zyx": [5, 40, 40]})
+    assert check_reference(reference, (1.0, 0.5, 0.5), (5, 40, 40)).voxel_size == (1.0, 0.5, 0.5)
+    assert check_reference(reference.with_voxel_size((1, 1, 1)).subset([0]), (1, 1, 1), (5, 40, 40))
+    with pytest.raises(CellPolError, match="voxel size of 1 × 0.5 × 0.5 µm .* this image has 2 × 0.5 × 0.5"):
+        check_reference(reference, (2.0, 0.5, 0.5), (5, 40, 40))
+    with pytest.raises(CellPolError, match="image of 5×40×40 voxels .* this image is 5×30×40"):
+        check_reference(reference, (1.0, 0.5, 0.5), (5, 30, 40))
+    no_meta = PairSet([[2, 10, 10]], [[2, 10, 50]])  # a legacy file: no voxel size, no shape
+    assert check_reference(no_meta, (1.0, 0.5, 0.5), (5, 60, 60)).voxel_size == (1.0, 0.5, 0.5)
+    with pytest.raises(CellPolError, match="1 reference point.* outside"):
+        check_reference(no_meta, (1.0, 0.5, 0.5), (5, 40, 40))

@@ -129,7 +129,7 @@ def test_3d_pairs_as_glyphs_and_picking_selects(qtbot, window3d):
     # Evaluation colours: the FN of a reference are drawn too.
     from app.core.pairs import PairSet
 
-    reference = PairSet([NUCLEUS_A, (2, 10, 10)], [GOLGI_A, (2, 10, 20)], voxel_size=(1.0, 0.5, 0.5))
+    reference = PairSet([NUCLEUS_A, (2, 40, 70)], [GOLGI_A, (2, 40, 80)], voxel_size=(1.0, 0.5, 0.5))
     window3d.document.set_reference(reference)
     assert window3d.state.labels == {a: "TP", b: "FP"}
     assert viewer.arrow_points.GetNumberOfPoints() == 3  # two pairs + one missed reference pair

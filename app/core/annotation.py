@@ -14,8 +14,8 @@ Everything here is plain Python and numpy (no Qt), so it is unit-tested on its o
     :func:`load_autosave` bring it back on the next start.
 :func:`snap_to_peak`
     Moves a click to the local intensity peak of a channel within a radius in µm.
-:func:`evaluation_labels`
-    TP/FP/FN labels of the pairs against a reference, for colouring the views.
+:func:`compare_with_reference`
+    The pairs scored against a reference with the paper's protocol, and TP/FP/FN labels for the views.
 
 Projects (folders of images and their annotations) are :mod:`app.core.project`; file formats, the legacy
 ones included, are :mod:`app.core.pairs`.
@@ -891,25 +891,105 @@ class Autosaver:
 
 
 # ------------------------------------------------------------------------------------------
-# Evaluation colours
+# Comparing with a reference (evaluation colours)
 # ------------------------------------------------------------------------------------------
-def evaluation_labels(reference: PairSet, pairs: PairSet, level: int = 5,
-                      image_shape: Optional[Sequence[int]] = None) -> tuple[dict[int, str], np.ndarray]:
-    """Label each pair of ``pairs`` TP or FP against ``reference`` (the paper's matching at ``level``).
+#: Label of the pairs the paper's border exclusion leaves out (neither TP nor FP).
+BORDER = "border"
+#: The levels shown in the app: τL = 0 (MAF 0.75, the loosest) and τL = 5 (MAF 0.50).
+SHOWN_LEVELS = (0, 5)
 
-    Returns ``({pair_id: "TP" | "FP"}, fn_rows)`` where ``fn_rows`` are the rows of ``reference``
-    that no prediction matched (the false negatives). No border exclusion: every drawn pair is labelled.
+
+@dataclass
+class ReferenceComparison:
+    """The pairs scored against a reference with the paper's protocol (:func:`app.core.evaluate.score_pairs`).
+
+    Attributes
+    ----------
+    score : ImageScore
+        TP, FP, FN, TPR, FDR... at the 14 levels.
+    level : int
+        The level the labels are for.
+    labels : dict of int to str
+        Pair id → ``"TP"``, ``"FP"`` or :data:`BORDER` (left out by the border margin).
+    fn_rows : ndarray of int
+        Rows of the reference no pair matched at ``level`` (border pairs excluded).
     """
-    from app.core.evaluate import score_pairs
 
-    score = score_pairs(reference, pairs, image_shape=image_shape, border_margin_um=0.0,
-                        voxel_size=pairs.voxel_size or reference.voxel_size)
+    score: Any
+    level: int
+    labels: dict[int, str]
+    fn_rows: np.ndarray
+
+
+def check_reference(reference: PairSet, voxel_size: Sequence[float], image_shape: Sequence[int]) -> PairSet:
+    """``reference`` with the image's voxel size, after checking it was made for an image like this one.
+
+    Raises
+    ------
+    CellPolError
+        The reference's own voxel size (from its sidecar) or image shape differs from the image's, or some of
+        its points lie outside the image: one message saying which, so nothing is scored on the wrong grid.
+    """
+    voxel = parse_voxel_size(voxel_size)
+    shape = tuple(int(s) for s in image_shape)
+    if reference.voxel_size is not None and not np.allclose(reference.voxel_size, voxel, rtol=1e-4, atol=0):
+        raise CellPolError(
+            f"The reference vectors were made at a voxel size of {_um(reference.voxel_size)} µm (z × y × x) but this "
+            f"image has {_um(voxel)} µm. Compare vectors made at the same calibration, or correct the image's voxel "
+            "size (File ▸ Set voxel size…).")
+    made_on = reference.meta.get("image_shape_zyx")
+    if made_on is not None:
+        try:
+            made_on = tuple(int(s) for s in made_on)
+        except (TypeError, ValueError):
+            made_on = None
+    if made_on is not None and made_on != shape:
+        raise CellPolError(
+            f"The reference vectors were made on an image of {_voxels(made_on)} voxels (z × y × x); this image is "
+            f"{_voxels(shape)}. Open the image they belong to.")
+    if len(reference):
+        points = np.concatenate([reference.nuclei, reference.golgi])
+        outside = np.any((points < -0.5) | (points > np.asarray(shape) - 0.5), axis=1)
+        if outside.any():
+            raise CellPolError(
+                f"{int(outside.sum())} reference point(s) lie outside this image ({_voxels(shape)} voxels, z × y × x): "
+                "were the reference vectors made for another image, or with other units (0-based voxels)?")
+    return reference.with_voxel_size(voxel)
+
+
+def _um(values: Sequence[float]) -> str:
+    return " × ".join(f"{v:g}" for v in values)
+
+
+def _voxels(values: Sequence[int]) -> str:
+    return "×".join(str(v) for v in values)
+
+
+def compare_with_reference(reference: PairSet, pairs: PairSet, image_shape: Optional[Sequence[int]] = None,
+                           level: int = 5, border_margin_um: float = 7.0) -> ReferenceComparison:
+    """Score ``pairs`` against ``reference`` (the paper's protocol) and label each pair for the views.
+
+    The scoring is :func:`app.core.evaluate.score_pairs` itself (Hungarian matching, thresholds per level,
+    border exclusion of ``border_margin_um``, 7 µm as the paper; 0 keeps every pair); the labels are its TPs at
+    ``level``, so the colours always agree with the numbers.
+    """
+    from app.core.evaluate import inside_border, score_pairs
+
+    score = score_pairs(reference, pairs, image_shape=image_shape, border_margin_um=border_margin_um)
     tp_mask = score.tp_mask[level] if score.tp_mask.size else np.zeros(0, dtype=bool)
     tp_pred = set(score.matches["pred_index"][tp_mask].tolist())
     tp_gt = set(score.matches["gt_index"][tp_mask].tolist())
-    labels = {int(pairs.ids[i]): ("TP" if i in tp_pred else "FP") for i in range(len(pairs))}
-    fn_rows = np.array([i for i in range(len(reference)) if i not in tp_gt], dtype=np.int64)
-    return labels, fn_rows
+    if score.border_margin_voxels is not None:
+        shape_yx = score.image_shape[1:]
+        pred_inside = inside_border(pairs, shape_yx, score.border_margin_voxels)
+        gt_inside = inside_border(reference, shape_yx, score.border_margin_voxels)
+    else:
+        pred_inside = np.ones(len(pairs), dtype=bool)
+        gt_inside = np.ones(len(reference), dtype=bool)
+    labels = {int(pairs.ids[i]): (BORDER if not pred_inside[i] else "TP" if i in tp_pred else "FP")
+              for i in range(len(pairs))}
+    fn_rows = np.array([i for i in range(len(reference)) if gt_inside[i] and i not in tp_gt], dtype=np.int64)
+    return ReferenceComparison(score, int(level), labels, fn_rows)
 
 
 # ------------------------------------------------------------------------------------------

@@ -27,7 +27,9 @@ SOURCE_COLOURS: dict[str, RGB] = {
     "imported": (235, 235, 235),
     "simulated": (180, 255, 120),
 }
-EVALUATION_COLOURS: dict[str, RGB] = {"TP": (60, 255, 120), "FP": (255, 60, 60), "FN": (70, 130, 255)}
+#: "border": left out of the scoring by the border margin (app.core.annotation.BORDER).
+EVALUATION_COLOURS: dict[str, RGB] = {"TP": (60, 255, 120), "FP": (255, 60, 60), "FN": (70, 130, 255),
+                                      "border": (150, 150, 150)}
 DEFAULT_OVERLAY_COLOUR: RGB = (235, 235, 235)
 SELECTED_COLOUR: RGB = (255, 255, 255)
 

@@ -18,9 +18,11 @@ from PySide6 import QtCore, QtWidgets
 from app import __version__
 from app.core.annotation import (
     Autosaver,
+    ReferenceComparison,
     autosave_path_for,
+    check_reference,
+    compare_with_reference,
     discard_autosave,
-    evaluation_labels,
     find_recovery,
     image_stem,
     load_autosave,
@@ -57,6 +59,7 @@ class DocumentController(QtCore.QObject):
     status = QtCore.Signal(str)
     autosaved = QtCore.Signal(str)
     saved = QtCore.Signal(str)
+    comparison_changed = QtCore.Signal(object)  # ReferenceComparison or None
 
     def __init__(self, state: ViewerState, settings: QtCore.QSettings,
                  parent_widget: Optional[QtWidgets.QWidget] = None) -> None:
@@ -72,6 +75,10 @@ class DocumentController(QtCore.QObject):
         self.autosaver: Optional[Autosaver] = None
         self.errors: list[str] = []
         self.title = ""
+        self.comparison: Optional[ReferenceComparison] = None
+        self.reference_name = ""
+        self.comparison_level = 5          # τL the colours are for
+        self.border_margin_um = 7.0        # the paper's
         self.state.pairs_changed.connect(self._refresh_evaluation)
 
     # --- questions (replaced in tests) ------------------------------------------------------
@@ -264,8 +271,7 @@ class DocumentController(QtCore.QObject):
             else:
                 vectors_path = vectors_path_for(self.image_path)
         self.vectors_path = Path(vectors_path) if vectors_path is not None else None
-        self.state.set_evaluation(None, {}, [])
-        self.state.set_colour_mode("source")
+        self._clear_comparison()
         self.state.set_volume(volume, self._displays_for(volume))
 
         loaded = PairSet.empty(volume.voxel_size)
@@ -429,10 +435,16 @@ class DocumentController(QtCore.QObject):
             self.autosaver = None
 
     # --- import / export --------------------------------------------------------------------
-    def read_vectors(self, path, fmt: Optional[str] = None) -> Optional[PairSet]:
-        """Read any supported vectors file; ``fmt`` forces ``project``, ``legacy`` or ``3dngmic``."""
+    def read_vectors(self, path, fmt: Optional[str] = None, own_voxel_size: bool = False) -> Optional[PairSet]:
+        """Read any supported vectors file; ``fmt`` forces ``project``, ``legacy`` or ``3dngmic``.
+
+        The pairs get the open image's voxel size, unless ``own_voxel_size``: then a project CSV keeps its
+        sidecar's (to check that a reference was made at the image's calibration).
+        """
         path = Path(path)
         voxel = self.state.volume.voxel_size if self.state.volume is not None else None
+        if own_voxel_size:
+            voxel = None
         try:
             if fmt == "3dngmic" or (fmt is None and path.suffix.lower() == ".npy"):
                 return read_3dngmic_vectors(path, voxel_size=voxel)
@@ -485,38 +497,70 @@ class DocumentController(QtCore.QObject):
         self.status.emit(f"Exported {len(pairs)} pairs to {path}.")
         return True
 
-    # --- evaluation colours -----------------------------------------------------------------
-    def set_reference(self, reference: Optional[PairSet]) -> None:
-        """Compare the pairs with ``reference`` (TP/FP colours, FN drawn from the reference)."""
+    # --- comparison with a reference (evaluation) ---------------------------------------------
+    def set_reference(self, reference: Optional[PairSet], name: str = "") -> bool:
+        """Compare the pairs with ``reference`` (the paper's scoring; TP/FP colours, FN drawn from the
+        reference). ``None`` clears the comparison. A reference made for another image (voxel size, shape,
+        points outside) is refused with one message; returns whether the comparison is shown."""
         if reference is None:
-            self.state.set_evaluation(None, {}, [])
-            self.state.set_colour_mode("source")
-            return
+            self._clear_comparison()
+            return True
+        volume = self.state.volume
+        if volume is None:
+            self.warn("Compare with reference", "Open an image first, then compare its vectors with a reference.")
+            return False
+        try:
+            reference = check_reference(reference, volume.voxel_size, volume.spatial_shape)
+        except CellPolError as exc:
+            self.warn("Cannot compare with the reference", str(exc))
+            return False
+        self.reference_name = name or str(reference.meta.get("image") or "reference")
         self.state.reference = reference
         self._refresh_evaluation()
         self.state.set_colour_mode("evaluation")
+        return True
 
     def load_reference(self, path) -> bool:
-        reference = self.read_vectors(path)
-        if reference is None:
+        reference = self.read_vectors(path, own_voxel_size=True)
+        if reference is None or not self.set_reference(reference, Path(path).name):
             return False
-        self.set_reference(reference)
-        labels = self.state.labels
-        tp = sum(1 for v in labels.values() if v == "TP")
-        self.status.emit(f"Against {Path(path).name}: {tp} TP, {len(labels) - tp} FP, {len(self.state.fn_rows)} FN.")
+        score = self.comparison.score if self.comparison is not None else None
+        if score is not None:
+            level = self.comparison_level
+            self.status.emit(f"Against {Path(path).name} at τL = {level}: {score.tp[level]} TP, {score.fp[level]} FP, "
+                             f"{score.fn[level]} FN.")
         return True
+
+    def set_comparison_options(self, level: Optional[int] = None, border_margin_um: Optional[float] = None) -> None:
+        if level is not None:
+            self.comparison_level = int(level)
+        if border_margin_um is not None:
+            self.border_margin_um = float(border_margin_um)
+        self._refresh_evaluation()
+
+    def _clear_comparison(self) -> None:
+        self.comparison = None
+        self.reference_name = ""
+        self.state.set_evaluation(None, {}, [])
+        self.state.set_colour_mode("source")
+        self.comparison_changed.emit(None)
 
     def _refresh_evaluation(self, *args) -> None:
         reference = self.state.reference
         if reference is None or self.model.dragging or self.state.volume is None:
             return
         try:
-            labels, fn_rows = evaluation_labels(reference, self.model.to_pairset(),
-                                                image_shape=self.state.volume.spatial_shape)
+            self.comparison = compare_with_reference(reference, self.model.to_pairset(),
+                                                     image_shape=self.state.volume.spatial_shape,
+                                                     level=self.comparison_level,
+                                                     border_margin_um=self.border_margin_um)
         except CellPolError as exc:
-            self.status.emit(f"Evaluation colours unavailable: {exc}")
-            labels, fn_rows = {}, []
-        self.state.set_evaluation(reference, labels, fn_rows)
+            self.status.emit(f"Evaluation unavailable: {exc}")
+            self.comparison = None
+            self.state.set_evaluation(reference, {}, [])
+        else:
+            self.state.set_evaluation(reference, self.comparison.labels, self.comparison.fn_rows)
+        self.comparison_changed.emit(self.comparison)
 
     def default_vectors_name(self) -> str:
         return f"{image_stem(self.image_path)}.vectors.csv" if self.image_path else "vectors.csv"

@@ -24,6 +24,7 @@ from app.ui.channel_controls import ChannelControls
 from app.ui.demo import demo_data, demo_predictions
 from app.ui.dialogs import ShortcutsDialog, native_text
 from app.ui.document import IMAGE_FILTER, IMAGE_SUFFIXES, VECTOR_FILTERS, DocumentController
+from app.ui.evaluation_panel import EvaluationPanel
 from app.ui.project_panel import ProjectPanel
 from app.ui.slice_views import OrthoViews
 from app.ui.state import ViewerState
@@ -60,7 +61,7 @@ class Legend(QtWidgets.QLabel):
             return f"<span style='color: rgb{tuple(rgb)}'>■</span> {text}"
 
         if self.state.colour_mode == "evaluation":
-            items = [swatch(EVALUATION_COLOURS[k], k) for k in ("TP", "FP", "FN")]
+            items = [swatch(EVALUATION_COLOURS[k], k) for k in ("TP", "FP", "FN", "border")]
         else:
             items = [swatch(SOURCE_COLOURS[k], k) for k in ("manual", "predicted", "corrected", "imported")]
         self.setText("<b>Vectors</b><br>" + "&nbsp; ".join(items) +
@@ -155,8 +156,10 @@ class MainWindow(QtWidgets.QMainWindow):
           tip="Project CSV, the authors' header-less CSV, or 3DNGMic .npy")
         a("export_legacy", "Authors' annotation CSV…", lambda: self.export_dialog("legacy"), None, "File")
         a("export_3dngmic", "3DNGMic vectors .npy…", lambda: self.export_dialog("3dngmic"), None, "File")
-        a("reference", "Compare with reference vectors…", self.reference_dialog, None, "File",
-          tip="Colour the pairs TP/FP against a ground truth and show its missed pairs (FN)")
+        a("reference", "Compare with reference…", self.reference_dialog, None, "Analysis",
+          tip="Score the pairs against reference vectors (ground truth) as the paper does: TPR/FDR/TP/FP/FN at "
+              "τL = 0 and 5; the markers are coloured TP/FP and the missed reference pairs drawn as FN")
+        a("clear_reference", "Clear comparison", lambda: self.document.set_reference(None), None, "Analysis")
         a("voxel_size", "Set voxel size…", self.voxel_size_dialog, None, "File")
         a("next_image", "Next image", lambda: self.step_image(1), "Ctrl+PgDown", "Project",
           tip="Open the next image of the project (the current annotations are saved first)")
@@ -193,7 +196,7 @@ class MainWindow(QtWidgets.QMainWindow):
         for index in range(4):
             a(f"channel_{index + 1}", f"Show/hide channel {index + 1}",
               lambda _=False, i=index: self.toggle_channel(i), str(index + 1), "View")
-        a("evaluation_colours", "Colour by evaluation (TP/FP/FN)", self.set_evaluation_colours, "E", "View",
+        a("evaluation_colours", "Colour by evaluation (TP/FP/FN)", self.set_evaluation_colours, "E", "Analysis",
           checkable=True)
         a("render_mip", "3D: maximum intensity", self.set_3d_mip, "R", "3D view", checkable=True)
         a("planes", "3D: slice planes", self.set_3d_planes, "O", "3D view", checkable=True)
@@ -206,6 +209,7 @@ class MainWindow(QtWidgets.QMainWindow):
             self.actions[name].setIconText(short)
         self.actions["snap"].setChecked(self.state.snap)
         self.actions["redo"].setEnabled(False)
+        self.actions["clear_reference"].setEnabled(False)
 
     def _create_menus(self) -> None:
         bar = self.menuBar()
@@ -220,7 +224,6 @@ class MainWindow(QtWidgets.QMainWindow):
         export = file.addMenu("&Export vectors as")
         export.addAction(self.actions["export_legacy"])
         export.addAction(self.actions["export_3dngmic"])
-        file.addAction(self.actions["reference"])
         file.addSeparator()
         for name in ("previous_image", "next_image"):
             file.addAction(self.actions[name])
@@ -236,9 +239,12 @@ class MainWindow(QtWidgets.QMainWindow):
         annotate = bar.addMenu("&Annotate")
         for name in ("place_mode", "place_nucleus", "place_golgi", "snap"):
             annotate.addAction(self.actions[name])
+        analysis = bar.addMenu("A&nalysis")
+        for name in ("reference", "clear_reference", "evaluation_colours"):
+            analysis.addAction(self.actions[name])
         view = bar.addMenu("&View")
         for name in ("mip", "fit", "slice_up", "slice_down", None, "channel_1", "channel_2", None,
-                     "evaluation_colours", None, "render_mip", "planes", "slab", "reset_3d"):
+                     "render_mip", "planes", "slab", "reset_3d"):
             view.addSeparator() if name is None else view.addAction(self.actions[name])
         self.view_menu = view
         help_menu = bar.addMenu("&Help")
@@ -276,6 +282,14 @@ class MainWindow(QtWidgets.QMainWindow):
         self.addDockWidget(QtCore.Qt.DockWidgetArea.LeftDockWidgetArea, self.project_dock)
         self.project_dock.hide()  # shown when a project is opened
         docks.append(self.project_dock)
+        self.evaluation_panel = EvaluationPanel(self.document, self.actions)
+        self.evaluation_dock = QtWidgets.QDockWidget("Comparison", self)
+        self.evaluation_dock.setObjectName("evaluation_dock")
+        self.evaluation_dock.setWidget(self.evaluation_panel)
+        self.addDockWidget(right, self.evaluation_dock)
+        self.tabifyDockWidget(self.channel_dock, self.evaluation_dock)
+        self.evaluation_dock.hide()  # shown when a reference is loaded
+        docks.append(self.evaluation_dock)
         self.tabifyDockWidget(self.vectors_dock, self.channel_dock)
         self.vectors_dock.raise_()
         self.resizeDocks([self.vectors_dock], [460], QtCore.Qt.Orientation.Horizontal)
@@ -338,6 +352,7 @@ class MainWindow(QtWidgets.QMainWindow):
         if window_state is not None:
             self.restoreState(window_state, LAYOUT_VERSION)
         self.project_dock.hide()  # until a project is open
+        self.evaluation_dock.hide()  # until a reference is loaded
         self.state.snap = _as_bool(s.value("annotate/snap", True))
         self.state.snap_radius_um = float(s.value("annotate/snap_radius_um", 2.0))
         self.state.depth_um = float(s.value("annotate/depth_um", 2.0))
@@ -447,13 +462,14 @@ class MainWindow(QtWidgets.QMainWindow):
             if self.state.volume is not volume or self._closed:
                 return  # another image was opened meanwhile
             self.model.set_pairset(pairs.with_voxel_size(volume.voxel_size))
-            self.document.set_reference(truth)
+            if not self.document.set_reference(truth, "the simulated truth"):
+                return
             self.state.set_colour_mode("source")  # predictions by source first; E shows TP/FP/FN
-            labels = self.state.labels
-            tp = sum(1 for v in labels.values() if v == "TP")
+            score, level = self.document.comparison.score, self.document.comparison_level
             self.statusBar().showMessage(
-                f"Demo: {len(pairs)} vectors predicted ({how['method']}); against the simulated truth "
-                f"{tp} TP, {len(labels) - tp} FP, {len(self.state.fn_rows)} FN (E shows these colours).", 15000)
+                f"Demo: {len(pairs)} vectors predicted ({how['method']}); against the simulated truth at τL = {level} "
+                f"{score.tp[level]} TP, {score.fp[level]} FP, {score.fn[level]} FN (E shows these colours; "
+                "Analysis ▸ Comparison).", 15000)
 
         self.run_job(demo_predictions, volume, on_result=done)
 
@@ -481,10 +497,24 @@ class MainWindow(QtWidgets.QMainWindow):
         return bool(path) and self.document.export_vectors(path, fmt)
 
     def reference_dialog(self) -> bool:
+        if self.state.volume is None:
+            self.statusBar().showMessage("Open an image first, then compare its vectors with a reference.", 5000)
+            return False
         filters = ";;".join(VECTOR_FILTERS.values())
         path, chosen = QtWidgets.QFileDialog.getOpenFileName(self, "Reference vectors (ground truth)",
                                                              self.document.last_dir(), filters)
-        return bool(path) and self.document.load_reference(path)
+        return bool(path) and self.compare_with_reference(path)
+
+    def compare_with_reference(self, path) -> bool:
+        """Score the pairs against the vectors in ``path`` and show the Comparison dock."""
+        if not self.document.load_reference(path):
+            return False
+        self.show_comparison()
+        return True
+
+    def show_comparison(self) -> None:
+        self.evaluation_dock.show()
+        self.evaluation_dock.raise_()
 
     def voxel_size_dialog(self) -> None:
         volume = self.state.volume
@@ -610,7 +640,7 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def set_evaluation_colours(self, on: bool) -> None:
         if on and self.state.reference is None:
-            self.statusBar().showMessage("No reference vectors: File ▸ Compare with reference vectors…", 5000)
+            self.statusBar().showMessage("No reference vectors: Analysis ▸ Compare with reference…", 5000)
             self.actions["evaluation_colours"].setChecked(False)
             return
         self.state.set_colour_mode("evaluation" if on else "source")
@@ -620,6 +650,7 @@ class MainWindow(QtWidgets.QMainWindow):
         action.blockSignals(True)
         action.setChecked(self.state.colour_mode == "evaluation")
         action.blockSignals(False)
+        self.actions["clear_reference"].setEnabled(self.state.reference is not None)
 
     # --- 3D -----------------------------------------------------------------------------------
     def set_3d_mip(self, on: bool) -> None:
