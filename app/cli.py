@@ -7,9 +7,12 @@ stderr and a non-zero exit status, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 from app import __version__
 from app.core.errors import CellPolError
@@ -122,6 +125,59 @@ def build_parser() -> argparse.ArgumentParser:
     _voxel_size_arg(p, help_extra="; overrides the files' metadata, required where they have none")
     _channel_args(p)
 
+    p = sub.add_parser(
+        "vox2vox", help="learn to synthesise images from your annotated images, and generate new ones",
+        description="Vox2Vox (3DNGMic): object masks from your annotations train a 3D pix2pix generator masks → "
+                    "image; new random layouts of your objects then become new images with exact vectors.",
+    )
+    vox = p.add_subparsers(dest="vox2vox_command", metavar="ACTION", required=True)
+    q = vox.add_parser(
+        "train", help="train a generator on images with <name>.vectors.csv annotations",
+        description="Train a Vox2Vox generator. The 3D SSIM between held-out real images and the generator's "
+                    "output from their masks is reported as it trains. A killed run resumes when the same command "
+                    "is run again.",
+    )
+    q.add_argument("--images", nargs="+", required=True, metavar="DIR", help="training images: folders and/or files")
+    q.add_argument("--vectors", metavar="DIR", help="folder of <name>.vectors.csv (default: beside the images)")
+    q.add_argument("--out", required=True, metavar="G", help="generator to write (G.json + G.safetensors)")
+    q.add_argument("--val-images", nargs="+", metavar="DIR",
+                   help="images for the SSIM (default: a held-out training image)")
+    q.add_argument("--val-vectors", metavar="DIR", help="folder of the validation vectors (default: beside them)")
+    q.add_argument("--steps", type=int, default=2000, metavar="N", help="training steps (default 2000)")
+    q.add_argument("--patch", nargs=3, type=int, metavar=("Z", "Y", "X"),
+                   help="patch size in voxels at the model's voxel size (default about 12×32×32 µm)")
+    q.add_argument("--batch-size", type=int, default=2, metavar="N", help="patches per step (default 2)")
+    q.add_argument("--lr", type=float, default=2e-4, metavar="LR", help="Adam learning rate (default 2e-4)")
+    q.add_argument("--l1-weight", type=float, default=100.0, metavar="W", help="λ of the L1 term (default 100)")
+    q.add_argument("--eval-every", type=int, default=100, metavar="N", help="steps between SSIM evaluations")
+    q.add_argument("--levels", type=int, default=4, metavar="N", help="generator depth (default 4)")
+    q.add_argument("--base-filters", type=int, default=16, metavar="N", help="generator width (default 16)")
+    q.add_argument("--model-voxel-size", nargs=3, type=float, metavar=("Z", "Y", "X"),
+                   help="voxel size (µm) the generator works at (default: the images', within 0.25–1 µm in x/y)")
+    q.add_argument("--nucleus-box", nargs=3, type=float, metavar=("Z", "Y", "X"), default=None,
+                   help="box (µm) for each nucleus's Otsu mask (default 9 16 16, the paper's)")
+    q.add_argument("--golgi-box", nargs=3, type=float, metavar=("Z", "Y", "X"), default=None,
+                   help="box (µm) for each Golgi's Otsu mask (default 5 8 8, the paper's)")
+    q.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    q.add_argument("--seed", type=int, default=0, metavar="S")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing generator and discard its checkpoints")
+    _voxel_size_arg(q, help_extra="; overrides the files' metadata, required where they have none")
+    _channel_args(q)
+    q = vox.add_parser(
+        "generate", help="generate volumes with exact ground-truth vectors from a generator",
+        description="Write the 3DNGMic layout (inputs/, outputs/, vectors/, heatmaps/ as k.npy) and gen_kkkk.tif + "
+                    "gen_kkkk.vectors.csv, which `cellpol train --synthetic-dir DIR` mixes into training.",
+    )
+    q.add_argument("--model", required=True, metavar="G", help="generator file (G.json)")
+    q.add_argument("--n", type=int, required=True, metavar="N", help="number of volumes")
+    q.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    q.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (volume k uses seed and k)")
+    q.add_argument("--shape", nargs=3, type=int, metavar=("Z", "Y", "X"),
+                   help="volume size in voxels at the generator's voxel size (default: its training images')")
+    q.add_argument("--dropout", action="store_true", help="keep the generator's dropout on for more variety")
+    q.add_argument("--start-index", type=int, default=0, metavar="K", help="number of the first volume (default 0)")
+    q.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+
     p = sub.add_parser("evaluate", help="score predictions against ground truth (the paper's protocol)")
     p.add_argument("--gt", required=True, help="folder of ground-truth <stem>.vectors.csv")
     p.add_argument("--pred", required=True, help="folder of predicted <stem>.vectors.csv")
@@ -149,7 +205,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     handlers = {
         None: _cmd_gui, "gui": _cmd_gui, "synth": _cmd_synth, "predict": _cmd_predict,
-        "evaluate": _cmd_evaluate, "train": _cmd_train, "import-legacy": _cmd_import_legacy, "info": _cmd_info,
+        "evaluate": _cmd_evaluate, "train": _cmd_train, "vox2vox": _cmd_vox2vox, "import-legacy": _cmd_import_legacy, "info": _cmd_info,
     }
     try:
         return handlers[args.command](args)
@@ -289,9 +345,6 @@ def _fmt_rate(value) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    import signal
-    import threading
-
     from tqdm import tqdm
 
     from app.core import evaluate
@@ -313,15 +366,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     paths = output_paths(args.out)
     cancel = CancelToken()
-
-    def on_interrupt(signum, frame):  # first Ctrl+C: stop cleanly with a checkpoint; second: at once
-        cancel.cancel()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        print("\nStopping after this step and saving a checkpoint (Ctrl+C again to stop at once)...",
-              file=sys.stderr)
-
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, on_interrupt) if in_main_thread else None
     bar = reading = None
     step = 0
     baseline = None
@@ -329,72 +373,184 @@ def _cmd_train(args: argparse.Namespace) -> int:
     def say(message: str) -> None:
         (bar.write(message, file=sys.stderr) if bar is not None else print(message, file=sys.stderr))
 
-    try:
-        for event in run_training(options, cancel=cancel):
-            kind = event.kind
-            if kind == "loading":
-                if event.total_steps > 3 and reading is None:
-                    reading = tqdm(total=event.total_steps, desc="read", unit="img", file=sys.stderr,
+    with _stop_on_ctrl_c(cancel):
+        try:
+            for event in run_training(options, cancel=cancel):
+                kind = event.kind
+                if kind == "loading":
+                    if event.total_steps > 3 and reading is None:
+                        reading = tqdm(total=event.total_steps, desc="read", unit="img", file=sys.stderr,
+                                       dynamic_ncols=True)
+                    if reading is not None:
+                        reading.update(event.step - reading.n)
+                    if event.step == event.total_steps and reading is not None:
+                        reading.close()
+                        reading = None
+                elif kind == "info":
+                    say(event.message)
+                    step = max(step, event.step)
+                elif kind == "baseline":
+                    baseline = event.metrics
+                    say("Initial model on the validation images: " + _metrics_line(event.metrics))
+                elif kind in ("step", "epoch", "checkpoint"):
+                    if bar is None:
+                        bar = tqdm(total=event.total_steps, initial=step, desc="train", unit="step", file=sys.stderr,
                                    dynamic_ncols=True)
-                if reading is not None:
-                    reading.update(event.step - reading.n)
-                if event.step == event.total_steps and reading is not None:
-                    reading.close()
-                    reading = None
-            elif kind == "info":
-                say(event.message)
-                step = max(step, event.step)
-            elif kind == "baseline":
-                baseline = event.metrics
-                say("Initial model on the validation images: " + _metrics_line(event.metrics))
-            elif kind in ("step", "epoch", "checkpoint"):
-                if bar is None:
-                    bar = tqdm(total=event.total_steps, initial=step, desc="train", unit="step", file=sys.stderr,
-                               dynamic_ncols=True)
-                if kind == "step":
-                    bar.update(event.step - bar.n)
-                    bar.set_postfix(loss=f"{event.losses['total']:.4f}", refresh=False)
-                    step = event.step
-                elif kind == "epoch":
-                    say(f"epoch {event.epoch} (step {event.step}): loss {event.losses.get('total', float('nan')):.4f}"
-                        + (f", validation loss {event.metrics['val_loss']:.4f}" if "val_loss" in event.metrics else "")
-                        + (", " + _metrics_line(event.metrics) if "tpr0" in event.metrics else "")
-                        + ("  *best" if event.best else ""))
-            elif kind == "calibration":
-                if bar is not None:
-                    bar.close()
-                    bar = None
-                m = event.metrics
-                say(f"Calibrated decoding: peak thresholds nucleus {m['peak_threshold_nucleus']:g}, Golgi "
-                    f"{m['peak_threshold_golgi']:g}; minimum distances {m['min_distance_nucleus_um']:g} / "
-                    f"{m['min_distance_golgi_um']:g} µm (TPR − FDR at τL=5: {_fmt_rate(m.get('j'))})")
-            elif kind == "done":
-                if bar is not None:
-                    bar.close()
-                    bar = None
-                print(f"\nValidation ({event.message})")
-                if event.data is not None:
-                    print(evaluate.format_table(event.data))
-                if baseline is not None:
-                    print("before: " + _metrics_line(baseline))
-                print("after:  " + _metrics_line(event.metrics))
-                minutes = event.seconds / 60
-                print(f"{event.total_steps} steps in {minutes:.1f} min ({event.seconds / max(1, event.total_steps):.2f} "
-                      f"s/step). Model: {event.path}")
-                print(f"Losses: {paths['log']}; validation per epoch: {paths['validation_log']}")
-                print(f"Predict with: cellpol predict IMAGES --model {event.path} --out OUTPUT_FOLDER")
-    except CancelledError:
-        if bar is not None:
-            bar.close()
-        print(f"Stopped at step {step}; checkpoint saved in {paths['checkpoints']}. Run the same command again to "
-              "resume.", file=sys.stderr)
-        return 130
+                    if kind == "step":
+                        bar.update(event.step - bar.n)
+                        bar.set_postfix(loss=f"{event.losses['total']:.4f}", refresh=False)
+                        step = event.step
+                    elif kind == "epoch":
+                        say(f"epoch {event.epoch} (step {event.step}): loss {event.losses.get('total', float('nan')):.4f}"
+                            + (f", validation loss {event.metrics['val_loss']:.4f}" if "val_loss" in event.metrics else "")
+                            + (", " + _metrics_line(event.metrics) if "tpr0" in event.metrics else "")
+                            + ("  *best" if event.best else ""))
+                elif kind == "calibration":
+                    if bar is not None:
+                        bar.close()
+                        bar = None
+                    m = event.metrics
+                    say(f"Calibrated decoding: peak thresholds nucleus {m['peak_threshold_nucleus']:g}, Golgi "
+                        f"{m['peak_threshold_golgi']:g}; minimum distances {m['min_distance_nucleus_um']:g} / "
+                        f"{m['min_distance_golgi_um']:g} µm (TPR − FDR at τL=5: {_fmt_rate(m.get('j'))})")
+                elif kind == "done":
+                    if bar is not None:
+                        bar.close()
+                        bar = None
+                    print(f"\nValidation ({event.message})")
+                    if event.data is not None:
+                        print(evaluate.format_table(event.data))
+                    if baseline is not None:
+                        print("before: " + _metrics_line(baseline))
+                    print("after:  " + _metrics_line(event.metrics))
+                    minutes = event.seconds / 60
+                    print(f"{event.total_steps} steps in {minutes:.1f} min ({event.seconds / max(1, event.total_steps):.2f} "
+                          f"s/step). Model: {event.path}")
+                    print(f"Losses: {paths['log']}; validation per epoch: {paths['validation_log']}")
+                    print(f"Predict with: cellpol predict IMAGES --model {event.path} --out OUTPUT_FOLDER")
+        except CancelledError:
+            if bar is not None:
+                bar.close()
+            print(f"Stopped at step {step}; checkpoint saved in {paths['checkpoints']}. Run the same command again to "
+                  "resume.", file=sys.stderr)
+            return 130
+        finally:
+            for progress_bar in (bar, reading):
+                if progress_bar is not None:
+                    progress_bar.close()
+    return EXIT_OK
+
+
+def _cmd_vox2vox(args: argparse.Namespace) -> int:
+    if args.vox2vox_command == "generate":
+        from app.training.vox2vox import generate
+
+        if args.n < 1:
+            raise CellPolError("--n must be at least 1.")
+        with _progress_bar(args.n, "generate") as bar:
+            def progress(done: int, total: int, message: str = "") -> None:
+                bar.update(done - bar.n)
+
+            paths = generate(args.model, args.n, args.out, seed=args.seed, shape=args.shape, dropout=args.dropout,
+                             device=args.device, start_index=args.start_index, progress=progress)
+        print(f"Wrote {len(paths)} volumes with ground-truth vectors to {args.out} (3DNGMic folders inputs/, outputs/, "
+              f"vectors/, heatmaps/ and gen_*.tif + gen_*.vectors.csv). Mix them into training with: "
+              f"cellpol train ... --synthetic-dir {args.out}")
+        return EXIT_OK
+    return _vox2vox_train(args)
+
+
+def _vox2vox_train(args: argparse.Namespace) -> int:
+    from app.core.volume import parse_voxel_size
+    from app.training.vox2vox import GOLGI_BOX_UM, NUCLEUS_BOX_UM, Vox2VoxOptions, output_paths, train_vox2vox
+
+    options = Vox2VoxOptions(
+        images=args.images, vectors=args.vectors, out=args.out, val_images=args.val_images,
+        val_vectors=args.val_vectors, steps=args.steps, patch_shape=tuple(args.patch) if args.patch else None,
+        batch_size=args.batch_size, learning_rate=args.lr, l1_weight=args.l1_weight, seed=args.seed,
+        device=args.device, voxel_size=parse_voxel_size(args.voxel_size), axes=args.axes,
+        nucleus_channel=args.nucleus_channel, golgi_channel=args.golgi_channel,
+        model_voxel_size=args.model_voxel_size, eval_every=args.eval_every, levels=args.levels,
+        base_filters=args.base_filters, nucleus_box_um=args.nucleus_box or NUCLEUS_BOX_UM,
+        golgi_box_um=args.golgi_box or GOLGI_BOX_UM, overwrite=args.overwrite,
+    )
+    paths = output_paths(args.out)
+
+    def report(event, say) -> None:
+        if event.kind == "info":
+            say(event.message)
+        elif event.kind == "epoch":
+            m = event.metrics
+            say(f"step {event.step}: SSIM {m['ssim']:.3f} (nucleus {m['ssim_nucleus']:.3f}, Golgi {m['ssim_golgi']:.3f}) "
+                f"on the held-out volumes; L1 {m['l1']:.3f}")
+        elif event.kind == "done":
+            m = event.metrics
+            print(f"\nSSIM between the held-out real volumes and the generator's output from their masks: "
+                  f"{m.get('ssim', float('nan')):.3f} (nucleus {m.get('ssim_nucleus', float('nan')):.3f}, Golgi "
+                  f"{m.get('ssim_golgi', float('nan')):.3f}); {event.message}")
+            print(f"{event.total_steps} steps in {event.seconds / 60:.1f} min. Generator: {event.path}")
+            print(f"Losses: {paths['log']}; SSIM per evaluation: {paths['eval_log']}")
+            print(f"Generate with: cellpol vox2vox generate --model {event.path} --n 20 --out OUTPUT_FOLDER")
+
+    return _run_training_job(lambda cancel: train_vox2vox(options, cancel=cancel), report, paths["checkpoints"],
+                             lambda e: {"G": f"{e.losses['g_total']:.2f}", "D": f"{e.losses['d']:.3f}"})
+
+
+@contextlib.contextmanager
+def _stop_on_ctrl_c(cancel) -> Iterator[None]:
+    """First Ctrl+C cancels ``cancel`` (the job saves a checkpoint and stops); a second stops at once."""
+    def on_interrupt(signum, frame):
+        cancel.cancel()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print("\nStopping after this step and saving a checkpoint (Ctrl+C again to stop at once)...",
+              file=sys.stderr)
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_interrupt) if in_main_thread else None
+    try:
+        yield
     finally:
-        for progress_bar in (bar, reading):
-            if progress_bar is not None:
-                progress_bar.close()
         if in_main_thread and previous is not None:
             signal.signal(signal.SIGINT, previous)
+
+
+def _run_training_job(job, report, checkpoints, postfix) -> int:
+    """Drive a training job (``job(cancel)`` → events) with a step progress bar; ``report(event, say)``
+    handles every other event. Ctrl+C stops it with a checkpoint (exit 130)."""
+    from tqdm import tqdm
+
+    from app.core.errors import CancelledError
+    from app.core.jobs import CancelToken
+
+    cancel = CancelToken()
+    bar = None
+    step = 0
+
+    def say(message: str) -> None:
+        (bar.write(message, file=sys.stderr) if bar is not None else print(message, file=sys.stderr))
+
+    with _stop_on_ctrl_c(cancel):
+        try:
+            for event in job(cancel):
+                step = max(step, event.step)
+                if event.kind == "step":
+                    if bar is None:
+                        bar = tqdm(total=event.total_steps, initial=event.step - 1, desc="train", unit="step",
+                                   file=sys.stderr, dynamic_ncols=True)
+                    bar.update(event.step - bar.n)
+                    bar.set_postfix(postfix(event), refresh=False)
+                    continue
+                if event.kind == "done" and bar is not None:
+                    bar.close()
+                    bar = None
+                report(event, say)
+        except CancelledError:
+            print(f"\nStopped at step {step}; checkpoint saved in {checkpoints}. Run the same command again to "
+                  "resume.", file=sys.stderr)
+            return 130
+        finally:
+            if bar is not None:
+                bar.close()
     return EXIT_OK
 
 
