@@ -202,3 +202,68 @@ def test_window_starts_without_torch(image_path, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     torch_loaded, inference_loaded, _seconds = result.stdout.split()[-3:]
     assert torch_loaded == "False" and inference_loaded == "False"
+
+
+def test_3d_slab_across_any_axis(qtbot, window3d):
+    viewer, state = window3d.viewer3d, window3d.state
+    full = viewer.grab_image()
+    key = Qt.KeyboardModifier.ShiftModifier
+    window3d.activateWindow()
+    qtbot.waitUntil(window3d.isActiveWindow)
+    window3d.actions["slab"].setChecked(True)
+    viewer.set_slab(True, 4.0)
+    for axis, normal_index in ((0, 2), (1, 1), (2, 0)):
+        assert viewer.slab_axis == axis and window3d.actions["slab_" + "zyx"[axis]].isChecked()
+        planes = viewer.mapper.GetClippingPlanes()
+        normals = [planes.GetItem(i).GetNormal() for i in range(planes.GetNumberOfItems())]
+        assert [abs(n[normal_index]) for n in normals] == [1.0, 1.0]
+        centre = (state.cursor[axis] + 0.5) * state.voxel_size[axis]
+        assert planes.GetItem(0).GetOrigin()[normal_index] == pytest.approx(centre - 2.0)
+        assert foreground_fraction(viewer.grab_image()) < foreground_fraction(full)
+        qtbot.keyClick(window3d, Qt.Key.Key_C, key)  # Shift+C: the next axis
+    assert viewer.slab_axis == 0
+    window3d.actions["slab"].setChecked(False)
+
+
+def vtk_point(viewer, voxel) -> QtCore.QPoint:
+    """Widget coordinates (Qt, origin top left) of a voxel as rendered."""
+    x, y = viewer.display_position(voxel)
+    ratio = viewer.vtk_widget.devicePixelRatioF()
+    return QtCore.QPoint(int(round(x / ratio)), int(round(viewer.vtk_widget.height() - y / ratio)))
+
+
+def test_3d_drag_moves_a_selected_centroid_in_the_view_plane(qtbot, window3d):
+    viewer, model = window3d.viewer3d, window3d.model
+    a = model.add_pair(NUCLEUS_A, GOLGI_A)
+    model.clear_selection()
+    viewer.render()
+    widget = viewer.vtk_widget
+    start = vtk_point(viewer, GOLGI_A)
+    target = start + QtCore.QPoint(25, -15)
+    # Dragging an unselected centroid rotates the view (nothing moves)...
+    camera = viewer.renderer.GetActiveCamera()
+    before = camera.GetPosition()
+    qtbot.mousePress(widget, Qt.MouseButton.LeftButton, pos=start)
+    qtbot.mouseMove(widget, target)
+    qtbot.mouseRelease(widget, Qt.MouseButton.LeftButton, pos=target)
+    assert model.get(a).golgi == GOLGI_A and camera.GetPosition() != pytest.approx(before)
+    viewer.reset_camera()
+    viewer.render()
+    # ...a selected one follows the mouse in the plane parallel to the screen: one undoable move.
+    model.select([a])
+    viewer.render()
+    start = vtk_point(viewer, GOLGI_A)
+    target = start + QtCore.QPoint(25, -15)
+    history = len(model.undo_stack)
+    qtbot.mousePress(widget, Qt.MouseButton.LeftButton, pos=start)
+    qtbot.mouseMove(widget, start + QtCore.QPoint(10, -5))
+    assert model.dragging
+    qtbot.mouseMove(widget, target)
+    qtbot.mouseRelease(widget, Qt.MouseButton.LeftButton, pos=target)
+    moved = model.get(a).golgi
+    assert not model.dragging and len(model.undo_stack) == history + 1
+    assert moved != GOLGI_A and model.get(a).nucleus == NUCLEUS_A
+    landed = vtk_point(viewer, moved)
+    assert abs(landed.x() - target.x()) <= 2 and abs(landed.y() - target.y()) <= 2
+    window3d.undo()
+    assert model.get(a).golgi == GOLGI_A

@@ -100,7 +100,8 @@ class ShortcutsDialog(QtWidgets.QDialog):
             "or drag = pan · Shift/Alt + wheel = slice · click = crosshair, or place in place mode "
             "(Alt + click: no snapping) · drag a marker = move it · Shift + click a marker = add to selection · "
             "right click = cancel a half-placed pair. 3D view: drag = rotate, Shift + drag = pan, "
-            "wheel = zoom, click a sphere = select that pair.")
+            "wheel = zoom, click a sphere = select that pair, drag a selected pair's sphere = move it in the plane "
+            "of the screen (one undo step).")
         mouse.setWordWrap(True)
         close = QtWidgets.QDialogButtonBox(QtWidgets.QDialogButtonBox.StandardButton.Close)
         close.rejected.connect(self.reject)

@@ -201,6 +201,15 @@ class MainWindow(QtWidgets.QMainWindow):
         a("render_mip", "3D: maximum intensity", self.set_3d_mip, "R", "3D view", checkable=True)
         a("planes", "3D: slice planes", self.set_3d_planes, "O", "3D view", checkable=True)
         a("slab", "3D: clip to a slab around the crosshair", self.set_3d_slab, "C", "3D view", checkable=True)
+        self.slab_axis_group = QtGui.QActionGroup(self)
+        for axis, letter in enumerate("zyx"):
+            action = a(f"slab_{letter}", f"3D: slab across {letter}", lambda on, i=axis: on and self.set_3d_slab_axis(i),
+                       None, "3D view", checkable=True)
+            self.slab_axis_group.addAction(action)
+        self.actions["slab_z"].setChecked(True)
+        a("slab_next_axis", "3D: slab across the next axis (z → y → x)",
+          lambda: self.set_3d_slab_axis((self.viewer3d.slab_axis + 1) % 3 if self.viewer3d else 0), "Shift+C",
+          "3D view")
         a("reset_3d", "3D: reset camera", self.reset_3d_camera, "Shift+F", "3D view")
         a("shortcuts", "&Keyboard shortcuts", self.show_shortcuts, [K.HelpContents, "?"], "Help")
         a("about", "&About CellPol Studio", self.show_about, None, "Help")
@@ -244,7 +253,7 @@ class MainWindow(QtWidgets.QMainWindow):
             analysis.addAction(self.actions[name])
         view = bar.addMenu("&View")
         for name in ("mip", "fit", "slice_up", "slice_down", None, "channel_1", "channel_2", None,
-                     "render_mip", "planes", "slab", "reset_3d"):
+                     "render_mip", "planes", "slab", "slab_z", "slab_y", "slab_x", "reset_3d"):
             view.addSeparator() if name is None else view.addAction(self.actions[name])
         self.view_menu = view
         help_menu = bar.addMenu("&Help")
@@ -364,6 +373,7 @@ class MainWindow(QtWidgets.QMainWindow):
             self.actions["render_mip"].setChecked(_as_bool(s.value("view3d/mip", False)))
             self.actions["planes"].setChecked(_as_bool(s.value("view3d/planes", False)))
             self.viewer3d.slab_um = float(s.value("view3d/slab_um", 6.0))
+            self.set_3d_slab_axis(int(s.value("view3d/slab_axis", 0)) % 3)
 
     def save_settings(self) -> None:
         s = self.settings
@@ -377,6 +387,7 @@ class MainWindow(QtWidgets.QMainWindow):
             s.setValue("view3d/mip", self.viewer3d.blend_mode == "mip")
             s.setValue("view3d/planes", self.viewer3d.show_planes)
             s.setValue("view3d/slab_um", self.viewer3d.slab_um)
+            s.setValue("view3d/slab_axis", self.viewer3d.slab_axis)
         self.document.remember_displays()
         s.sync()
 
@@ -664,6 +675,15 @@ class MainWindow(QtWidgets.QMainWindow):
     def set_3d_slab(self, on: bool) -> None:
         if self.viewer3d is not None:
             self.viewer3d.set_slab(on)
+
+    def set_3d_slab_axis(self, axis: int) -> None:
+        """Make the slab cross z (0), y (1) or x (2); whether it is shown stays with C."""
+        if self.viewer3d is None:
+            return
+        action = self.actions["slab_" + "zyx"[axis]]
+        if not action.isChecked():
+            action.setChecked(True)  # re-enters here through the action; the viewer is set below either way
+        self.viewer3d.set_slab(self.viewer3d.clip_slab, axis=axis)
 
     def reset_3d_camera(self) -> None:
         if self.viewer3d is not None:

@@ -184,6 +184,7 @@ class Viewer3D(QtWidgets.QWidget):
         self.show_planes = False
         self.clip_slab = False
         self.slab_um = 6.0
+        self.slab_axis = 0  # the slab is across z (0), y (1) or x (2), centred on the crosshair
         self.factors = (1, 1, 1)
         self._arrays: list[np.ndarray] = []   # numpy buffers VTK points to (kept alive)
         self._plane_buffers: list[np.ndarray] = []
@@ -228,8 +229,10 @@ class Viewer3D(QtWidgets.QWidget):
         # Observers on the style replace its handlers (the VTK way to extend a style from Python); the
         # style grabs the interactor's focus while rotating, so interactor observers miss the release.
         self._press: Optional[tuple[int, int]] = None
+        self._drag_plane: Optional[tuple[np.ndarray, np.ndarray]] = None  # (origin, normal) in world µm
         self.style.AddObserver("LeftButtonPressEvent", self._on_press)
         self.style.AddObserver("LeftButtonReleaseEvent", self._on_release)
+        self.style.AddObserver("MouseMoveEvent", self._on_move)
 
         state.volume_changed.connect(self._on_volume)
         state.display_changed.connect(self._update_transfer_functions)
@@ -517,10 +520,16 @@ class Viewer3D(QtWidgets.QWidget):
         self.show_planes = bool(on)
         self._update_planes()
 
-    def set_slab(self, on: bool, thickness_um: Optional[float] = None) -> None:
+    def set_slab(self, on: bool, thickness_um: Optional[float] = None, axis: Optional[int] = None) -> None:
+        """Clip the volume and glyphs to a slab ``thickness_um`` thick across ``axis`` (0 = z, 1 = y, 2 = x)
+        through the crosshair."""
         self.clip_slab = bool(on)
         if thickness_um is not None:
             self.slab_um = float(thickness_um)
+        if axis is not None:
+            if axis not in (0, 1, 2):
+                raise ValueError(axis)
+            self.slab_axis = int(axis)
         self._update_clipping()
         self.request_render()
 
@@ -569,21 +578,42 @@ class Viewer3D(QtWidgets.QWidget):
         state = self.state
         if not self.clip_slab or state.volume is None:
             return
-        z_um = (state.cursor[0] + 0.5) * state.voxel_size[0]
+        axis = self.slab_axis
+        centre_um = (state.cursor[axis] + 0.5) * state.voxel_size[axis]
         half = self.slab_um / 2.0
-        for origin, normal in (((0, 0, z_um - half), (0, 0, 1)), ((0, 0, z_um + half), (0, 0, -1))):
+        world_axis = 2 - axis  # world coordinates are (x, y, z)
+        for offset, sign in ((-half, 1.0), (half, -1.0)):
+            origin, normal = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
+            origin[world_axis] = centre_um + offset
+            normal[world_axis] = sign
             plane = vtkPlane()
             plane.SetOrigin(*origin)
             plane.SetNormal(*normal)
             self.mapper.AddClippingPlane(plane)
             self.clip_planes.AddItem(plane)
 
-    # --- picking ----------------------------------------------------------------------------
+    # --- picking and dragging -------------------------------------------------------------------
     def _on_press(self, obj, event) -> None:
         self._press = self.interactor.GetEventPosition()
+        if self._start_drag(*self._press):
+            return  # pressing on a selected centroid moves it instead of rotating the view
         self.style.OnLeftButtonDown()  # rotate as usual
 
+    def _on_move(self, obj, event) -> None:
+        if self._drag_plane is not None:
+            position = self._drag_position(*self.interactor.GetEventPosition())
+            if position is not None:
+                self.state.model.drag_to(position)
+            return
+        self.style.OnMouseMove()
+
     def _on_release(self, obj, event) -> None:
+        if self._drag_plane is not None:
+            position = self._drag_position(*self.interactor.GetEventPosition())
+            self._drag_plane = None
+            self.state.model.end_drag(position)  # one undoable move, autosaved
+            self._press = None
+            return
         self.style.OnLeftButtonUp()
         if self._press is None:
             return
@@ -593,8 +623,9 @@ class Viewer3D(QtWidgets.QWidget):
         if moved <= 3:  # a click, not a rotation
             self.pick(x, y)
 
-    def pick(self, x: int, y: int) -> Optional[tuple[int, str]]:
-        """Pick the centroid at display pixel ``(x, y)`` (VTK convention: origin bottom left)."""
+    def hit(self, x: int, y: int) -> Optional[tuple[int, str]]:
+        """The pair id and end of the centroid sphere at display pixel ``(x, y)`` (VTK convention: origin
+        bottom left), or ``None``."""
         if self.state.volume is None or not self.picker.Pick(x, y, 0, self.renderer):
             return None
         position = np.asarray(self.picker.GetPickPosition())
@@ -607,11 +638,50 @@ class Viewer3D(QtWidgets.QWidget):
             k = int(np.argmin(distance))
             if best is None or distance[k] < best[2]:
                 best = (k, which, float(distance[k]))
-        pair = self.state.model.pairs[best[0]]
-        self.state.model.select([pair.id])
-        self.state.set_cursor(pair.end(best[1]))
-        self.picked.emit(pair.id, best[1])
-        return pair.id, best[1]
+        return self.state.model.pairs[best[0]].id, best[1]
+
+    def pick(self, x: int, y: int) -> Optional[tuple[int, str]]:
+        """Select the pair whose centroid is at display pixel ``(x, y)``; the crosshair goes to it."""
+        found = self.hit(x, y)
+        if found is None:
+            return None
+        pair_id, which = found
+        self.state.model.select([pair_id])
+        self.state.set_cursor(self.state.model.get(pair_id).end(which))
+        self.picked.emit(pair_id, which)
+        return found
+
+    def _start_drag(self, x: int, y: int) -> bool:
+        """Begin moving a centroid of a selected pair, in the plane through it parallel to the screen."""
+        model = self.state.model
+        found = self.hit(x, y) if model.selection else None
+        if found is None or found[0] not in model.selection:
+            return False
+        pair_id, which = found
+        model.begin_drag(pair_id, which)
+        origin = self.world(np.asarray(model.get(pair_id).end(which)))[0]
+        normal = np.asarray(self.renderer.GetActiveCamera().GetDirectionOfProjection(), dtype=np.float64)
+        self._drag_plane = (origin, normal)
+        return True
+
+    def _drag_position(self, x: int, y: int) -> Optional[tuple[float, float, float]]:
+        """Voxel position where the ray through display pixel ``(x, y)`` meets the drag plane."""
+        if self._drag_plane is None:
+            return None
+        origin, normal = self._drag_plane
+        ends = []
+        for depth in (0.0, 1.0):
+            self.renderer.SetDisplayPoint(float(x), float(y), depth)
+            self.renderer.DisplayToWorld()
+            point = np.asarray(self.renderer.GetWorldPoint(), dtype=np.float64)
+            ends.append(point[:3] / point[3])
+        direction = ends[1] - ends[0]
+        denominator = float(np.dot(direction, normal))
+        if abs(denominator) < 1e-12:
+            return None
+        world = ends[0] + direction * float(np.dot(origin - ends[0], normal)) / denominator
+        voxel = world[::-1] / np.asarray(self.state.voxel_size) - 0.5
+        return self.state.clamp(voxel)
 
     def display_position(self, voxel) -> tuple[float, float]:
         """Display pixel (VTK convention) of a voxel position."""
