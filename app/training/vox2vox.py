@@ -766,6 +766,7 @@ def train_vox2vox(options: Vox2VoxOptions, cancel: Optional[CancelToken] = None,
 
     generator.train()
     discriminator.train()
+    final: Optional[dict[str, float]] = None
     for step in range(start_step, steps):
         try:
             check_cancel(cancel)
@@ -798,7 +799,7 @@ def train_vox2vox(options: Vox2VoxOptions, cancel: Optional[CancelToken] = None,
         log.write({**row, "seconds": round(seconds(), 3), "learning_rate": opts.learning_rate})
         yield _event("step", steps, step=done, losses=losses, learning_rate=opts.learning_rate, seconds=seconds())
         if done % opts.eval_every == 0 or done == steps:
-            metrics = evaluate_generator(generator, val_volumes, device, cancel)
+            metrics = final = evaluate_generator(generator, val_volumes, device, cancel)
             evaluations.append({"step": done, **{k: round(v, 5) for k, v in metrics.items()}})
             eval_log.write({"step": done, "seconds": round(seconds(), 3), **metrics})
             yield _event("epoch", steps, step=done, losses=losses, seconds=seconds(), metrics=metrics,
@@ -806,8 +807,9 @@ def train_vox2vox(options: Vox2VoxOptions, cancel: Optional[CancelToken] = None,
         if done % checkpoint_every == 0 or done == steps:
             yield _event("checkpoint", steps, step=done, seconds=seconds(), path=save(done))
 
-    final = dict(evaluations[-1]) if evaluations else evaluate_generator(generator, val_volumes, device, cancel)
-    final.pop("step", None)
+    if final is None:  # resumed after the last step: the evaluation of the checkpoint, or a new one
+        final = ({k: v for k, v in evaluations[-1].items() if k != "step"} if evaluations
+                 else evaluate_generator(generator, val_volumes, device, cancel))
     spec.provenance.update({"steps": steps, "training_seconds": round(seconds(), 1),
                             "seconds_per_step": round(seconds() / max(1, steps), 3), "final_ssim": final,
                             "ssim_history": evaluations[-200:]})
