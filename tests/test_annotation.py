@@ -29,7 +29,7 @@ from app.core.annotation import (
     vector_angles,
     vectors_path_for,
 )
-from app.core.errors import CellPolError, FileFormatError
+from app.core.errors import CellPolError
 from app.core.pairs import (
     PairSet,
     read_3dngmic_vectors,

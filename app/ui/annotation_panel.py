@@ -11,6 +11,7 @@ from PySide6 import QtCore, QtGui, QtWidgets
 from app.core.annotation import vector_angles
 from app.ui.display import DEFAULT_OVERLAY_COLOUR, EVALUATION_COLOURS, SOURCE_COLOURS
 from app.ui.state import ViewerState
+from app.ui.widgets import action_buttons, read_only_rows, um_spin
 
 COLUMNS = ("id", "source", "score", "length µm", "azimuth °", "elevation °", "nucleus x, y, z", "Golgi x, y, z")
 SORT_ROLE = QtCore.Qt.ItemDataRole.UserRole + 1
@@ -118,29 +119,13 @@ class AnnotationPanel(QtWidgets.QWidget):
         self.state = state
         self._syncing = False
 
-        tools = QtWidgets.QHBoxLayout()
-        for name in ("place_mode", "snap", "delete", "repair"):
-            button = QtWidgets.QToolButton()
-            button.setDefaultAction(actions[name])
-            button.setToolButtonStyle(QtCore.Qt.ToolButtonStyle.ToolButtonTextOnly)
-            tools.addWidget(button)
-        tools.addStretch(1)
-        self.radius = QtWidgets.QDoubleSpinBox()
-        self.radius.setRange(0.1, 20.0)
-        self.radius.setSingleStep(0.5)
-        self.radius.setDecimals(1)
-        self.radius.setSuffix(" µm")
-        self.radius.setValue(state.snap_radius_um)
-        self.radius.setToolTip("Snapping radius: a click moves to the brightest point of the right channel "
-                               "within this distance")
+        tools = action_buttons(actions, ("place_mode", "snap", "delete", "repair"))
+        self.radius = um_spin(0.1, 20.0, state.snap_radius_um,
+                              "Snapping radius: a click moves to the brightest point of the right channel "
+                              "within this distance")
         self.radius.valueChanged.connect(lambda v: state.set_snap(radius_um=v))
-        self.depth = QtWidgets.QDoubleSpinBox()
-        self.depth.setRange(0.0, 50.0)
-        self.depth.setSingleStep(0.5)
-        self.depth.setDecimals(1)
-        self.depth.setSuffix(" µm")
-        self.depth.setValue(state.depth_um)
-        self.depth.setToolTip("Vectors within this distance of a slice are drawn on it (smaller when farther)")
+        self.depth = um_spin(0.0, 50.0, state.depth_um,
+                             "Vectors within this distance of a slice are drawn on it (smaller when farther)")
         self.depth.valueChanged.connect(self._on_depth)
         options = QtWidgets.QFormLayout()
         options.addRow("Snap radius", self.radius)
@@ -154,12 +139,7 @@ class AnnotationPanel(QtWidgets.QWidget):
         self.table.setModel(self.proxy)
         self.table.setSortingEnabled(True)
         self.table.sortByColumn(-1, QtCore.Qt.SortOrder.AscendingOrder)
-        self.table.setSelectionBehavior(QtWidgets.QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QtWidgets.QAbstractItemView.SelectionMode.ExtendedSelection)
-        self.table.setEditTriggers(QtWidgets.QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.verticalHeader().setVisible(False)
-        self.table.verticalHeader().setDefaultSectionSize(20)
-        self.table.horizontalHeader().setSectionResizeMode(QtWidgets.QHeaderView.ResizeMode.ResizeToContents)
+        read_only_rows(self.table, QtWidgets.QAbstractItemView.SelectionMode.ExtendedSelection)
         self.table.selectionModel().selectionChanged.connect(self._on_table_selection)
         self.table.doubleClicked.connect(self._on_double_click)
         self.summary = QtWidgets.QLabel()

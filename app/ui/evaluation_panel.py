@@ -15,6 +15,7 @@ from PySide6 import QtCore, QtGui, QtWidgets
 
 from app.core.annotation import SHOWN_LEVELS, ReferenceComparison
 from app.ui.document import DocumentController
+from app.ui.widgets import action_buttons, read_only_rows, um_spin
 
 COLUMNS = ("Level", "τN / τG µm", "TP", "FP", "FN", "TPR", "FDR")
 
@@ -34,10 +35,7 @@ class EvaluationPanel(QtWidgets.QWidget):
         self.title.setWordWrap(True)
         self.table = QtWidgets.QTableWidget(len(SHOWN_LEVELS), len(COLUMNS))
         self.table.setHorizontalHeaderLabels(list(COLUMNS))
-        self.table.verticalHeader().setVisible(False)
-        self.table.setEditTriggers(QtWidgets.QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.setSelectionMode(QtWidgets.QAbstractItemView.SelectionMode.NoSelection)
-        self.table.horizontalHeader().setSectionResizeMode(QtWidgets.QHeaderView.ResizeMode.ResizeToContents)
+        read_only_rows(self.table, QtWidgets.QAbstractItemView.SelectionMode.NoSelection)
         self.table.setMaximumHeight(90)
         for row in range(len(SHOWN_LEVELS)):
             for column in range(len(COLUMNS)):
@@ -52,25 +50,15 @@ class EvaluationPanel(QtWidgets.QWidget):
         self.level.setToolTip("The level whose TP/FP/FN colour the markers")
         self.level.currentIndexChanged.connect(
             lambda _i: document.set_comparison_options(level=self.level.currentData()))
-        self.border = QtWidgets.QDoubleSpinBox()
-        self.border.setRange(0.0, 100.0)
-        self.border.setDecimals(1)
-        self.border.setSuffix(" µm")
-        self.border.setValue(document.border_margin_um)
-        self.border.setToolTip("Pairs this close to the image's edge (in x or y) are left out, as in the paper "
-                               "(7 µm); 0 scores every pair")
+        self.border = um_spin(0.0, 100.0, document.border_margin_um,
+                              "Pairs this close to the image's edge (in x or y) are left out, as in the paper "
+                              "(7 µm); 0 scores every pair")
         self.border.valueChanged.connect(lambda v: document.set_comparison_options(border_margin_um=v))
         form = QtWidgets.QFormLayout()
         form.addRow("Colour markers at", self.level)
         form.addRow("Border margin", self.border)
 
-        buttons = QtWidgets.QHBoxLayout()
-        for name in ("reference", "evaluation_colours", "clear_reference"):
-            button = QtWidgets.QToolButton()
-            button.setDefaultAction(actions[name])
-            button.setToolButtonStyle(QtCore.Qt.ToolButtonStyle.ToolButtonTextOnly)
-            buttons.addWidget(button)
-        buttons.addStretch(1)
+        buttons = action_buttons(actions, ("reference", "evaluation_colours", "clear_reference"))
         self.notes = QtWidgets.QLabel()
         self.notes.setWordWrap(True)
         self.notes.setStyleSheet("color: #888;")

@@ -203,8 +203,8 @@ class MainWindow(QtWidgets.QMainWindow):
         a("slab", "3D: clip to a slab around the crosshair", self.set_3d_slab, "C", "3D view", checkable=True)
         self.slab_axis_group = QtGui.QActionGroup(self)
         for axis, letter in enumerate("zyx"):
-            action = a(f"slab_{letter}", f"3D: slab across {letter}", lambda on, i=axis: on and self.set_3d_slab_axis(i),
-                       None, "3D view", checkable=True)
+            action = a(f"slab_{letter}", f"3D: slab across {letter}",
+                       lambda on, i=axis: on and self.set_3d_slab_axis(i), None, "3D view", checkable=True)
             self.slab_axis_group.addAction(action)
         self.actions["slab_z"].setChecked(True)
         a("slab_next_axis", "3D: slab across the next axis (z → y → x)",

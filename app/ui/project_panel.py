@@ -14,6 +14,7 @@ from typing import Optional
 from PySide6 import QtCore, QtGui, QtWidgets
 
 from app.core.project import NOT_STARTED, SAVED, UNREADABLE, UNSAVED, ImageStatus, Project
+from app.ui.widgets import action_buttons, read_only_rows
 
 COLUMNS = ("Image", "Shape Z×Y×X", "Voxel µm", "Pairs", "Predicted", "Status")
 PATH_ROLE = QtCore.Qt.ItemDataRole.UserRole + 1
@@ -49,23 +50,12 @@ class ProjectPanel(QtWidgets.QWidget):
         self.title.setWordWrap(True)
         self.table = _ImageTable(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(list(COLUMNS))
-        self.table.setSelectionBehavior(QtWidgets.QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QtWidgets.QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.setEditTriggers(QtWidgets.QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.verticalHeader().setVisible(False)
-        self.table.verticalHeader().setDefaultSectionSize(20)
-        self.table.horizontalHeader().setSectionResizeMode(QtWidgets.QHeaderView.ResizeMode.ResizeToContents)
+        read_only_rows(self.table, QtWidgets.QAbstractItemView.SelectionMode.SingleSelection)
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.doubleClicked.connect(lambda index: self._request(index.row()))
         self.table.open_row.connect(self._request)
 
-        buttons = QtWidgets.QHBoxLayout()
-        for name in ("previous_image", "next_image", "refresh_project"):
-            button = QtWidgets.QToolButton()
-            button.setDefaultAction(actions[name])
-            button.setToolButtonStyle(QtCore.Qt.ToolButtonStyle.ToolButtonTextOnly)
-            buttons.addWidget(button)
-        buttons.addStretch(1)
+        buttons = action_buttons(actions, ("previous_image", "next_image", "refresh_project"))
         self.summary = QtWidgets.QLabel()
 
         layout = QtWidgets.QVBoxLayout(self)

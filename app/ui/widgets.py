@@ -1,0 +1,44 @@
+"""Small widget builders the panels share (one way to make a row of action buttons, a µm spin box, a
+read-only table)."""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+from PySide6 import QtCore, QtGui, QtWidgets
+
+
+def action_buttons(actions: dict[str, QtGui.QAction], names: Iterable[str]) -> QtWidgets.QHBoxLayout:
+    """A row of text buttons for window actions (they follow the actions' text, state and shortcuts)."""
+    row = QtWidgets.QHBoxLayout()
+    for name in names:
+        button = QtWidgets.QToolButton()
+        button.setDefaultAction(actions[name])
+        button.setToolButtonStyle(QtCore.Qt.ToolButtonStyle.ToolButtonTextOnly)
+        row.addWidget(button)
+    row.addStretch(1)
+    return row
+
+
+def um_spin(minimum: float, maximum: float, value: float, tooltip: str, step: float = 0.5) -> QtWidgets.QDoubleSpinBox:
+    """A distance in µm, one decimal."""
+    spin = QtWidgets.QDoubleSpinBox()
+    spin.setRange(minimum, maximum)
+    spin.setSingleStep(step)
+    spin.setDecimals(1)
+    spin.setSuffix(" µm")
+    spin.setValue(value)
+    spin.setToolTip(tooltip)
+    return spin
+
+
+def read_only_rows(table: QtWidgets.QAbstractItemView,
+                   mode: Optional[QtWidgets.QAbstractItemView.SelectionMode] = None) -> None:
+    """Rows selected whole, no editing, no row numbers, compact rows, columns sized to their contents."""
+    table.setSelectionBehavior(QtWidgets.QAbstractItemView.SelectionBehavior.SelectRows)
+    if mode is not None:
+        table.setSelectionMode(mode)
+    table.setEditTriggers(QtWidgets.QAbstractItemView.EditTrigger.NoEditTriggers)
+    table.verticalHeader().setVisible(False)
+    table.verticalHeader().setDefaultSectionSize(20)
+    table.horizontalHeader().setSectionResizeMode(QtWidgets.QHeaderView.ResizeMode.ResizeToContents)
