@@ -83,9 +83,11 @@ PathLike = Union[str, Path]
 
 #: Context (µm) a pair should keep from a window's inner faces; the overlap is ``d_max + 2 × context``.
 DEFAULT_CONTEXT_UM = 3.0
-#: Largest default window along z and in-plane (voxels at the model's voxel size).
+#: Largest default window along z and in-plane (voxels at the model's voxel size). Larger windows waste less
+#: compute on overlaps: on the 64×768×768 benchmark, 9 windows of 20×368×368 took 22 s of network time
+#: against 28.5 s for 25 windows of 20×240×240 (benchmarks/predict_speed.py, 2-core CPU).
 DEFAULT_MAX_WINDOW_Z = 96
-DEFAULT_MAX_WINDOW_YX = 256
+DEFAULT_MAX_WINDOW_YX = 512
 #: Activation memory per voxel ≈ this × the full-resolution width × bytes per value (measured: a 16-filter
 #: network on one 64×216×216 window peaks at about 1.4 GB RSS in fp32 on a CPU, ~375 bytes per voxel).
 _ACTIVATION_VALUES_PER_CHANNEL = 6
@@ -652,7 +654,7 @@ class Predictor:
     device : torch.device
     window : (int, int, int), optional
         Largest window ``(z, y, x)`` in voxels at the model's voxel size. Default: the whole stack in z up
-        to 96 slices, and in-plane the largest size (≤ 256) whose batch fits the memory budget. A window too
+        to 96 slices, and in-plane the largest size (≤ 512) whose batch fits the memory budget. A window too
         small for the required overlap along an axis that needs tiling is enlarged along that axis.
     batch_size : int, optional
         Windows per network call (default: 4 on CPU, 8 on CUDA, capped by the memory budget).
@@ -1141,15 +1143,80 @@ def models_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "resources" / "models"
 
 
-def find_starter_model(folder: Optional[PathLike] = None) -> Optional[Path]:
-    """The starter model's ``.json`` (``starter.json`` if present, else the first by name), or None."""
+def find_starter_model(folder: Optional[PathLike] = None, spatial_dims: Optional[int] = 3) -> Optional[Path]:
+    """The shipped starter model's ``.json`` for ``spatial_dims``-D images (``None``: any), or None.
+
+    Among the models in ``folder`` (default :func:`models_dir`) whose files describe a network of that
+    dimensionality, one named ``starter`` or ``cellpol_starter[_2d]`` wins, else the first by name. Files
+    that cannot be read are skipped (the error surfaces when such a model is named explicitly).
+    """
+    from app.core.modelfile import load_spec
+
     folder = Path(folder) if folder is not None else models_dir()
     if not folder.is_dir():
         return None
-    candidates = sorted(folder.glob("*.json"))
+    candidates = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            dims = load_spec(path).network.spatial_dims
+        except CellPolError:
+            continue
+        if spatial_dims is None or dims == spatial_dims:
+            candidates.append(path)
     if not candidates:
         return None
+    preferred = {"starter", "cellpol_starter", "starter_2d", "cellpol_starter_2d"}
     for path in candidates:
-        if path.stem == "starter":
+        if path.stem in preferred:
             return path
     return candidates[0]
+
+
+class StarterPredictor:
+    """The bundled starter models, the 3D one for stacks and the 2D one for single planes, chosen per image.
+
+    Each :class:`Predictor` is built when first needed; ``options`` go to every one of them.
+
+    Raises
+    ------
+    CellPolError
+        No starter model at all (at construction), or none for an image's dimensionality (when called).
+    """
+
+    def __init__(self, device: Union[str, torch.device] = "auto", folder: Optional[PathLike] = None,
+                 **options: Any) -> None:
+        self.paths = {dims: find_starter_model(folder, dims) for dims in (3, 2)}
+        if not any(self.paths.values()):
+            raise CellPolError("No starter model is installed (resources/models): pass --model PATH or use "
+                               "--method classic.")
+        self.device = select_device(device)
+        self.options = options
+        self._predictors: dict[int, Predictor] = {}
+
+    def for_volume(self, volume: Volume) -> "Predictor":
+        """The predictor that fits ``volume`` (2D or 3D)."""
+        dims = 2 if volume.is_2d else 3
+        if dims not in self._predictors:
+            path = self.paths[dims]
+            if path is None:
+                raise CellPolError(f"No {dims}D starter model is installed, and this image is "
+                                   f"{'a single plane' if dims == 2 else 'a 3D stack'}: pass a {dims}D model "
+                                   "with --model PATH or use --method classic.")
+            self._predictors[dims] = Predictor.from_files([path], self.device, **self.options)
+        return self._predictors[dims]
+
+    def __call__(self, volume: Volume, progress: ProgressLike = None, cancel: CancelLike = None) -> PairSet:
+        return self.for_volume(volume)(volume, progress=progress, cancel=cancel)
+
+    def predict(self, volume: Volume, progress: ProgressLike = None, cancel: CancelLike = None) -> "Prediction":
+        return self.for_volume(volume).predict(volume, progress=progress, cancel=cancel)
+
+    def provenance(self) -> dict[str, Any]:
+        """Both starter models, each labelled with the images it serves (2D or 3D)."""
+        models = []
+        for dims, path in self.paths.items():
+            if path is not None:
+                models.append({"name": path.stem, "path": str(path.resolve()), "images": f"{dims}D",
+                               "weights_sha256": sha256_file(model_paths(path)[1])})
+        return {"method": "cellpol", "models": models, "device": str(self.device),
+                "note": "the bundled starter models: 3D stacks use the 3D one, single planes the 2D one"}

@@ -1,12 +1,15 @@
 """Reproducible training of the bundled starter model on broad simulator data.
 
     python -m app.training.starter --out resources/models/cellpol_starter --steps 3000 --seed 0 \
-        [--shapes-dir ../shared/data/shapes_3dngmic] [--device cpu]
+        [--shapes-dir ../shared/data/shapes_3dngmic] [--device cpu] [--init PREVIOUS.json] [--dims 2]
 
 The data are simulator volumes at random voxel sizes (0.2–0.8 µm in x/y, 0.25–1 µm in z), all presets,
 optionally the real 3DNGMic object masks, resampled to the model's voxel size as user images are.
 The pool is partly regenerated every ``--refresh-every`` steps so the model sees thousands of scenes.
-A killed run resumes from ``<out>.checkpoints/``.
+A killed run resumes from ``<out>.checkpoints/``. ``--init`` continues from an earlier model's weights
+(a 3DCtrDet run may start from a CellPol model: the backbone and heatmap heads carry over); ``--dims 2``
+trains the starter for single-plane images on 2D simulator scenes. The exact commands behind the shipped
+models are in their JSON (``provenance.trained_by``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
+import dataclasses
 import platform
 import shutil
 import sys
@@ -25,13 +29,18 @@ from pathlib import Path
 
 import numpy as np
 
-from app.core.modelfile import DecodingSpec, ModelSpec, load_model, save_model
+from app.core.fileutil import sha256_file
+from app.core.modelfile import DecodingSpec, ModelSpec, load_model, model_paths, save_model
 from app.core.network import NetworkConfig
 from app.training.data import PatchSampler, synthetic_pool
+from app.training.losses import LossConfig
 from app.training.trainer import TrainConfig, train, train_config_dict
 
 MODEL_VOXEL_SIZE = (1.0, 0.5, 0.5)
 PATCH_SHAPE = (16, 128, 128)
+PATCH_SHAPE_2D = (1, 256, 256)
+#: Physical field (z, y, x) µm of each simulated scene in the pool, per dimensionality.
+POOL_FIELD_UM = {3: (20.0, 96.0, 96.0), 2: (0.01, 160.0, 160.0)}
 TRAIN_PRESETS = ("confocal", "confocal-low-snr", "widefield")
 
 
@@ -48,7 +57,14 @@ def main(argv=None) -> int:
     parser.add_argument("--architecture", default="cellpol", choices=("cellpol", "ctrdet"))
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--base-filters", type=int, default=16)
-    parser.add_argument("--patch", nargs=3, type=int, default=PATCH_SHAPE, metavar=("Z", "Y", "X"))
+    parser.add_argument("--patch", nargs=3, type=int, default=None, metavar=("Z", "Y", "X"),
+                        help=f"patch size in model voxels (default {PATCH_SHAPE} in 3D, {PATCH_SHAPE_2D} in 2D)")
+    parser.add_argument("--dims", type=int, choices=(2, 3), default=3,
+                        help="3: the starter for stacks; 2: the starter for single-plane images")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="continue from this model's weights (same architecture), e.g. the previous starter")
+    parser.add_argument("--embedding-weight", type=float, default=1.0,
+                        help="weight of the pull/push loss (1: the paper's; smaller favours the heatmaps)")
     parser.add_argument("--calibrate-only", action="store_true",
                         help="skip training: calibrate the decoding of the existing <out>.json and save it again")
     parser.add_argument("--presets", nargs="+", default=list(TRAIN_PRESETS),
@@ -57,32 +73,50 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     if args.calibrate_only:
-        calibrate_and_save(out, args.presets, args.seed)
+        calibrate_and_save(out, args.presets, args.seed, args.dims)
         return 0
     checkpoints = out.with_name(out.name + ".checkpoints")
-    network = NetworkConfig.for_voxel_size(MODEL_VOXEL_SIZE, architecture=args.architecture,
+    network = NetworkConfig.for_voxel_size(MODEL_VOXEL_SIZE, spatial_dims=args.dims, architecture=args.architecture,
                                            base_filters=args.base_filters)
-    patch_shape = tuple(args.patch)
+    patch_shape = tuple(args.patch) if args.patch else (PATCH_SHAPE if args.dims == 3 else PATCH_SHAPE_2D)
     config = TrainConfig(steps=args.steps, batch_size=args.batch, learning_rate=args.lr, seed=args.seed,
-                         device=args.device, checkpoint_every=100)
+                         device=args.device, checkpoint_every=100,
+                         loss=LossConfig(pull_weight=args.embedding_weight, push_weight=args.embedding_weight))
+    init_provenance, init_path = None, args.init
+    if args.init is not None:
+        from app.core.modelfile import load_spec
+
+        init_spec = load_spec(args.init)
+        same_backbone = dataclasses.replace(init_spec.network, architecture=network.architecture) == network
+        if not same_backbone or tuple(init_spec.voxel_size) != MODEL_VOXEL_SIZE:
+            parser.error(f"--init {args.init}: its architecture or voxel size differs from this run's")
+        init_provenance = {"path": str(args.init), "name": init_spec.name,
+                           "weights_sha256": sha256_file(model_paths(args.init)[1]), "provenance": init_spec.provenance}
+        if init_spec.network != network:
+            # A 3DCtrDet from a CellPol model: the backbone and heatmap heads carry over, the embeddings go.
+            init_path = transfer_weights(args.init, network, out.with_name(out.name + ".init"))
+            init_provenance["transferred"] = "backbone and heatmap heads (embedding heads dropped)"
     provenance = {
         "trained_by": "python -m app.training.starter " + " ".join(sys.argv[1:] if argv is None else argv),
-        "data": "cellpol simulator, voxel sizes xy U(0.2,0.8) z U(0.25,1.0) µm"
+        "data": ("cellpol simulator, voxel sizes xy U(0.2,0.8) z U(0.25,1.0) µm" if args.dims == 3
+                 else "cellpol simulator, single planes, voxel sizes xy U(0.2,0.8) µm")
                 + (", 40% real 3DNGMic masks" if args.shapes_dir else ""),
         "presets": list(args.presets), "pool_volumes": args.pool, "refresh_every": args.refresh_every,
         "patch_shape_zyx": list(patch_shape),
         "train": train_config_dict(config), "host": platform.node(), "python": platform.python_version(),
+        "continued_from": init_provenance,
     }
     spec = ModelSpec(network=network, voxel_size=MODEL_VOXEL_SIZE, decoding=DecodingSpec(),
                      provenance=provenance, name=out.name,
                      description="Starter model trained on broad simulator data; fine-tune on your own images.")
 
     def new_pool(n: int, seed: int):
-        return synthetic_pool(n, MODEL_VOXEL_SIZE, seed, presets=args.presets, shapes_dir=args.shapes_dir)
+        return synthetic_pool(n, MODEL_VOXEL_SIZE, seed, presets=args.presets, shapes_dir=args.shapes_dir,
+                              field_um=POOL_FIELD_UM[args.dims])
 
     sampler = PatchSampler(new_pool(args.pool, args.seed * 1000), patch_shape)
     started = time.time()
-    for event in train(spec, sampler, config, checkpoints):
+    for event in train(spec, sampler, config, checkpoints, init=init_path):
         if event.kind == "step":
             if event.step % 10 == 0:
                 loss = event.losses
@@ -103,39 +137,53 @@ def main(argv=None) -> int:
                       provenance=provenance, name=spec.name, description=spec.description)
     path = save_model(out, model, final)
     print(f"saved {path}")
-    calibrate_and_save(out, args.presets, args.seed)
+    calibrate_and_save(out, args.presets, args.seed, args.dims)
     return 0
 
 
-def validation_set(presets, seed: int, n: int = 6):
-    """Simulator volumes from seeds the training pool never uses (pool seeds are < 1e6)."""
+def transfer_weights(source, network: NetworkConfig, out: Path) -> Path:
+    """Save a model of architecture ``network`` whose weights are those of ``source`` it shares by name."""
+    from app.core.network import build_network
+
+    model, spec = load_model(source)
+    target = build_network(network)
+    shared = {k: v for k, v in model.state_dict().items() if k in target.state_dict()}
+    missing = [k for k in target.state_dict() if k not in shared]
+    if missing:
+        raise SystemExit(f"cannot transfer weights: {source} lacks {missing[:3]}")
+    target.load_state_dict(shared)
+    return save_model(out, target, dataclasses.replace(spec, network=network))
+
+
+def validation_set(presets, seed: int, n: int = 6, dims: int = 3):
+    """Simulator volumes (``dims`` = 2: single planes) from seeds the training pool never uses (< 1e6)."""
     from app.core.simulate import SimConfig, simulate
 
     rng = np.random.default_rng(7_000_000 + seed)
     out = []
     for k in range(n):
         vxy, vz = float(rng.uniform(0.25, 0.7)), float(rng.uniform(0.3, 1.0))
-        shape = (max(1, round(18 / vz)), round(120 / vxy), round(120 / vxy))
+        shape = (max(1, round(18 / vz)) if dims == 3 else 1, round(120 / vxy), round(120 / vxy))
         config = SimConfig(shape=shape, voxel_size=(vz, vxy, vxy), preset=presets[k % len(presets)],
                            seed=int(rng.integers(1_000_000, 2**31)))
         out.append(simulate(config))
     return out
 
 
-def calibrate_and_save(out: Path, presets, seed: int) -> None:
+def calibrate_and_save(out: Path, presets, seed: int, dims: int = 3) -> None:
     """Choose decoding thresholds on validation volumes (TPR − FDR at τL = 5) and store them."""
     from app.core.inference import Predictor
     from app.training.calibrate import best_row, calibrate_decoding
 
     model, spec = load_model(out.with_suffix(".json"))
     predictor = Predictor.from_modules([(model, spec)], "cpu")
-    best, table = calibrate_decoding(predictor, validation_set(list(presets), seed))
+    best, table = calibrate_decoding(predictor, validation_set(list(presets), seed, dims=dims))
     row = best_row(table)
     provenance = dict(spec.provenance)
     provenance["calibration"] = {
         "method": "grid search maximising TPR - FDR at tauL=5 on 6 simulator validation volumes",
         "presets": list(presets), "best": row, "settings_tried": len(table),
-        "command": "python -m app.training.starter --out " + str(out) + " --calibrate-only",
+        "command": f"python -m app.training.starter --out {out} --dims {dims} --calibrate-only",
     }
     model, _ = load_model(out.with_suffix(".json"))
     save_model(out, model, ModelSpec(network=spec.network, voxel_size=spec.voxel_size, decoding=best,
