@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/finetune_report.py --init resources/models/cellpol_starter.json \
         [--preset retina] [--n-train 4] [--n-test 4] [--steps 200] [--shape 40 200 200] [--seed 0] \
-        [--validation held-out|extra] [--work DIR] [--threads N]
+        [--validation held-out|extra] [--work DIR] [--threads N] [--synthetic-dir DIR [--synthetic-fraction F]]
 
 What a user with four annotated images does: ``cellpol train --images FOUR/ --out MODEL`` (the default
 recipe: fine-tune the starter, one of the four held out for validation and calibration; with
@@ -11,6 +11,10 @@ the same preset (other seeds) are predicted with the starter and with the fine-t
 the paper's protocol. The starter model is trained on the confocal, confocal-low-snr and widefield presets,
 so "retina" is new to it. Prints TPR/FDR at τL = 0 and 5 before and after, the steps, the minutes and the
 seconds per step (CPU unless ``--device`` says otherwise). Without the starter model it says so and exits 0.
+
+``--synthetic-dir DIR`` mixes generated volumes (``cellpol vox2vox generate`` or ``cellpol synth`` output) into
+the fine-tuning, ``--synthetic-fraction`` of the patches (``cellpol train --synthetic-dir``); the model is then
+written as ``WORK/finetuned_synthetic`` so that a run without it in the same ``--work`` folder is kept.
 """
 
 from __future__ import annotations
@@ -66,6 +70,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--work", help="working folder (default: a temporary one)")
+    parser.add_argument("--synthetic-dir", help="mix these generated volumes into fine-tuning (cellpol train --synthetic-dir)")
+    parser.add_argument("--synthetic-fraction", type=float, default=0.5, help="share of patches drawn from them")
     args = parser.parse_args(argv)
 
     from app.core.inference import Predictor, find_starter_model
@@ -96,7 +102,11 @@ def main(argv=None) -> int:
 
     from app.training.finetune import TrainingOptions, run_training
 
-    options = TrainingOptions(images=train_dir, out=work / "finetuned", init=init, steps=args.steps,
+    if args.synthetic_dir:
+        print(f"mixing in the volumes of {args.synthetic_dir} ({args.synthetic_fraction:.0%} of the patches)")
+    options = TrainingOptions(images=train_dir, out=work / ("finetuned_synthetic" if args.synthetic_dir else "finetuned"),
+                              synthetic_dir=args.synthetic_dir, synthetic_fraction=args.synthetic_fraction,
+                              init=init, steps=args.steps,
                               batch_size=args.batch_size, epoch_steps=args.epoch_steps, device=args.device,
                               seed=args.seed, val_images=val_dir if args.validation == "extra" else None,
                               overwrite=True)

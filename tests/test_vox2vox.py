@@ -230,3 +230,26 @@ def test_cli(images, trained, tmp_path, capsys):
     assert main(["vox2vox", "train", "--images", str(images), "--out", str(tmp_path / "g2"), "--golgi-channel", "0",
                  "--nucleus-channel", "0"]) == 2
     assert "must differ" in capsys.readouterr().err
+
+
+def test_cancel_saves_a_checkpoint_and_pause_waits(images, tmp_path):
+    from app.core.errors import CancelledError
+    from app.core.jobs import CancelToken
+    from app.training.trainer import PauseToken, read_checkpoint_state
+
+    cancel = CancelToken()
+    with pytest.raises(CancelledError):
+        for event in train_vox2vox(options(images, tmp_path / "g", steps=6, base_filters=4), cancel=cancel):
+            if event.kind == "step" and event.step == 2:
+                cancel.cancel()
+    assert read_checkpoint_state(tmp_path / "g.checkpoints")["step"] == 2
+
+    pause = PauseToken()
+    pause.pause()
+    kinds = []
+    for event in train_vox2vox(options(images, tmp_path / "g", steps=6, base_filters=4), pause=pause):
+        kinds.append(event.kind)
+        if event.kind == "paused":
+            assert event.step == 2 and event.path.is_file()
+            pause.resume()
+    assert kinds.index("paused") < kinds.index("resumed") < kinds.index("step") and kinds[-1] == "done"

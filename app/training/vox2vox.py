@@ -40,7 +40,6 @@ import math
 import os
 import platform
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generator, Mapping, Optional, Sequence, Union
@@ -51,7 +50,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from app.core import masks as masks_mod
-from app.core.errors import CancelledError, CellPolError, FileFormatError
+from app.core.errors import CellPolError, FileFormatError
 from app.core.fileutil import atomic_path
 from app.core.jobs import CancelToken, check_cancel
 from app.core.masks import GOLGI_BOX_UM, NUCLEUS_BOX_UM, LayoutParams, ShapeLibrary
@@ -61,6 +60,7 @@ from app.core.pairs import PairSet, write_pairs
 from app.core.volume import Volume, parse_voxel_size
 from app.training import dataset
 from app.training.data import AugmentConfig, PatchSampler, PreparedVolume, prepare
+from app.training.jobcontrol import TrainingClock, pause_point
 from app.training.trainer import (
     PauseToken,
     TrainEvent,
@@ -749,11 +749,8 @@ def train_vox2vox(options: Vox2VoxOptions, cancel: Optional[CancelToken] = None,
     checkpoint_every = opts.checkpoint_every or opts.eval_every
     log = CsvLog(paths["log"], LOG_COLUMNS)
     eval_log = CsvLog(paths["eval_log"], EVAL_COLUMNS)
-    started = time.perf_counter()
-
-    def seconds() -> float:
-        return elapsed_before + time.perf_counter() - started
-
+    clock = TrainingClock(elapsed_before)
+    seconds = clock.seconds
     saved_at = start_step
 
     def save(step: int) -> Path:
@@ -764,25 +761,16 @@ def train_vox2vox(options: Vox2VoxOptions, cancel: Optional[CancelToken] = None,
         _save_checkpoint(paths["checkpoints"], parts, spec, state)
         return paths["checkpoints"] / f"{LAST}.ckpt.safetensors"
 
+    def save_if_needed(step: int) -> Path:
+        if saved_at != step or not checkpoint_exists(paths["checkpoints"]):
+            save(step)
+        return paths["checkpoints"] / f"{LAST}.ckpt.safetensors"
+
     generator.train()
     discriminator.train()
     final: Optional[dict[str, float]] = None
     for step in range(start_step, steps):
-        try:
-            check_cancel(cancel)
-            if pause is not None and pause.paused:
-                if saved_at != step or not checkpoint_exists(paths["checkpoints"]):
-                    save(step)
-                yield _event("paused", steps, "paused; checkpoint saved", step=step, seconds=seconds(),
-                             path=paths["checkpoints"])
-                pause_started = time.perf_counter()
-                pause.wait(cancel)
-                started += time.perf_counter() - pause_started
-                yield _event("resumed", steps, step=step, seconds=seconds())
-        except CancelledError:
-            if saved_at != step:
-                save(step)
-            raise
+        yield from pause_point(step, steps, pause, cancel, clock, save_if_needed)
         rng = np.random.default_rng([opts.seed, step])  # a resumed run draws the same batches
         torch.manual_seed(_step_seed(opts.seed, step))  # and the same dropout masks
         batch = torch.from_numpy(_to_signed(np.stack([sampler.sample(rng)[0] for _ in range(opts.batch_size)])))
