@@ -51,14 +51,6 @@ def test_project_file_keeps_unknown_keys_and_is_written_atomically(tmp_path):
     assert [p.name for p in project.root.iterdir() if p.name.endswith(".tmp")] == []
 
 
-def test_old_import_location_still_works():
-    from app.core import annotation, project
-
-    assert annotation.Project is project.Project and annotation.PROJECT_FILE == project.PROJECT_FILE
-    with pytest.raises(AttributeError):
-        annotation.NotAThing  # noqa: B018
-
-
 def _volume(shape=(4, 30, 40)) -> Volume:
     return Volume(np.zeros((2,) + shape, np.uint8), VOXEL, channel_names=("nuclei", "golgi"))
 

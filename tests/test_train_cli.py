@@ -283,8 +283,9 @@ def test_validation_is_split_by_whole_images(train_dir, val_dir, tmp_path):
 
 
 def test_cli_trains_on_a_project(train_dir, tmp_path, capsys):
-    annotation = pytest.importorskip("app.core.annotation")
-    project = annotation.Project.create(tmp_path / "proj")
+    from app.core.project import Project
+
+    project = Project.create(tmp_path / "proj")
     images = project.folder("images")
     shutil.copy(train_dir / "synth_0000.tif", images / "a.tif")  # not annotated yet: left out
     plain = images / "b.tif"

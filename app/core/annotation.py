@@ -990,19 +990,3 @@ def compare_with_reference(reference: PairSet, pairs: PairSet, image_shape: Opti
               for i in range(len(pairs))}
     fn_rows = np.array([i for i in range(len(reference)) if gt_inside[i] and i not in tp_gt], dtype=np.int64)
     return ReferenceComparison(score, int(level), labels, fn_rows)
-
-
-# ------------------------------------------------------------------------------------------
-# Moved names
-# ------------------------------------------------------------------------------------------
-_MOVED_TO_PROJECT = ("Project", "PROJECT_FILE", "PROJECT_FOLDERS", "PROJECT_FORMAT")
-
-
-def __getattr__(name: str) -> Any:
-    # Projects moved to app.core.project (which imports this module, hence the lazy lookup); code written
-    # against the old location, e.g. app.training.dataset, keeps working.
-    if name in _MOVED_TO_PROJECT:
-        from app.core import project
-
-        return getattr(project, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

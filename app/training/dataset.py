@@ -172,7 +172,7 @@ def match_files(images: Union[PathLike, Sequence[PathLike]], vectors: Optional[P
 def match_project(project: PathLike) -> tuple[list[AnnotatedFile], int]:
     """The annotated images of a CellPol project folder and how many of its images have no annotations yet.
 
-    A project (:class:`app.core.annotation.Project`) keeps images in ``images/`` and their vectors in
+    A project (:class:`app.core.project.Project`) keeps images in ``images/`` and their vectors in
     ``annotations/<stem>.vectors.csv``; images not yet annotated are left out (not an error: a project
     holds work in progress). Voxel sizes the user typed for images without metadata come along.
 
@@ -181,7 +181,7 @@ def match_project(project: PathLike) -> tuple[list[AnnotatedFile], int]:
     CellPolError
         Not a project, or no annotated image in it.
     """
-    from app.core.annotation import Project
+    from app.core.project import Project
 
     opened = Project.open(project)
     files, unannotated = [], 0
