@@ -48,6 +48,21 @@ def test_mask_recovers_a_known_object():
     assert not np.any(found.volume[1].astype(bool) & truth[0])
 
 
+def test_a_dim_object_in_noise_is_found_and_noise_alone_is_not():
+    rng = np.random.default_rng(4)
+    shape = (12, 40, 40)
+    noise = rng.normal(0.0, 1.0, shape)
+    blob = ellipsoid(shape, (6, 20, 20), (2, 5, 5))
+    assert masks.object_mask(noise, (6, 20, 20), VOXEL, (9, 16, 16)) is None
+    found = masks.object_mask(noise + 4.0 * blob, (6, 20, 20), VOXEL, (9, 16, 16))  # 4 σ above the noise
+    assert found is not None
+    mask, origin = found
+    grid = np.zeros(shape, bool)
+    grid[tuple(slice(o, o + s) for o, s in zip(origin, mask.shape))] = mask
+    assert np.count_nonzero(grid & blob) / np.count_nonzero(grid | blob) > 0.7
+    assert masks.noise_sigma(noise) == pytest.approx(1.0, rel=0.1)
+
+
 def test_box_is_in_micrometres():
     assert masks.box_half_size((9.0, 16.0, 16.0), (1.0, 0.5, 0.5)).tolist() == [4, 16, 16]
     assert masks.box_half_size((9.0, 16.0, 16.0), (0.5, 1.0, 1.0)).tolist() == [9, 8, 8]
@@ -67,6 +82,7 @@ def test_touching_nuclei_are_split_and_a_click_on_background_snaps():
         grid[tuple(slice(o, o + s) for o, s in zip(obj.origin, obj.mask.shape))] = obj.mask
     assert not np.any(grid_a & grid_b)
     assert masks.object_mask(np.ones((8, 8, 8)), (4, 4, 4), VOXEL, (5, 8, 8)) is None  # a flat box: nothing
+    assert found.missed["golgi"] == 2  # pure noise where the Golgi were clicked: no speckled mask
 
     # A click 1 µm beside the object still finds it; one far from anything finds nothing.
     near = (8.0, 30.0, 24.0 - 8.0 - 2.0)  # 2 voxels = 1 µm outside the left edge
