@@ -46,8 +46,45 @@ def test_calibration_raises_the_threshold_above_the_false_cells():
     assert len(before) == 6  # 4 true + 2 false
     best, table = calibrate_decoding(predictor, validation, thresholds=(0.3, 0.5), min_distance_nucleus_um=(3.0,),
                                      min_distance_golgi_um=(1.5,))
-    assert len(table) == 1 + 4 + 1
+    assert len(table) == 1 + 3 + 4 + 1  # current, pairing weights, thresholds, min distances
     assert best.peak_threshold_nucleus == 0.5 or best.peak_threshold_golgi == 0.5
     assert max(row["j"] for row in table) == 1.0 and table[0]["j"] < 1.0
     after = predictor.decode(predictor.run_network(validation[0][0]), best)
     assert len(after) == 4
+
+
+def crossed_scene():
+    """Two cells whose embeddings (10 × brightness in the oracle) match the *other* cell's Golgi.
+
+    Nucleus A (0.9) has its Golgi (0.8) 3 µm away; nucleus B (0.8) has its Golgi (0.9) 3 µm away; each
+    nucleus is 10 µm from the other cell's Golgi, within d_max. By embedding alone the crossed pairs win
+    (|Δe| = 0 against 1); by distance among admissible edges the true ones do.
+    """
+    na, ga, gb, nb = um(4, 10, 20), um(4, 13, 20), um(4, 20, 20), um(4, 23, 20)
+    cells = [(na, None, 0.9), (None, ga, 0.8), (nb, None, 0.8), (None, gb, 0.9)]
+    volume = render((9, 80, 80), VOXEL, cells)
+    return volume, PairSet([na, nb], [ga, gb], voxel_size=VOXEL)
+
+
+def test_pairing_distance_weight_decides_crossed_cells_and_is_calibrated():
+    import dataclasses
+
+    predictor, _ = oracle_predictor(VOXEL, window=(9, 80, 80))
+    volume, truth = crossed_scene()
+    output = predictor.run_network(volume)
+
+    def golgi_of(decoding):
+        pairs = predictor.decode(output, decoding)
+        assert len(pairs) == 2
+        order = np.argsort(pairs.nuclei[:, 1])
+        return pairs.golgi[order, 1] * VOXEL[1]  # Golgi y (µm) of nucleus A, then B
+
+    by_embedding = golgi_of(predictor.decoding)
+    np.testing.assert_allclose(by_embedding, [20, 13], atol=0.3)  # the paper's rule: crossed
+    by_distance = golgi_of(dataclasses.replace(predictor.decoding, pairing_distance_weight=1.0))
+    np.testing.assert_allclose(by_distance, [13, 20], atol=0.3)
+
+    best, table = calibrate_decoding(predictor, [(volume, truth)], thresholds=(0.3,), min_distance_nucleus_um=(3.0,),
+                                     min_distance_golgi_um=(1.5,))
+    assert best.pairing_distance_weight == 1.0
+    assert table[0]["j"] < 0 and max(row["j"] for row in table) == 1.0

@@ -21,17 +21,21 @@ from app.core.volume import Volume
 THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 MIN_DISTANCE_NUCLEUS_UM = (2.0, 3.0, 4.0, 5.0)
 MIN_DISTANCE_GOLGI_UM = (1.0, 1.5, 2.0, 3.0)
+#: Pairing by embedding alone (0, the paper), by distance among embedding-admissible edges (1), or between.
+PAIRING_DISTANCE_WEIGHTS = (0.0, 0.5, 1.0)
 
 
 def calibrate_decoding(predictor, validation: Sequence[tuple[Volume, PairSet]], level: int = 5,
                        thresholds: Sequence[float] = THRESHOLDS,
                        min_distance_nucleus_um: Sequence[float] = MIN_DISTANCE_NUCLEUS_UM,
                        min_distance_golgi_um: Sequence[float] = MIN_DISTANCE_GOLGI_UM,
+                       pairing_distance_weights: Sequence[float] = PAIRING_DISTANCE_WEIGHTS,
                        progress=None) -> tuple[DecodingSpec, list[dict]]:
     """Best :class:`DecodingSpec` on ``validation`` and the table of every setting tried.
 
-    Thresholds are searched jointly first (at the current minimum distances), then the minimum
-    distances at the best thresholds. The score is the mean over images of TPR − FDR at ``level``.
+    The pairing rule (:attr:`DecodingSpec.pairing_distance_weight`) is chosen first, at the current
+    thresholds; then the thresholds jointly (at the current minimum distances); then the minimum distances
+    at the best thresholds. The score is the mean over images of TPR − FDR at ``level``.
     """
     if not validation:
         raise CellPolError("Calibration needs at least one validation image with vectors.")
@@ -55,6 +59,11 @@ def calibrate_decoding(predictor, validation: Sequence[tuple[Volume, PairSet]], 
 
     best = predictor.decoding
     best_j = score(best)
+    for weight in pairing_distance_weights:
+        candidate = dataclasses.replace(best, pairing_distance_weight=weight)
+        j = score(candidate)
+        if j > best_j:
+            best, best_j = candidate, j
     for t_n, t_g in itertools.product(thresholds, thresholds):
         candidate = dataclasses.replace(best, peak_threshold_nucleus=t_n, peak_threshold_golgi=t_g)
         j = score(candidate)
