@@ -112,6 +112,23 @@ def test_a_2d_network_trains_on_2d_images(tmp_path):
         run(TrainingOptions(images=images, out=tmp_path / "x", init=tmp_path / "m3d.json"))
 
 
+def test_the_starter_of_the_images_dimensionality_is_fine_tuned(tmp_path, monkeypatch):
+    models = tmp_path / "models"
+    models.mkdir()
+    for name, dims, pools in (("cellpol_starter", 3, ((1, 2, 2),)), ("cellpol_starter_2d", 2, None)):
+        config = NetworkConfig(levels=2, base_filters=4, spatial_dims=dims,
+                               **({"pool_factors": pools} if pools else {}))
+        spec = ModelSpec(network=config, voxel_size=(1.0, 1.0, 1.0), name=name)
+        save_model(models / name, build_network(config), spec)
+    monkeypatch.setattr("app.core.inference.models_dir", lambda: models)
+    images = simulate_into(tmp_path / "flat", 2, seed=6, shape=(1, 96, 96))
+    events, path = run(TrainingOptions(images=images, out=tmp_path / "tuned", steps=2, epoch_steps=2, device="cpu",
+                                       augment=AugmentConfig.off(), calibrate="never"))
+    _, spec = load_model(path)
+    assert spec.network.spatial_dims == 2 and spec.provenance["init"]["name"] == "cellpol_starter_2d"
+    assert any("Fine-tuning cellpol_starter_2d.json" in e.message for e in events if e.kind == "info")
+
+
 def test_model_voxel_size_from_the_images():
     from app.core.volume import Volume
 

@@ -495,6 +495,12 @@ def run_training(options: TrainingOptions, cancel: Optional[CancelToken] = None,
         from app.core.modelfile import load_spec
 
         init_spec = load_spec(init_path)
+        if (init_spec.network.spatial_dims == 2) != is_2d and init_is_starter:
+            from app.core.inference import find_starter_model
+
+            other = find_starter_model(spatial_dims=2 if is_2d else 3)
+            if other is not None:  # the starter of the images' dimensionality
+                init_path, init_spec = other, load_spec(other)
         if (init_spec.network.spatial_dims == 2) != is_2d:
             kind = f"{init_spec.network.spatial_dims}D"
             if init_is_starter:
