@@ -1,7 +1,7 @@
 """Accuracy on held-out simulator volumes: TPR/FDR at τL = 0 and 5 (the paper's protocol).
 
     .venv/bin/python benchmarks/accuracy.py [--model resources/models/cellpol_starter.json] \
-        [--model OTHER.json --label ctrdet ...] [--ensemble] [--n 8] [--presets retina confocal]
+        [--model OTHER.json ...] [--ensemble [A.json B.json]] [--n 8] [--presets retina confocal]
 
 Volumes come from seeds (≥ 10000) never used in training and, by default, the "retina" preset that the
 starter model never saw (it is trained on the other presets), at voxel sizes drawn per volume. The
@@ -21,13 +21,15 @@ from app.core.classic import predict_classic
 from app.core.simulate import SimConfig, simulate
 
 
-def held_out_volumes(n: int, presets: list[str], seed: int = 10_000):
+def held_out_volumes(n: int, presets: list[str], seed: int = 10_000, dims: int = 3):
     rng = np.random.default_rng(seed)
     for k in range(n):
         vxy = float(rng.uniform(0.25, 0.7))
         vz = float(rng.uniform(0.3, 1.0))
         field = (float(rng.uniform(14, 24)), 160.0, 160.0)
         shape = tuple(max(1, int(round(f / v))) for f, v in zip(field, (vz, vxy, vxy)))
+        if dims == 2:
+            shape = (1,) + shape[1:]
         config = SimConfig(shape=shape, voxel_size=(vz, vxy, vxy), preset=presets[k % len(presets)],
                            seed=seed + k)
         yield simulate(config)
@@ -36,22 +38,27 @@ def held_out_volumes(n: int, presets: list[str], seed: int = 10_000):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", default=[], help="model .json (repeatable)")
-    parser.add_argument("--ensemble", action="store_true", help="also run all --model files as one ensemble")
+    parser.add_argument("--ensemble", nargs="*", default=None, metavar="MODEL",
+                        help="also run these model files (default: all --model files) as one ensemble")
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--presets", nargs="+", default=["retina"])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dims", type=int, choices=(2, 3), default=3, help="2: single-plane images")
     args = parser.parse_args()
 
-    volumes = list(held_out_volumes(args.n, args.presets))
+    volumes = list(held_out_volumes(args.n, args.presets, dims=args.dims))
     methods = {"classic": predict_classic}
     if args.model:
         from app.core.inference import Predictor
 
         for path in args.model:
             methods[Path(path).stem] = Predictor.from_files([path], args.device)
-        if args.ensemble and len(args.model) > 1:
-            methods["ensemble"] = Predictor.from_files(args.model, args.device)
-    print(f"{args.n} held-out volumes, presets {args.presets}, "
+    if args.ensemble is not None:
+        from app.core.inference import Predictor
+
+        members = args.ensemble or args.model
+        methods["ensemble(" + "+".join(Path(p).stem for p in members) + ")"] = Predictor.from_files(members, args.device)
+    print(f"{args.n} held-out {args.dims}D volumes, presets {args.presets}, "
           f"{sum(len(p) for _, p in volumes)} GT pairs")
     print(f"{'method':28s} {'TPR@0':>7s} {'FDR@0':>7s} {'TPR@5':>7s} {'FDR@5':>7s} {'cos@0':>7s} {'s/vol':>7s}")
     for name, method in methods.items():
