@@ -176,7 +176,7 @@ def _loss_at(step: int, config: TrainConfig) -> LossConfig:
                                push_weight=config.loss.push_weight * ramp)
 
 
-def _optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     tensors = {}
     for index, state in optimizer.state_dict()["state"].items():
         for key, value in state.items():
@@ -184,7 +184,7 @@ def _optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torc
     return tensors
 
 
-def _load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
     state_dict = optimizer.state_dict()
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
@@ -227,7 +227,7 @@ def _save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.opti
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     tensors.update({f"optimizer.{k}": v.detach().to("cpu").contiguous()
-                    for k, v in _optimizer_state_tensors(optimizer).items()})
+                    for k, v in optimizer_state_tensors(optimizer).items()})
     metadata = {"format": CHECKPOINT_FORMAT, "version": str(CHECKPOINT_VERSION),
                 "spec": json.dumps(spec.to_dict()), "state": json.dumps(state, default=_json_default)}
     payload = st_save(tensors, metadata=metadata)
@@ -272,7 +272,7 @@ def _load_checkpoint(folder: Path, device: torch.device) -> tuple[torch.nn.Modul
     return model, spec, optimizer, state
 
 
-def _autocast_dtype(device: torch.device, amp: bool) -> Optional[torch.dtype]:
+def choose_autocast_dtype(device: torch.device, amp: bool) -> Optional[torch.dtype]:
     if not amp:
         return None
     if device.type == "cpu":
@@ -296,7 +296,7 @@ def _best_key(metrics: Mapping[str, Any], epoch_losses: Mapping[str, float]) -> 
     return [-float(epoch_losses.get("total", math.inf))]
 
 
-def _step_seed(seed: int, step: int) -> int:
+def step_seed(seed: int, step: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(step), 7]).generate_state(1, dtype=np.uint32)[0])
 
 
@@ -384,8 +384,8 @@ def train(spec: ModelSpec, sampler: PatchSampler, config: TrainConfig, checkpoin
     model = model.to(memory_format=memory_format)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     if start_step and optimizer_tensors:
-        _load_optimizer_state(optimizer, {k: v.to(device) for k, v in optimizer_tensors.items()})
-    autocast_dtype = _autocast_dtype(device, config.amp)
+        load_optimizer_state(optimizer, {k: v.to(device) for k, v in optimizer_tensors.items()})
+    autocast_dtype = choose_autocast_dtype(device, config.amp)
     scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
     if scaler is not None and scaler_state:
         scaler.load_state_dict(scaler_state)
@@ -431,7 +431,7 @@ def train(spec: ModelSpec, sampler: PatchSampler, config: TrainConfig, checkpoin
             raise
 
         rng = np.random.default_rng([config.seed, step])  # a resumed run sees the same batches
-        torch.manual_seed(_step_seed(config.seed, step))  # and the same dropout masks
+        torch.manual_seed(step_seed(config.seed, step))  # and the same dropout masks
         images, target_list = [], []
         for _ in range(config.batch_size):
             image, pairs = sampler.sample(rng)

@@ -64,12 +64,12 @@ from app.training.jobcontrol import TrainingClock, pause_point
 from app.training.trainer import (
     PauseToken,
     TrainEvent,
-    _autocast_dtype,
-    _load_optimizer_state,
-    _optimizer_state_tensors,
-    _step_seed,
     checkpoint_exists,
+    choose_autocast_dtype,
+    load_optimizer_state,
+    optimizer_state_tensors,
     read_checkpoint_state,
+    step_seed,
 )
 
 PathLike = Union[str, os.PathLike]
@@ -583,7 +583,7 @@ def _save_checkpoint(folder: Path, parts: Mapping[str, Any], spec: GeneratorSpec
 
     tensors: dict[str, torch.Tensor] = {}
     for prefix, part in parts.items():
-        source = part.state_dict() if isinstance(part, nn.Module) else _optimizer_state_tensors(part)
+        source = part.state_dict() if isinstance(part, nn.Module) else optimizer_state_tensors(part)
         tensors.update({f"{prefix}.{k}": v.detach().to("cpu").contiguous() for k, v in source.items()})
     metadata = {"format": CHECKPOINT_FORMAT, "version": "1", "spec": json.dumps(spec.to_dict()),
                 "state": json.dumps(dict(state), default=_json_default)}
@@ -615,7 +615,7 @@ def _load_checkpoint(folder: Path, parts: Mapping[str, Any], device: torch.devic
             if isinstance(part, nn.Module):
                 part.load_state_dict(own)
             elif own:
-                _load_optimizer_state(part, own)
+                load_optimizer_state(part, own)
     except (SafetensorError, KeyError, ValueError, OSError, RuntimeError) as exc:
         raise CellPolError(f"The Vox2Vox checkpoint {path} is damaged or of another run ({exc}); delete {folder} "
                            "to start again.") from None
@@ -743,7 +743,7 @@ def train_vox2vox(options: Vox2VoxOptions, cancel: Optional[CancelToken] = None,
     augment = AugmentConfig(flip_y=0.5, flip_x=0.5, rotate90=0.5, flip_z=0.0, intensity=0.0, gamma=0.0, noise=0.0)
     sampler = PatchSampler([PreparedVolume(np.concatenate([m.masks, m.image]), m.pairs, m.name) for m in train_volumes],
                            patch, augment, foreground_fraction=0.9)
-    autocast_dtype = _autocast_dtype(device, opts.amp)
+    autocast_dtype = choose_autocast_dtype(device, opts.amp)
     if autocast_dtype == torch.float16:  # fp16 would need a gradient scaler per optimiser; not worth it here
         autocast_dtype = None
     checkpoint_every = opts.checkpoint_every or opts.eval_every
@@ -772,7 +772,7 @@ def train_vox2vox(options: Vox2VoxOptions, cancel: Optional[CancelToken] = None,
     for step in range(start_step, steps):
         yield from pause_point(step, steps, pause, cancel, clock, save_if_needed)
         rng = np.random.default_rng([opts.seed, step])  # a resumed run draws the same batches
-        torch.manual_seed(_step_seed(opts.seed, step))  # and the same dropout masks
+        torch.manual_seed(step_seed(opts.seed, step))  # and the same dropout masks
         batch = torch.from_numpy(_to_signed(np.stack([sampler.sample(rng)[0] for _ in range(opts.batch_size)])))
         batch = batch.to(device)
         condition, real = batch[:, :2], batch[:, 2:]
