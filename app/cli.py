@@ -275,15 +275,17 @@ def _make_predictor(args: argparse.Namespace):
         print(f"Method: {method}" + ("" if method == "cellpol" else " (no learned model available)"),
               file=sys.stderr)
     if method == "cellpol":
-        from app.core.inference import Predictor, find_starter_model
+        from app.core.inference import Predictor, StarterPredictor
 
-        paths = list(args.model or [])
-        if not paths:
-            starter = find_starter_model()
-            if starter is None:
+        options = {"window": args.window, "batch_size": args.batch_size}
+        if not args.model:  # the bundled starters: the 3D one for stacks, the 2D one for single planes
+            if not _starter_model_available():
                 raise CellPolError("No learned model found: pass --model PATH or use --method classic")
-            paths = [starter]
-        predictor = Predictor.from_files(paths, args.device, window=args.window, batch_size=args.batch_size)
+            predictor = StarterPredictor(args.device, **options)
+            print("Model: " + ", ".join(f"{m['name']} ({m['images']} images)" for m in predictor.provenance()["models"])
+                  + f" on {predictor.device}", file=sys.stderr)
+            return predictor, predictor.provenance()
+        predictor = Predictor.from_files(list(args.model), args.device, **options)
         print(f"Model: {', '.join(m['name'] for m in predictor.provenance()['models'])} on {predictor.device}",
               file=sys.stderr)
         return predictor, predictor.provenance()
@@ -296,7 +298,7 @@ def _make_predictor(args: argparse.Namespace):
 def _starter_model_available() -> bool:
     from app.core.inference import find_starter_model
 
-    return find_starter_model() is not None
+    return find_starter_model(spatial_dims=None) is not None
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:

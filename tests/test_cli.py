@@ -125,3 +125,27 @@ def test_console_script_and_module_entry_point():
     script = Path(sys.executable).parent / "cellpol"
     result = subprocess.run([str(script), "info", "/nonexistent.tif"], capture_output=True, text=True)
     assert result.returncode == EXIT_USAGE and "Traceback" not in result.stderr and "nonexistent" in result.stderr
+
+
+def test_predict_uses_the_bundled_starters_for_stacks_and_planes(synth_dir, tmp_path, capsys):
+    """`cellpol predict` with no method or model: the shipped 3D starter for stacks, the 2D one for planes."""
+    from app.core.inference import find_starter_model
+
+    if find_starter_model(spatial_dims=3) is None or find_starter_model(spatial_dims=2) is None:
+        pytest.fail("resources/models must ship a 3D and a 2D starter model")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    stack = sorted(synth_dir.glob("*.tif"))[0]
+    (inputs / "stack.tif").write_bytes(stack.read_bytes())
+    assert main(["synth", "--out", str(tmp_path / "flat"), "--n", "1", "--shape", "1", "160", "160",
+                 "--seed", "4"]) == EXIT_OK
+    (inputs / "plane.tif").write_bytes(next((tmp_path / "flat").glob("*.tif")).read_bytes())
+    preds = tmp_path / "preds"
+    assert main(["predict", str(inputs), "--out", str(preds), "--device", "cpu"]) == EXIT_OK
+    err = capsys.readouterr().err
+    assert "Method: cellpol" in err and "(3D images)" in err and "(2D images)" in err
+    for name, shape in (("stack", [16, 128, 128]), ("plane", [1, 160, 160])):
+        pairs = read_pairs(preds / f"{name}.vectors.csv")
+        assert pairs.meta["method"] == "cellpol" and pairs.meta["image_shape_zyx"] == shape
+        assert {m["images"] for m in pairs.meta["models"]} == {"2D", "3D"}
+        assert pairs.voxel_size is not None and len(pairs) > 0

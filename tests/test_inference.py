@@ -467,7 +467,7 @@ def test_cli_cellpol_without_any_model(tmp_path, capsys, monkeypatch):
     import app.cli as cli
 
     monkeypatch.setattr(cli, "_starter_model_available", lambda: False)
-    monkeypatch.setattr("app.core.inference.find_starter_model", lambda folder=None: None)
+    monkeypatch.setattr("app.core.inference.find_starter_model", lambda folder=None, spatial_dims=3: None)
     image = tmp_path / "img.npy"
     np.save(image, np.zeros((4, 2, 16, 16), dtype=np.uint16))
     status = main(["predict", str(image), "--out", str(tmp_path / "o"), "--method", "cellpol", "--axes", "ZCYX",
