@@ -94,7 +94,7 @@ def main(argv=None) -> int:
                            "weights_sha256": sha256_file(model_paths(args.init)[1]), "provenance": init_spec.provenance}
         if init_spec.network != network:
             # A 3DCtrDet from a CellPol model: the backbone and heatmap heads carry over, the embeddings go.
-            init_path = transfer_weights(args.init, network, out.with_name(out.name + ".init"))
+            init_path = transfer_weights(args.init, network, out.with_name(out.name + "_init"))
             init_provenance["transferred"] = "backbone and heatmap heads (embedding heads dropped)"
     provenance = {
         "trained_by": "python -m app.training.starter " + " ".join(sys.argv[1:] if argv is None else argv),
