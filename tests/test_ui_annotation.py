@@ -214,7 +214,10 @@ def test_save_then_reopen_gives_the_same_pairs(qtbot, settings, image_path):
     saved_pairs = first.model.pairs
     autosave = autosave_path_for(image_path.with_name("cells.vectors.csv"))
     assert autosave.exists()  # every edit autosaved
+    click(qtbot, first.ortho.xy, NUCLEUS_B)  # a nucleus without its Golgi yet: saving says it is not kept
+    assert first.model.pending_nucleus is not None
     key(qtbot, first, Qt.Key.Key_S, Qt.KeyboardModifier.ControlModifier)
+    assert "waiting for its Golgi is not saved" in first.statusBar().currentMessage()
     vectors = image_path.with_name("cells.vectors.csv")
     assert vectors.exists() and not autosave.exists() and not first.isWindowModified()
     on_disk = read_pairs(vectors)

@@ -411,7 +411,9 @@ class DocumentController(QtCore.QObject):
             self.autosaver.failed.connect(self.status.emit)
         discard_autosave(target)
         self.model.mark_saved()
-        self.status.emit(f"Saved {len(self.model)} pairs to {target}.")
+        unpaired = (" The nucleus still waiting for its Golgi is not saved: a pair needs both."
+                    if self.model.pending_nucleus is not None else "")
+        self.status.emit(f"Saved {len(self.model)} pairs to {target}.{unpaired}")
         self.saved.emit(str(target))
         return True
 
