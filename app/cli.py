@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (split, initialisation, batches)")
     p.add_argument("--batch-size", type=int, default=4, metavar="N", help="patches per step (default 4)")
-    p.add_argument("--lr", type=float, metavar="LR", help="peak learning rate (default 1e-3 fine-tuning, 2e-3 from scratch)")
+    p.add_argument("--lr", type=float, metavar="LR", help="peak learning rate (default 3e-4 fine-tuning, 2e-3 from scratch)")
     p.add_argument("--patch", nargs=3, type=int, metavar=("Z", "Y", "X"),
                    help="patch size in voxels at the model's voxel size (default: about 16×48×48 µm)")
     p.add_argument("--epoch-steps", type=int, metavar="N", help="steps between validations (default 100)")
@@ -116,8 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="augmentation probabilities, e.g. rotate90=0.5 noise=0 (flip_y, flip_x, rotate90, flip_z, "
                         "intensity, gamma, noise)")
     p.add_argument("--no-augment", action="store_true", help="no augmentation at all")
-    p.add_argument("--embedding-weight", type=float, default=1.0, metavar="W",
-                   help="weight of the pull/push embedding loss (default 1, the paper's)")
+    p.add_argument("--embedding-weight", type=float, default=None, metavar="W",
+                   help="weight of the pull/push embedding loss (default 0.5 fine-tuning, 1 = the paper's from scratch)")
     p.add_argument("--calibrate", choices=("auto", "always", "never"), default="auto",
                    help="re-choose the decoding thresholds on the validation images: auto = from scratch, or "
                         "when the validation images hold at least 30 pairs (else the initial model's are kept)")

@@ -72,6 +72,8 @@ def main(argv=None) -> int:
     parser.add_argument("--work", help="working folder (default: a temporary one)")
     parser.add_argument("--synthetic-dir", help="mix these generated volumes into fine-tuning (cellpol train --synthetic-dir)")
     parser.add_argument("--synthetic-fraction", type=float, default=0.5, help="share of patches drawn from them")
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: cellpol train's)")
+    parser.add_argument("--embedding-weight", type=float, default=None, help="pull/push weight (default: cellpol train's)")
     args = parser.parse_args(argv)
 
     from app.core.inference import Predictor, find_starter_model
@@ -109,7 +111,8 @@ def main(argv=None) -> int:
                               init=init, steps=args.steps,
                               batch_size=args.batch_size, epoch_steps=args.epoch_steps, device=args.device,
                               seed=args.seed, val_images=val_dir if args.validation == "extra" else None,
-                              overwrite=True)
+                              overwrite=True, learning_rate=args.lr,
+                              **({"embedding_weight": args.embedding_weight} if args.embedding_weight is not None else {}))
     wall = time.perf_counter()
     model_path = None
     step_times: list[float] = []

@@ -127,6 +127,9 @@ def test_the_starter_of_the_images_dimensionality_is_fine_tuned(tmp_path, monkey
     _, spec = load_model(path)
     assert spec.network.spatial_dims == 2 and spec.provenance["init"]["name"] == "cellpol_starter_2d"
     assert any("Fine-tuning cellpol_starter_2d.json" in e.message for e in events if e.kind == "info")
+    # Fine-tuning defaults: a gentler rate and embedding weight than training from scratch.
+    assert spec.provenance["train"]["learning_rate"] == finetune.FINETUNE_LEARNING_RATE
+    assert spec.provenance["train"]["loss"]["pull_weight"] == finetune.FINETUNE_EMBEDDING_WEIGHT
 
 
 def test_model_voxel_size_from_the_images():
@@ -210,7 +213,7 @@ def test_cli_fine_tunes_a_given_model(train_dir, val_dir, tmp_path, capsys, monk
     _, tuned = load_model(out.with_suffix(".json"))
     assert tuned.network == spec.network and tuned.voxel_size == MODEL_VOXEL  # from the init model
     assert tuned.provenance["init"]["name"] == "tiny-init" and tuned.provenance["validation_split"] == "held-out"
-    assert tuned.provenance["train"]["learning_rate"] == 1e-3
+    assert tuned.provenance["train"]["learning_rate"] == finetune.FINETUNE_LEARNING_RATE
     assert tuned.provenance["calibration"]["method"] == "kept from the initial model"
     assert tuned.decoding == spec.decoding
     assert main(["train", "--images", str(train_dir), "--out", str(out), "--steps", "2", "--init",

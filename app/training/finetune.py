@@ -90,6 +90,13 @@ XY_LIMITS_UM = (0.25, 1.0)
 Z_LIMITS_UM = (0.25, 2.0)
 #: Common peak thresholds tried when validating during training (the final calibration searches more).
 VALIDATION_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6)
+#: Fine-tuning defaults. Measured with benchmarks/finetune_report.py (200 steps on three 'retina' volumes,
+#: TPR/FDR at τL = 0 on four others; seeds 0 and 1): learning rate 1e-3 with the paper's embedding weight 1
+#: gave 0.777/0.176 and 0.655/0.440; 3e-4 with 0.5 (the weight of the starter's last training stage) gave
+#: 0.800/0.153 and 0.752/0.292 (the starter: 0.618/0.358 and 0.802/0.284). A small network fine-tuned on a
+#: few dozen cells keeps more of what it knew at the lower rate.
+FINETUNE_LEARNING_RATE = 3e-4
+FINETUNE_EMBEDDING_WEIGHT = 0.5
 #: Fewest validation pairs for which a fine-tuned model's decoding is re-chosen (``calibrate="auto"``).
 MIN_CALIBRATION_PAIRS = 30
 CALIBRATE_CHOICES = ("auto", "always", "never")
@@ -141,8 +148,8 @@ class TrainingOptions:
         from scratch, or when the validation images hold at least :data:`MIN_CALIBRATION_PAIRS` pairs;
         otherwise the initial model's decoding is kept. ``True``/``False`` mean always/never.
     embedding_weight, embedding_warmup_steps :
-        Weight of the pull/push loss (1: the paper's) and steps over which it ramps in
-        (:class:`~app.training.trainer.TrainConfig`).
+        Weight of the pull/push loss (default :data:`FINETUNE_EMBEDDING_WEIGHT` when fine-tuning, 1 — the
+        paper's — from scratch) and steps over which it ramps in (:class:`~app.training.trainer.TrainConfig`).
     overwrite : bool
         Replace an existing model at ``out`` and discard its checkpoints (else an existing model is an
         error and existing checkpoints are resumed).
@@ -163,7 +170,7 @@ class TrainingOptions:
     nucleus_channel: Optional[int] = None
     golgi_channel: Optional[int] = None
     batch_size: int = 4
-    learning_rate: Optional[float] = None  # default 1e-3 when fine-tuning, 2e-3 from scratch
+    learning_rate: Optional[float] = None  # default FINETUNE_LEARNING_RATE when fine-tuning, 2e-3 from scratch
     warmup_steps: Optional[int] = None  # default min(50, steps // 10)
     patch_shape: Optional[Sequence[int]] = None
     patch_field_um: Sequence[float] = DEFAULT_PATCH_FIELD_UM
@@ -178,7 +185,7 @@ class TrainingOptions:
     epoch_steps: Optional[int] = None
     checkpoint_every: Optional[int] = None
     calibrate: Union[str, bool] = "auto"
-    embedding_weight: float = 1.0  # the paper's α = β = 1 (see TrainConfig for why a smaller one may help)
+    embedding_weight: Optional[float] = None  # default FINETUNE_EMBEDDING_WEIGHT fine-tuning, 1 (the paper's) from scratch
     embedding_warmup_steps: int = 0
     model_voxel_size: Optional[Sequence[float]] = None
     architecture: str = "cellpol"
@@ -200,7 +207,8 @@ class TrainingOptions:
         whole("synthetic", self.synthetic, 0)
         whole("validation patches", self.validation_patches, 0)
         whole("embedding warm-up steps", self.embedding_warmup_steps, 0)
-        if not (math.isfinite(self.embedding_weight) and self.embedding_weight >= 0):
+        if self.embedding_weight is not None and not (math.isfinite(self.embedding_weight)
+                                                      and self.embedding_weight >= 0):
             raise CellPolError(f"The embedding loss weight must be a number ≥ 0, got {self.embedding_weight}.")
         for name in ("epoch_steps", "checkpoint_every"):
             if getattr(self, name) is not None:
@@ -560,13 +568,15 @@ def run_training(options: TrainingOptions, cancel: Optional[CancelToken] = None,
 
     # --- training settings ----------------------------------------------------------------------
     epoch_steps = opts.epoch_steps or min(100, steps)
+    embedding_weight = (opts.embedding_weight if opts.embedding_weight is not None
+                        else FINETUNE_EMBEDDING_WEIGHT if init_spec is not None else 1.0)
     config = TrainConfig(
         steps=steps, batch_size=opts.batch_size,
-        learning_rate=opts.learning_rate or (1e-3 if init_spec is not None else 2e-3),
+        learning_rate=opts.learning_rate or (FINETUNE_LEARNING_RATE if init_spec is not None else 2e-3),
         warmup_steps=opts.warmup_steps if opts.warmup_steps is not None else min(50, steps // 10),
         seed=opts.seed, device=opts.device, checkpoint_every=opts.checkpoint_every or epoch_steps,
         epoch_steps=epoch_steps, amp=opts.amp,
-        loss=LossConfig(pull_weight=opts.embedding_weight, push_weight=opts.embedding_weight),
+        loss=LossConfig(pull_weight=embedding_weight, push_weight=embedding_weight),
         embedding_warmup_steps=opts.embedding_warmup_steps,
     )
     from app.core.inference import select_device
