@@ -1153,33 +1153,39 @@ def models_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "resources" / "models"
 
 
-def find_starter_model(folder: Optional[PathLike] = None, spatial_dims: Optional[int] = 3) -> Optional[Path]:
-    """The shipped starter model's ``.json`` for ``spatial_dims``-D images (``None``: any), or None.
+#: Names that win when a models folder holds several models of one dimensionality.
+_STARTER_NAMES = ("starter", "cellpol_starter", "starter_2d", "cellpol_starter_2d")
 
-    Among the models in ``folder`` (default :func:`models_dir`) whose files describe a network of that
-    dimensionality, one named ``starter`` or ``cellpol_starter[_2d]`` wins, else the first by name. Files
-    that cannot be read are skipped (the error surfaces when such a model is named explicitly).
+
+def starter_models(folder: Optional[PathLike] = None) -> dict[int, Path]:
+    """The shipped starter model ``.json`` per dimensionality (``{3: …, 2: …}``, missing ones left out).
+
+    Among the models in ``folder`` (default :func:`models_dir`) of one dimensionality, one named
+    ``starter`` or ``cellpol_starter[_2d]`` wins, else the first by name. Files that cannot be read are
+    skipped (the error surfaces when such a model is named explicitly). One pass over the folder.
     """
     from app.core.modelfile import load_spec
 
     folder = Path(folder) if folder is not None else models_dir()
     if not folder.is_dir():
-        return None
-    candidates = []
+        return {}
+    found: dict[int, Path] = {}
     for path in sorted(folder.glob("*.json")):
         try:
             dims = load_spec(path).network.spatial_dims
         except CellPolError:
             continue
-        if spatial_dims is None or dims == spatial_dims:
-            candidates.append(path)
-    if not candidates:
-        return None
-    preferred = {"starter", "cellpol_starter", "starter_2d", "cellpol_starter_2d"}
-    for path in candidates:
-        if path.stem in preferred:
-            return path
-    return candidates[0]
+        if dims not in found or (path.stem in _STARTER_NAMES and found[dims].stem not in _STARTER_NAMES):
+            found[dims] = path
+    return found
+
+
+def find_starter_model(folder: Optional[PathLike] = None, spatial_dims: Optional[int] = 3) -> Optional[Path]:
+    """The shipped starter model's ``.json`` for ``spatial_dims``-D images (``None``: any, 3D first), or None."""
+    found = starter_models(folder)
+    if spatial_dims is None:
+        return found.get(3) or found.get(2)
+    return found.get(spatial_dims)
 
 
 class StarterPredictor:
@@ -1195,7 +1201,8 @@ class StarterPredictor:
 
     def __init__(self, device: Union[str, torch.device] = "auto", folder: Optional[PathLike] = None,
                  **options: Any) -> None:
-        self.paths = {dims: find_starter_model(folder, dims) for dims in (3, 2)}
+        found = starter_models(folder)
+        self.paths = {dims: found.get(dims) for dims in (3, 2)}
         if not any(self.paths.values()):
             raise CellPolError("No starter model is installed (resources/models): pass --model PATH or use "
                                "--method classic.")
