@@ -46,7 +46,7 @@ def test_calibration_raises_the_threshold_above_the_false_cells():
     assert len(before) == 6  # 4 true + 2 false
     best, table = calibrate_decoding(predictor, validation, thresholds=(0.3, 0.5), min_distance_nucleus_um=(3.0,),
                                      min_distance_golgi_um=(1.5,))
-    assert len(table) == 1 + 3 + 4 + 1  # current, pairing weights, thresholds, min distances
+    assert len(table) == 1 + 3 * 3 + 4 + 1  # current, pairing weights (distance × height), thresholds, min distances
     assert best.peak_threshold_nucleus == 0.5 or best.peak_threshold_golgi == 0.5
     assert max(row["j"] for row in table) == 1.0 and table[0]["j"] < 1.0
     after = predictor.decode(predictor.run_network(validation[0][0]), best)
@@ -88,3 +88,26 @@ def test_pairing_distance_weight_decides_crossed_cells_and_is_calibrated():
                                      min_distance_golgi_um=(1.5,))
     assert best.pairing_distance_weight == 1.0
     assert table[0]["j"] < 0 and max(row["j"] for row in table) == 1.0
+
+
+def test_pairing_height_weight_prefers_a_strong_golgi_to_a_faint_nearer_one():
+    """A nucleus (1.0) with a faint Golgi-channel peak (0.82, a vessel or speck; its embedding still admits
+    it) 2.5 µm on one side and its strong Golgi (1.0) 3.5 µm on the other: by distance the faint peak wins
+    (costs 0.18 against 0.25), with the peaks' strength the strong one does (0.128 against 0.100 at w = 1,
+    v = 0.6)."""
+    import dataclasses
+
+    predictor, _ = oracle_predictor(VOXEL, window=(9, 80, 80), pairing_distance_weight=1.0)
+    nucleus, faint, strong = um(4, 20, 20), um(4, 17.5, 20), um(4, 23.5, 20)
+    volume = render((9, 80, 80), VOXEL, [(nucleus, None, 1.0), (None, faint, 0.82), (None, strong, 1.0)])
+    output = predictor.run_network(volume)
+
+    def golgi_y(decoding):
+        pairs = predictor.decode(output, decoding)
+        assert len(pairs) == 1
+        return pairs.golgi[0, 1] * VOXEL[1]
+
+    assert abs(golgi_y(predictor.decoding) - 17.5) < 0.3
+    with_height = dataclasses.replace(predictor.decoding, pairing_height_weight=0.6)
+    assert abs(golgi_y(with_height) - 23.5) < 0.3
+    assert "peak-height weight 0.6" in predictor.decode(output, with_height).meta["pairing"]

@@ -149,6 +149,7 @@ def test_corrupt_json(saved):
         (lambda d: d.update(input_channels=7), "usable"),
         (lambda d: d["decoding"].update(peak_threshold_golgi=1.5), "peak_threshold_golgi"),
         (lambda d: d["decoding"].update(pairing_distance_weight=-0.5), "pairing_distance_weight"),
+        (lambda d: d["decoding"].update(pairing_height_weight=1.5), "pairing_height_weight"),
         (lambda d: d["normalization"].update(low_percentile=99.9), "low percentile"),
         (lambda d: d["decoding"].update(nms="yes"), "unknown setting"),
     ],
@@ -162,8 +163,9 @@ def test_invalid_descriptions_are_one_clear_error(saved, change, message):
 
 def test_files_written_before_the_pairing_weight_existed_pair_by_embedding(saved):
     json_path, _, _ = saved
-    edit_json(json_path, lambda d: d["decoding"].pop("pairing_distance_weight"))
-    assert load_spec(json_path).decoding.pairing_distance_weight == 0.0
+    edit_json(json_path, lambda d: [d["decoding"].pop(k) for k in ("pairing_distance_weight", "pairing_height_weight")])
+    decoding = load_spec(json_path).decoding
+    assert decoding.pairing_distance_weight == 0.0 and decoding.pairing_height_weight == 0.0
 
 
 def test_missing_files(saved, tmp_path):

@@ -35,7 +35,10 @@ Pipeline for one volume (:meth:`Predictor.predict`):
    ``pairing_distance_weight`` w > 0 the edge cost is ``(1 − w)·|Δe|/Δ + w·d/d_max`` instead (the
    embeddings still veto): calibration picks w, because a small network's embeddings may separate a cell
    from its neighbours less well than distance does (the first starter model: TPR/FDR at τL = 0 on
-   held-out retina volumes 0.56/0.51 with w = 0, 0.79/0.31 with w = 1, same peaks). Every cell thus yields one
+   held-out retina volumes 0.56/0.51 with w = 0, 0.79/0.31 with w = 1, same peaks). A ``pairing_height_weight``
+   v > 0 blends in the peaks' strength, ``(1 − v)·cost + v·(1 − √(h_n·h_g))``: most wrong pairs of the
+   shipped starter joined a right nucleus to a faint Golgi-channel peak (a vessel, a speck) nearer than the
+   right Golgi. Every cell thus yields one
    vector however many windows saw it. ``ctrdet`` models (no embeddings) are paired by distance with
    :func:`app.core.classic.pair_by_distance`.
 
@@ -1032,7 +1035,7 @@ class Predictor:
         t0 = time.perf_counter()
         explicit_delta = decoding is not None or self._decoding_override is not None
         rows, cols, dist, pair_conf, extra = self._pair(grid, output.embeddings, pos_n, vox_n, pos_g, vox_g,
-                                                        dec, explicit_delta)
+                                                        dec, explicit_delta, h_n, h_g)
         timings["pairing"] = time.perf_counter() - t0
 
         nuclei_in = _clip_points(mapping.to_input(pos_n[rows]) if len(rows) else np.zeros((0, 3)), output.image_shape)
@@ -1062,7 +1065,7 @@ class Predictor:
 
     def _pair(self, grid: WindowGrid, member_embeddings: list[dict[int, np.ndarray]],
               pos_n: np.ndarray, vox_n: np.ndarray, pos_g: np.ndarray, vox_g: np.ndarray,
-              dec: DecodingSpec, explicit_delta: bool):
+              dec: DecodingSpec, explicit_delta: bool, h_n: np.ndarray, h_g: np.ndarray):
         """Accepted pairs: nucleus rows, Golgi cols, distances, pairing confidence, and meta entries."""
         if self.architecture != "cellpol":
             from app.core.classic import pair_by_distance
@@ -1082,15 +1085,20 @@ class Predictor:
                 per_member.append(self._edge_embedding_distance(
                     grid, embeddings, window, ei, ej, vox_n, vox_g, has_window) / delta)
             cost[has_window] = np.mean(per_member, axis=0)
-        weight = dec.pairing_distance_weight
+        weight, height_weight = dec.pairing_distance_weight, dec.pairing_height_weight
         mixed = cost
-        if weight > 0:
-            # The embeddings still veto (|Δe| ≥ Δ stays inadmissible); among the rest, distance counts too.
+        if weight > 0 or height_weight > 0:
+            # The embeddings still veto (|Δe| ≥ Δ stays inadmissible); among the rest, distance and the
+            # strength of both peaks count too.
             blend = (1.0 - weight) * np.minimum(cost, 1.0) + weight * dist / max(dec.max_pair_distance_um, 1e-12)
+            if height_weight > 0:
+                strength = np.sqrt(np.clip(h_n[ei], 0.0, 1.0) * np.clip(h_g[ej], 0.0, 1.0))
+                blend = (1.0 - height_weight) * blend + height_weight * (1.0 - strength)
             mixed = np.where(cost < 1.0, np.minimum(blend, 1.0 - 1e-9), np.inf)
         rows_i, cols_i, edge = match_pairs(len(pos_n), len(pos_g), ei, ej, mixed, dist, dec.max_pair_distance_um)
         extra = {
-            "pairing": "embedding, max-weight matching" + (f", distance weight {weight:g}" if weight > 0 else ""),
+            "pairing": "embedding, max-weight matching" + (f", distance weight {weight:g}" if weight > 0 else "")
+                       + (f", peak-height weight {height_weight:g}" if height_weight > 0 else ""),
             "candidate_edges": int(len(ei)),
             "edges_without_common_window": int((~has_window).sum()),
         }

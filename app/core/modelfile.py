@@ -111,10 +111,14 @@ class DecodingSpec:
     #: alone (the paper); 1 = the embeddings only veto, the nearest admissible Golgi wins. Chosen by
     #: calibration: a network whose embeddings separate neighbours well calibrates towards 0.
     pairing_distance_weight: float = 0.0
+    #: How much the peaks' strength counts when choosing among admissible edges: the edge cost above
+    #: becomes ``(1 − v)·cost + v·(1 − √(h_n·h_g))`` with ``h`` the heatmap heights, so a nucleus prefers
+    #: a strong Golgi peak a little further away to a faint one (a vessel, a speck) next to it. 0 = off.
+    pairing_height_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "pairing_distance_weight",
-                           _number("decoding", "pairing_distance_weight", self.pairing_distance_weight, 0.0, 1.0))
+        for name in ("pairing_distance_weight", "pairing_height_weight"):
+            object.__setattr__(self, name, _number("decoding", name, getattr(self, name), 0.0, 1.0))
         limits = {
             "peak_threshold_nucleus": (0.0, 1.0),
             "peak_threshold_golgi": (0.0, 1.0),

@@ -19,10 +19,14 @@ from app.core.pairs import PairSet
 from app.core.volume import Volume
 
 THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-MIN_DISTANCE_NUCLEUS_UM = (2.0, 3.0, 4.0, 5.0)
-MIN_DISTANCE_GOLGI_UM = (1.0, 1.5, 2.0, 3.0)
+#: Up to 9 µm: two touching flattened nuclei (about 16 × 8.5 µm) have centroids at least ~7 µm apart, and a
+#: crowded layer calls for the larger values to stop one nucleus yielding two peaks.
+MIN_DISTANCE_NUCLEUS_UM = (2.0, 3.0, 4.0, 5.0, 7.0, 9.0)
+MIN_DISTANCE_GOLGI_UM = (1.0, 1.5, 2.0, 3.0, 5.0)
 #: Pairing by embedding alone (0, the paper), by distance among embedding-admissible edges (1), or between.
 PAIRING_DISTANCE_WEIGHTS = (0.0, 0.5, 1.0)
+#: How much the peaks' strength counts in pairing (0: not at all).
+PAIRING_HEIGHT_WEIGHTS = (0.0, 0.3, 0.6)
 
 
 def calibrate_decoding(predictor, validation: Sequence[tuple[Volume, PairSet]], level: int = 5,
@@ -30,11 +34,12 @@ def calibrate_decoding(predictor, validation: Sequence[tuple[Volume, PairSet]], 
                        min_distance_nucleus_um: Sequence[float] = MIN_DISTANCE_NUCLEUS_UM,
                        min_distance_golgi_um: Sequence[float] = MIN_DISTANCE_GOLGI_UM,
                        pairing_distance_weights: Sequence[float] = PAIRING_DISTANCE_WEIGHTS,
+                       pairing_height_weights: Sequence[float] = PAIRING_HEIGHT_WEIGHTS,
                        progress=None) -> tuple[DecodingSpec, list[dict]]:
     """Best :class:`DecodingSpec` on ``validation`` and the table of every setting tried.
 
-    The pairing rule (:attr:`DecodingSpec.pairing_distance_weight`) is chosen first, at the current
-    thresholds; then the thresholds jointly (at the current minimum distances); then the minimum distances
+    The pairing rule (:attr:`DecodingSpec.pairing_distance_weight` and ``pairing_height_weight``, jointly)
+    is chosen first, at the current thresholds; then the thresholds jointly (at the current minimum distances); then the minimum distances
     at the best thresholds. The score is the mean over images of TPR − FDR at ``level``.
     """
     if not validation:
@@ -59,8 +64,8 @@ def calibrate_decoding(predictor, validation: Sequence[tuple[Volume, PairSet]], 
 
     best = predictor.decoding
     best_j = score(best)
-    for weight in pairing_distance_weights:
-        candidate = dataclasses.replace(best, pairing_distance_weight=weight)
+    for weight, height_weight in itertools.product(pairing_distance_weights, pairing_height_weights):
+        candidate = dataclasses.replace(best, pairing_distance_weight=weight, pairing_height_weight=height_weight)
         j = score(candidate)
         if j > best_j:
             best, best_j = candidate, j
