@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibrate", choices=("auto", "always", "never"), default="auto",
                    help="re-choose the decoding thresholds on the validation images: auto = from scratch, or "
                         "when the validation images hold at least 30 pairs (else the initial model's are kept)")
+    p.add_argument("--keep", choices=("auto", "best", "last"), default="auto",
+                   help="which weights become the model: the epoch with the best validation score, the last, or "
+                        "auto = the best when the validation images hold at least 30 pairs, else the last")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model and discard its checkpoints")
     _voxel_size_arg(p, help_extra="; overrides the files' metadata, required where they have none")
     _channel_args(p)
@@ -363,7 +366,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         golgi_channel=args.golgi_channel, batch_size=args.batch_size, learning_rate=args.lr,
         patch_shape=tuple(args.patch) if args.patch else None, epoch_steps=args.epoch_steps,
         synthetic=args.synthetic, synthetic_dir=args.synthetic_dir, synthetic_fraction=args.synthetic_fraction,
-        model_voxel_size=args.model_voxel_size, base_filters=args.base_filters, calibrate=args.calibrate,
+        model_voxel_size=args.model_voxel_size, base_filters=args.base_filters, calibrate=args.calibrate, keep=args.keep,
         overwrite=args.overwrite,
     )
     paths = output_paths(args.out)

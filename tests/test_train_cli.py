@@ -7,6 +7,7 @@ import json
 import shutil
 
 import numpy as np
+import torch
 import pytest
 import tifffile
 
@@ -216,10 +217,17 @@ def test_cli_fine_tunes_a_given_model(train_dir, val_dir, tmp_path, capsys, monk
     assert tuned.provenance["train"]["learning_rate"] == finetune.FINETUNE_LEARNING_RATE
     assert tuned.provenance["calibration"]["method"] == "kept from the initial model"
     assert tuned.decoding == spec.decoding
+    # ... and too few to tell the best epoch: the last weights become the model.
+    assert "Keeping the last weights" in captured.err and tuned.provenance["weights_from"] == "last"
+    final = load_model(out.with_suffix(".json"))[0].state_dict()
+    last = load_model(out.with_name("tuned.checkpoints") / "last.json")[0].state_dict()
+    assert all(torch.equal(final[k], last[k]) for k in final)
     assert main(["train", "--images", str(train_dir), "--out", str(out), "--steps", "2", "--init",
-                 str(tmp_path / "init.json"), "--calibrate", "always", "--overwrite"]) == EXIT_OK
-    assert "Calibrated decoding" in capsys.readouterr().err
-    assert load_model(out.with_suffix(".json"))[1].provenance["calibration"]["method"].startswith("grid search")
+                 str(tmp_path / "init.json"), "--calibrate", "always", "--keep", "best", "--overwrite"]) == EXIT_OK
+    err = capsys.readouterr().err
+    assert "Calibrated decoding" in err and "Keeping the last weights" not in err
+    again = load_model(out.with_suffix(".json"))[1].provenance
+    assert again["calibration"]["method"].startswith("grid search") and again["weights_from"] == "best"
     assert tuned.provenance["synthetic"]["volumes"] == 3 and tuned.provenance["synthetic"]["fraction"] == 0.25
     assert tuned.provenance["augment"]["noise"] == 0.0 and tuned.provenance["augment"]["rotate90"] == 1.0
     capsys.readouterr()
