@@ -52,7 +52,10 @@ def main() -> None:
         from app.core.inference import Predictor
 
         for path in args.model:
-            methods[Path(path).stem] = Predictor.from_files([path], args.device)
+            name = Path(path).stem
+            if name in methods:  # two files of one name: tell them apart by their folder
+                name = f"{Path(path).parent.name}/{name}"
+            methods[name] = Predictor.from_files([path], args.device)
     if args.ensemble is not None:
         from app.core.inference import Predictor
 
