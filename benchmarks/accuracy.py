@@ -60,7 +60,9 @@ def main() -> None:
         from app.core.inference import Predictor
 
         members = args.ensemble or args.model
-        methods["ensemble(" + "+".join(Path(p).stem for p in members) + ")"] = Predictor.from_files(members, args.device)
+        names = [Path(p).stem if [Path(q).stem for q in members].count(Path(p).stem) == 1
+                 else f"{Path(p).parent.name}/{Path(p).stem}" for p in members]
+        methods["ensemble(" + "+".join(names) + ")"] = Predictor.from_files(members, args.device)
     print(f"{args.n} held-out {args.dims}D volumes, presets {args.presets}, "
           f"{sum(len(p) for _, p in volumes)} GT pairs")
     print(f"{'method':28s} {'TPR@0':>7s} {'FDR@0':>7s} {'TPR@5':>7s} {'FDR@5':>7s} {'cos@0':>7s} {'s/vol':>7s}")
