@@ -39,8 +39,8 @@ def calibrate_decoding(predictor, validation: Sequence[tuple[Volume, PairSet]], 
     """Best :class:`DecodingSpec` on ``validation`` and the table of every setting tried.
 
     The pairing rule (:attr:`DecodingSpec.pairing_distance_weight` and ``pairing_height_weight``, jointly)
-    is chosen first, at the current thresholds; then the thresholds jointly (at the current minimum distances); then the minimum distances
-    at the best thresholds. The score is the mean over images of TPR − FDR at ``level``.
+    is chosen first, at the current thresholds; then the thresholds jointly (at the current minimum
+    distances); then the minimum distances at the best thresholds. The score is the mean over images of TPR − FDR at ``level``.
     """
     if not validation:
         raise CellPolError("Calibration needs at least one validation image with vectors.")

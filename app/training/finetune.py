@@ -26,10 +26,11 @@ What it does, in order:
    (:class:`ValidationRun`). Which weights become the model (``keep``): the best epoch (highest
    J = TPR − FDR at τL = 5) when the validation images hold at least :data:`MIN_CALIBRATION_PAIRS` pairs,
    else the last (``keep="auto"``). On one held-out image of ~15 cells J moves by 0.1 with a single cell,
-   so "best" picks noise: in three fine-tuning runs (``benchmarks/finetune_report.py``, scored on 143
-   other pairs) the last weights beat the "best" epoch's every time (TPR/FDR at τL = 0: 0.786/0.184 vs
-   0.769/0.218, 0.743/0.236 vs 0.730/0.320, 0.800/0.154 vs 0.746/0.190) — the cosine schedule ends at
-   its most settled weights.
+   so "best" picks noise: in five fine-tuning runs (``benchmarks/finetune_report.py``, seeds 0–2 and two
+   learning rates, scored on 143 pairs of 16 other volumes) the last weights beat the "best" epoch's
+   every time (TPR/FDR at τL = 0: 0.786/0.184 vs 0.769/0.218, 0.743/0.236 vs 0.730/0.320, 0.800/0.154 vs
+   0.746/0.190, 0.808/0.137 vs 0.745/0.178, 0.754/0.143 vs 0.732/0.152) — the cosine schedule ends at its
+   most settled weights.
 5. **Calibration** of the kept model's decoding on the validation images (per-class peak threshold and
    minimum distance maximising TPR − FDR at τL = 5, :func:`app.training.calibrate.calibrate_decoding`),
    stored in the model file, and a final evaluation with the paper's protocol. When fine-tuning, the
