@@ -282,9 +282,7 @@ def _make_predictor(args: argparse.Namespace):
 
         options = {"window": args.window, "batch_size": args.batch_size}
         if not args.model:  # the bundled starters: the 3D one for stacks, the 2D one for single planes
-            if not _starter_model_available():
-                raise CellPolError("No learned model found: pass --model PATH or use --method classic")
-            predictor = StarterPredictor(args.device, **options)
+            predictor = StarterPredictor(args.device, **options)  # one clear error when none is installed
             print("Model: " + ", ".join(f"{m['name']} ({m['images']} images)" for m in predictor.provenance()["models"])
                   + f" on {predictor.device}", file=sys.stderr)
             return predictor, predictor.provenance()

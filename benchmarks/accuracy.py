@@ -35,6 +35,12 @@ def held_out_volumes(n: int, presets: list[str], seed: int = 10_000, dims: int =
         yield simulate(config)
 
 
+def label(path: str, paths: list[str]) -> str:
+    """A model's name in the table: its file stem, with its folder where another of ``paths`` shares it."""
+    stem = Path(path).stem
+    return stem if [Path(p).stem for p in paths].count(stem) == 1 else f"{Path(path).parent.name}/{stem}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", default=[], help="model .json (repeatable)")
@@ -52,17 +58,12 @@ def main() -> None:
         from app.core.inference import Predictor
 
         for path in args.model:
-            name = Path(path).stem
-            if name in methods:  # two files of one name: tell them apart by their folder
-                name = f"{Path(path).parent.name}/{name}"
-            methods[name] = Predictor.from_files([path], args.device)
+            methods[label(path, args.model)] = Predictor.from_files([path], args.device)
     if args.ensemble is not None:
         from app.core.inference import Predictor
 
         members = args.ensemble or args.model
-        names = [Path(p).stem if [Path(q).stem for q in members].count(Path(p).stem) == 1
-                 else f"{Path(p).parent.name}/{Path(p).stem}" for p in members]
-        methods["ensemble(" + "+".join(names) + ")"] = Predictor.from_files(members, args.device)
+        methods["ensemble(" + "+".join(label(p, members) for p in members) + ")"] = Predictor.from_files(members, args.device)
     print(f"{args.n} held-out {args.dims}D volumes, presets {args.presets}, "
           f"{sum(len(p) for _, p in volumes)} GT pairs")
     print(f"{'method':28s} {'TPR@0':>7s} {'FDR@0':>7s} {'TPR@5':>7s} {'FDR@5':>7s} {'cos@0':>7s} {'s/vol':>7s}")

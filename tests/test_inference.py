@@ -467,13 +467,14 @@ def test_cli_cellpol_without_any_model(tmp_path, capsys, monkeypatch):
     import app.cli as cli
 
     monkeypatch.setattr(cli, "_starter_model_available", lambda: False)
-    monkeypatch.setattr("app.core.inference.find_starter_model", lambda folder=None, spatial_dims=3: None)
+    monkeypatch.setattr("app.core.inference.starter_models", lambda folder=None: {})
     image = tmp_path / "img.npy"
     np.save(image, np.zeros((4, 2, 16, 16), dtype=np.uint16))
     status = main(["predict", str(image), "--out", str(tmp_path / "o"), "--method", "cellpol", "--axes", "ZCYX",
                    "--voxel-size", "1", "1", "1"])
     assert status == EXIT_USAGE
-    assert "No learned model found: pass --model PATH or use --method classic" in capsys.readouterr().err
+    assert "No starter model is installed (resources/models): pass --model PATH or use --method classic" \
+        in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------------
