@@ -27,3 +27,28 @@ def test_ctrdet_from_cellpol_keeps_backbone_and_heatmap_heads(tmp_path):
     x = torch.rand(1, 2, 4, 16, 16)
     with torch.inference_mode():
         torch.testing.assert_close(model.eval()(x)["heatmap_golgi"], source.eval()(x)["heatmap_golgi"])
+
+
+def test_varied_samples_draw_within_ranges_reproducibly_and_change_the_scene():
+    import numpy as np
+
+    from app.core.simulate import PRESETS, SimConfig, simulate
+    from app.training.data import SAMPLE_VARIATION, varied_sample_options
+
+    draws = [varied_sample_options(np.random.default_rng(s), "confocal") for s in range(40)]
+    assert varied_sample_options(np.random.default_rng(3), "confocal") == draws[3]
+    base = PRESETS["confocal"]
+    for name in ("density_per_100um2", "vessels_per_10000um2", "dirt_per_10000um2", "dim_fraction"):
+        values = [d[name] for d in draws]
+        lo, hi = SAMPLE_VARIATION[name]
+        assert lo <= min(values) and max(values) <= hi
+        assert max(values) - min(values) > 0.5 * (hi - lo)  # really spread, not one preset's amount
+    lo, hi = SAMPLE_VARIATION["photons_scale"]
+    scales = [d["photons_nucleus"] / base.photons_nucleus for d in draws]
+    assert lo <= min(scales) and max(scales) <= hi and max(scales) / min(scales) > 2
+    # The options are accepted by the simulator and change the scene: a crowded draw holds more cells.
+    sparse = dict(draws[0], density_per_100um2=0.12)
+    crowded = dict(draws[0], density_per_100um2=0.45)
+    n = [len(simulate(SimConfig(shape=(6, 96, 96), voxel_size=(1.0, 0.5, 0.5), seed=1, **o))[1].nuclei)
+         for o in (sparse, crowded)]
+    assert n[1] > 2 * n[0]

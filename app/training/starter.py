@@ -71,11 +71,14 @@ def main(argv=None) -> int:
                         help="simulator volumes the decoding is calibrated on (more: a steadier choice)")
     parser.add_argument("--presets", nargs="+", default=list(TRAIN_PRESETS),
                         help="simulator presets to train on (default leaves 'retina' out for held-out tests)")
+    parser.add_argument("--vary-samples", action="store_true",
+                        help="each scene draws density, distractors, stain brightness and optics from wide ranges "
+                             "(app.training.data.SAMPLE_VARIATION) instead of its preset's fixed amounts")
     args = parser.parse_args(argv)
 
     out = Path(args.out)
     if args.calibrate_only:
-        calibrate_and_save(out, args.presets, args.seed, args.dims, args.calibration_volumes)
+        calibrate_and_save(out, args.presets, args.seed, args.dims, args.calibration_volumes, args.vary_samples)
         return 0
     checkpoints = out.with_name(out.name + ".checkpoints")
     network = NetworkConfig.for_voxel_size(MODEL_VOXEL_SIZE, spatial_dims=args.dims, architecture=args.architecture,
@@ -102,8 +105,9 @@ def main(argv=None) -> int:
         "trained_by": "python -m app.training.starter " + " ".join(sys.argv[1:] if argv is None else argv),
         "data": ("cellpol simulator, voxel sizes xy U(0.2,0.8) z U(0.25,1.0) µm" if args.dims == 3
                  else "cellpol simulator, single planes, voxel sizes xy U(0.2,0.8) µm")
-                + (", 40% real 3DNGMic masks" if args.shapes_dir else ""),
-        "presets": list(args.presets), "pool_volumes": args.pool, "refresh_every": args.refresh_every,
+                + (", 40% real 3DNGMic masks" if args.shapes_dir else "")
+                + (", varied samples (SAMPLE_VARIATION)" if args.vary_samples else ""),
+        "presets": list(args.presets), "pool_volumes": args.pool, "vary_samples": args.vary_samples, "refresh_every": args.refresh_every,
         "patch_shape_zyx": list(patch_shape),
         "train": train_config_dict(config), "host": platform.node(), "python": platform.python_version(),
         "continued_from": init_provenance,
@@ -114,7 +118,7 @@ def main(argv=None) -> int:
 
     def new_pool(n: int, seed: int):
         return synthetic_pool(n, MODEL_VOXEL_SIZE, seed, presets=args.presets, shapes_dir=args.shapes_dir,
-                              field_um=POOL_FIELD_UM[args.dims])
+                              field_um=POOL_FIELD_UM[args.dims], vary_samples=args.vary_samples)
 
     sampler = PatchSampler(new_pool(args.pool, args.seed * 1000), patch_shape)
     started = time.time()
@@ -139,7 +143,7 @@ def main(argv=None) -> int:
                       provenance=provenance, name=spec.name, description=spec.description)
     path = save_model(out, model, final)
     print(f"saved {path}")
-    calibrate_and_save(out, args.presets, args.seed, args.dims, args.calibration_volumes)
+    calibrate_and_save(out, args.presets, args.seed, args.dims, args.calibration_volumes, args.vary_samples)
     return 0
 
 
@@ -157,36 +161,45 @@ def transfer_weights(source, network: NetworkConfig, out: Path) -> Path:
     return save_model(out, target, dataclasses.replace(spec, network=network))
 
 
-def validation_set(presets, seed: int, n: int = 6, dims: int = 3):
-    """Simulator volumes (``dims`` = 2: single planes) from seeds the training pool never uses (< 1e6)."""
+def validation_set(presets, seed: int, n: int = 6, dims: int = 3, vary_samples: bool = False):
+    """Simulator volumes (``dims`` = 2: single planes) from seeds the training pool never uses (< 1e6).
+
+    ``vary_samples``: the scenes draw their sample and optics from the training ranges too
+    (:func:`app.training.data.varied_sample_options`), so the decoding is chosen for varied data.
+    """
     from app.core.simulate import SimConfig, simulate
+    from app.training.data import varied_sample_options
 
     rng = np.random.default_rng(7_000_000 + seed)
     out = []
     for k in range(n):
         vxy, vz = float(rng.uniform(0.25, 0.7)), float(rng.uniform(0.3, 1.0))
         shape = (max(1, round(18 / vz)) if dims == 3 else 1, round(120 / vxy), round(120 / vxy))
-        config = SimConfig(shape=shape, voxel_size=(vz, vxy, vxy), preset=presets[k % len(presets)],
-                           seed=int(rng.integers(1_000_000, 2**31)))
+        preset = presets[k % len(presets)]
+        options = varied_sample_options(rng, preset) if vary_samples else {}
+        config = SimConfig(shape=shape, voxel_size=(vz, vxy, vxy), preset=preset,
+                           seed=int(rng.integers(1_000_000, 2**31)), **options)
         out.append(simulate(config))
     return out
 
 
-def calibrate_and_save(out: Path, presets, seed: int, dims: int = 3, n_volumes: int = 6) -> None:
+def calibrate_and_save(out: Path, presets, seed: int, dims: int = 3, n_volumes: int = 6,
+                       vary_samples: bool = False) -> None:
     """Choose decoding thresholds on validation volumes (TPR − FDR at τL = 5) and store them."""
     from app.core.inference import Predictor
     from app.training.calibrate import best_row, calibrate_decoding
 
     model, spec = load_model(out.with_suffix(".json"))
     predictor = Predictor.from_modules([(model, spec)], "cpu")
-    best, table = calibrate_decoding(predictor, validation_set(list(presets), seed, n=n_volumes, dims=dims))
+    best, table = calibrate_decoding(predictor, validation_set(list(presets), seed, n=n_volumes, dims=dims,
+                                                                   vary_samples=vary_samples))
     row = best_row(table)
     provenance = dict(spec.provenance)
     provenance["calibration"] = {
         "method": f"grid search maximising TPR - FDR at tauL=5 on {n_volumes} simulator validation volumes",
-        "presets": list(presets), "best": row, "settings_tried": len(table),
+        "presets": list(presets), "vary_samples": vary_samples, "best": row, "settings_tried": len(table),
         "command": f"python -m app.training.starter --out {out} --dims {dims} --seed {seed} "
-                   f"--calibration-volumes {n_volumes} --calibrate-only",
+                   f"--calibration-volumes {n_volumes} --calibrate-only" + (" --vary-samples" if vary_samples else ""),
     }
     model, _ = load_model(out.with_suffix(".json"))
     save_model(out, model, ModelSpec(network=spec.network, voxel_size=spec.voxel_size, decoding=best,
