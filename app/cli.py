@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list-presets", action="store_true", help="list the presets and exit")
     p.add_argument("--seed", type=int, default=0, help="random seed (volume k uses seed and k)")
     p.add_argument("--shapes-dir", help="folder with 3DNGMic object masks (nuclei_shapes.npz, Golgi_shapes.npz)")
+    p.add_argument("--vary-samples", action="store_true",
+                   help="each volume draws its cell density, distractors, stain brightness and optics from wide "
+                        "ranges instead of the preset's fixed amounts (broader training data)")
 
     p = sub.add_parser("predict", help="predict polarity vectors for images or folders of images")
     p.add_argument("inputs", nargs="+", help="image files and/or folders")
@@ -262,7 +265,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
             bar.refresh()
 
         paths = simulate.synthesize_dataset(
-            args.out, args.n, preset=args.preset, seed=args.seed, progress=progress, **options
+            args.out, args.n, preset=args.preset, seed=args.seed, progress=progress,
+            vary_samples=args.vary_samples, **options
         )
     print(f"Wrote {len(paths)} volumes with ground-truth vectors to {args.out}")
     return EXIT_OK

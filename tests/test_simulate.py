@@ -273,3 +273,22 @@ def test_synthesize_dataset_cancel_and_bad_options(tmp_path):
     assert not list(tmp_path.glob("*.tif"))
     with pytest.raises(CellPolError):
         synthesize_dataset(tmp_path, 1, shape=(4, 32, 32), no_such_option=1)
+
+
+def test_synthesize_dataset_vary_samples_per_item_reproducible_and_overrides_win(tmp_path):
+    from app.cli import main
+
+    args = ["synth", "--n", "3", "--shape", "4", "48", "48", "--seed", "5", "--vary-samples"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    configs = [json.loads(sidecar_path(p).read_text())["config"] for p in sorted((tmp_path / "a").glob("*.vectors.csv"))]
+    again = [json.loads(sidecar_path(p).read_text())["config"] for p in sorted((tmp_path / "b").glob("*.vectors.csv"))]
+    assert configs == again  # reproducible from the dataset seed
+    densities = {c["density_per_100um2"] for c in configs}
+    assert len(densities) == 3 and PRESETS["confocal"].density_per_100um2 not in densities
+    assert len({c["photons_golgi"] for c in configs}) == 3
+    # An option given explicitly is kept, the rest still vary.
+    paths = synthesize_dataset(tmp_path / "c", 2, shape=(4, 48, 48), seed=5, vary_samples=True, dirt_per_10000um2=0.0)
+    fixed = [json.loads(sidecar_path(p.with_name(p.stem + ".vectors.csv")).read_text())["config"] for p in paths]
+    assert [c["dirt_per_10000um2"] for c in fixed] == [0.0, 0.0]
+    assert fixed[0]["density_per_100um2"] == configs[0]["density_per_100um2"]

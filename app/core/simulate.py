@@ -218,6 +218,42 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 
+#: Ranges of the sample and optics a varied scene draws from (uniform; ``*_scale`` multiply the preset's
+#: value, drawn log-uniformly). They span sparse to crowded layers, clean to distractor-heavy Golgi
+#: channels and bright to dim stains, so a model does not learn one preset's amounts.
+SAMPLE_VARIATION = {
+    "density_per_100um2": (0.12, 0.45),
+    "nucleus_overlap": (-0.05, 0.25),
+    "dim_fraction": (0.05, 0.3),
+    "vessels_per_10000um2": (0.0, 7.0),
+    "dirt_per_10000um2": (0.0, 10.0),
+    "fragments_per_cell": (0.0, 0.1),
+    "cytoplasm_level": (0.01, 0.08),
+    "layer_undulation_um": (0.5, 4.0),
+    "illumination_variation": (0.1, 0.5),
+    "golgi_over_nucleus_fraction": (0.0, 0.2),
+    "polarity_concentration": (0.0, 5.0),
+    "photons_scale": (0.5, 2.0),
+    "golgi_photons_scale": (0.7, 1.4),
+    "psf_scale": (0.8, 1.3),
+}
+
+
+def varied_sample_options(rng: np.random.Generator, preset: str) -> dict:
+    """:class:`SimConfig` overrides drawn from :data:`SAMPLE_VARIATION` for ``preset``."""
+    base = PRESETS[preset]
+    options = {}
+    for name, (lo, hi) in SAMPLE_VARIATION.items():
+        if not name.endswith("_scale"):
+            options[name] = float(rng.uniform(lo, hi))
+    scale = {name: float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+             for name, (lo, hi) in SAMPLE_VARIATION.items() if name.endswith("_scale")}
+    options["photons_nucleus"] = base.photons_nucleus * scale["photons_scale"]
+    options["photons_golgi"] = base.photons_golgi * scale["photons_scale"] * scale["golgi_photons_scale"]
+    options["psf_sigma_um"] = tuple(s * scale["psf_scale"] for s in base.psf_sigma_um)
+    return options
+
+
 _PRESET_FIELDS = tuple(f.name for f in dataclasses.fields(Preset) if f.name != "description")
 
 
@@ -1525,6 +1561,7 @@ def synthesize_dataset(
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
     start_index: int = 0,
+    vary_samples: bool = False,
     **overrides: Any,
 ) -> list[Path]:
     """Write ``n`` simulated volumes with their ground-truth vectors.
@@ -1554,6 +1591,9 @@ def synthesize_dataset(
         and leaves the completed items on disk.
     start_index : int
         Index of the first item (to extend an existing dataset).
+    vary_samples : bool
+        Each item draws its density, distractors, stain brightness and optics from
+        :data:`SAMPLE_VARIATION` (reproducibly from its own seed); options given in ``overrides`` win.
     **overrides
         Further :class:`SimConfig` fields.
 
@@ -1576,6 +1616,9 @@ def synthesize_dataset(
     for k in range(start_index, start_index + total):
         check_cancel(cancel)
         cfg = base.replace(seed=item_seed(seed, k))
+        if vary_samples:
+            varied = varied_sample_options(np.random.default_rng([item_seed(seed, k), 1]), preset)
+            cfg = cfg.replace(**{name: value for name, value in varied.items() if name not in overrides})
         volume, pairs = simulate(cfg)
         stem = f"synth_{k:04d}"
         tif = write_imagej_tiff(out / f"{stem}.tif", volume)

@@ -183,44 +183,6 @@ def _crop_padded(image: np.ndarray, origin: np.ndarray, patch: np.ndarray) -> np
     return out
 
 
-#: Ranges of the sample and optics a varied scene draws from (uniform; ``*_scale`` multiply the preset's
-#: value, drawn log-uniformly). They span sparse to crowded layers, clean to distractor-heavy Golgi
-#: channels and bright to dim stains, so a model does not learn one preset's amounts.
-SAMPLE_VARIATION = {
-    "density_per_100um2": (0.12, 0.45),
-    "nucleus_overlap": (-0.05, 0.25),
-    "dim_fraction": (0.05, 0.3),
-    "vessels_per_10000um2": (0.0, 7.0),
-    "dirt_per_10000um2": (0.0, 10.0),
-    "fragments_per_cell": (0.0, 0.1),
-    "cytoplasm_level": (0.01, 0.08),
-    "layer_undulation_um": (0.5, 4.0),
-    "illumination_variation": (0.1, 0.5),
-    "golgi_over_nucleus_fraction": (0.0, 0.2),
-    "polarity_concentration": (0.0, 5.0),
-    "photons_scale": (0.5, 2.0),
-    "golgi_photons_scale": (0.7, 1.4),
-    "psf_scale": (0.8, 1.3),
-}
-
-
-def varied_sample_options(rng: np.random.Generator, preset: str) -> dict:
-    """:class:`~app.core.simulate.SimConfig` overrides drawn from :data:`SAMPLE_VARIATION` for ``preset``."""
-    from app.core.simulate import PRESETS
-
-    base = PRESETS[preset]
-    options = {}
-    for name, (lo, hi) in SAMPLE_VARIATION.items():
-        if not name.endswith("_scale"):
-            options[name] = float(rng.uniform(lo, hi))
-    scale = {name: float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-             for name, (lo, hi) in SAMPLE_VARIATION.items() if name.endswith("_scale")}
-    options["photons_nucleus"] = base.photons_nucleus * scale["photons_scale"]
-    options["photons_golgi"] = base.photons_golgi * scale["photons_scale"] * scale["golgi_photons_scale"]
-    options["psf_sigma_um"] = tuple(s * scale["psf_scale"] for s in base.psf_sigma_um)
-    return options
-
-
 def synthetic_pool(n: int, voxel_size: Sequence[float], seed: int, field_um: Sequence[float] = (20.0, 96.0, 96.0),
                    presets: Optional[Sequence[str]] = None, shapes_dir: Optional[Path] = None,
                    xy_range: Sequence[float] = (0.2, 0.8), z_range: Sequence[float] = (0.25, 1.0),
@@ -231,9 +193,9 @@ def synthetic_pool(n: int, voxel_size: Sequence[float], seed: int, field_um: Seq
     Each is simulated at its own voxel size (drawn from ``xy_range`` / ``z_range`` µm) over the same
     physical field, then resampled to the model's voxel size, as a user's image would be. With
     ``vary_samples`` each scene also draws its density, distractors, stain brightness and optics from
-    :data:`SAMPLE_VARIATION` instead of taking its preset's fixed amounts.
+    :data:`app.core.simulate.SAMPLE_VARIATION` instead of taking its preset's fixed amounts.
     """
-    from app.core.simulate import PRESETS, SimConfig, simulate
+    from app.core.simulate import PRESETS, SimConfig, simulate, varied_sample_options
 
     presets = list(presets or PRESETS)
     rng = np.random.default_rng(seed)

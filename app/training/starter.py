@@ -73,7 +73,7 @@ def main(argv=None) -> int:
                         help="simulator presets to train on (default leaves 'retina' out for held-out tests)")
     parser.add_argument("--vary-samples", action="store_true",
                         help="each scene draws density, distractors, stain brightness and optics from wide ranges "
-                             "(app.training.data.SAMPLE_VARIATION) instead of its preset's fixed amounts")
+                             "(app.core.simulate.SAMPLE_VARIATION) instead of its preset's fixed amounts")
     args = parser.parse_args(argv)
 
     out = Path(args.out)
@@ -165,10 +165,10 @@ def validation_set(presets, seed: int, n: int = 6, dims: int = 3, vary_samples: 
     """Simulator volumes (``dims`` = 2: single planes) from seeds the training pool never uses (< 1e6).
 
     ``vary_samples``: the scenes draw their sample and optics from the training ranges too
-    (:func:`app.training.data.varied_sample_options`), so the decoding is chosen for varied data.
+    (:func:`app.core.simulate.varied_sample_options`), so the decoding is chosen for varied data.
     """
     from app.core.simulate import SimConfig, simulate
-    from app.training.data import varied_sample_options
+    from app.core.simulate import varied_sample_options
 
     rng = np.random.default_rng(7_000_000 + seed)
     out = []
