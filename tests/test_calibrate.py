@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from app.core.pairs import PairSet
@@ -46,7 +48,13 @@ def test_calibration_raises_the_threshold_above_the_false_cells():
     assert len(before) == 6  # 4 true + 2 false
     best, table = calibrate_decoding(predictor, validation, thresholds=(0.3, 0.5), min_distance_nucleus_um=(3.0,),
                                      min_distance_golgi_um=(1.5,))
-    assert len(table) == 1 + 3 * 3 + 4 + 1  # current, pairing weights (distance × height), thresholds, min distances
+    settings = [tuple(sorted((k, v) for k, v in row.items() if k not in ("tpr", "fdr", "j"))) for row in table]
+    assert len(settings) == len(set(settings))  # no setting scored twice, across both rounds
+    from app.training.calibrate import PAIRING_DISTANCE_WEIGHTS, PAIRING_HEIGHT_WEIGHTS
+
+    tried = {(row["pairing_distance_weight"], row["pairing_height_weight"]) for row in table}
+    assert tried == set(itertools.product(PAIRING_DISTANCE_WEIGHTS, PAIRING_HEIGHT_WEIGHTS))
+    assert {(row["peak_threshold_nucleus"], row["peak_threshold_golgi"]) for row in table} >= {(0.3, 0.5), (0.5, 0.3), (0.5, 0.5)}
     assert best.peak_threshold_nucleus == 0.5 or best.peak_threshold_golgi == 0.5
     assert max(row["j"] for row in table) == 1.0 and table[0]["j"] < 1.0
     after = predictor.decode(predictor.run_network(validation[0][0]), best)

@@ -26,7 +26,7 @@ MIN_DISTANCE_GOLGI_UM = (1.0, 1.5, 2.0, 3.0, 5.0)
 #: Pairing by embedding alone (0, the paper), by distance among embedding-admissible edges (1), or between.
 PAIRING_DISTANCE_WEIGHTS = (0.0, 0.5, 1.0)
 #: How much the peaks' strength counts in pairing (0: not at all).
-PAIRING_HEIGHT_WEIGHTS = (0.0, 0.3, 0.6)
+PAIRING_HEIGHT_WEIGHTS = (0.0, 0.3, 0.6, 0.8)
 
 
 def calibrate_decoding(predictor, validation: Sequence[tuple[Volume, PairSet]], level: int = 5,
@@ -35,12 +35,14 @@ def calibrate_decoding(predictor, validation: Sequence[tuple[Volume, PairSet]], 
                        min_distance_golgi_um: Sequence[float] = MIN_DISTANCE_GOLGI_UM,
                        pairing_distance_weights: Sequence[float] = PAIRING_DISTANCE_WEIGHTS,
                        pairing_height_weights: Sequence[float] = PAIRING_HEIGHT_WEIGHTS,
-                       progress=None) -> tuple[DecodingSpec, list[dict]]:
+                       rounds: int = 2, progress=None) -> tuple[DecodingSpec, list[dict]]:
     """Best :class:`DecodingSpec` on ``validation`` and the table of every setting tried.
 
     The pairing rule (:attr:`DecodingSpec.pairing_distance_weight` and ``pairing_height_weight``, jointly)
     is chosen first, at the current thresholds; then the thresholds jointly (at the current minimum
-    distances); then the minimum distances at the best thresholds. The score is the mean over images of TPR − FDR at ``level``.
+    distances); then the minimum distances at the best thresholds. Up to ``rounds`` such passes run,
+    stopping when one changes nothing (each choice is then made knowing the others); no setting is
+    scored twice. The score is the mean over images of TPR − FDR at ``level``.
     """
     if not validation:
         raise CellPolError("Calibration needs at least one validation image with vectors.")
@@ -64,21 +66,25 @@ def calibrate_decoding(predictor, validation: Sequence[tuple[Volume, PairSet]], 
 
     best = predictor.decoding
     best_j = score(best)
-    for weight, height_weight in itertools.product(pairing_distance_weights, pairing_height_weights):
-        candidate = dataclasses.replace(best, pairing_distance_weight=weight, pairing_height_weight=height_weight)
-        j = score(candidate)
-        if j > best_j:
-            best, best_j = candidate, j
-    for t_n, t_g in itertools.product(thresholds, thresholds):
-        candidate = dataclasses.replace(best, peak_threshold_nucleus=t_n, peak_threshold_golgi=t_g)
-        j = score(candidate)
-        if j > best_j:
-            best, best_j = candidate, j
-    for d_n, d_g in itertools.product(min_distance_nucleus_um, min_distance_golgi_um):
-        candidate = dataclasses.replace(best, min_distance_nucleus_um=d_n, min_distance_golgi_um=d_g)
-        j = score(candidate)
-        if j > best_j:
-            best, best_j = candidate, j
+    tried = {best}
+    for _ in range(rounds):
+        before = best
+        grids = (
+            ("pairing_distance_weight", "pairing_height_weight", pairing_distance_weights, pairing_height_weights),
+            ("peak_threshold_nucleus", "peak_threshold_golgi", thresholds, thresholds),
+            ("min_distance_nucleus_um", "min_distance_golgi_um", min_distance_nucleus_um, min_distance_golgi_um),
+        )
+        for name_a, name_b, values_a, values_b in grids:
+            for a, b in itertools.product(values_a, values_b):
+                candidate = dataclasses.replace(best, **{name_a: a, name_b: b})
+                if candidate in tried:
+                    continue
+                tried.add(candidate)
+                j = score(candidate)
+                if j > best_j:
+                    best, best_j = candidate, j
+        if best == before:
+            break
     return best, table
 
 
