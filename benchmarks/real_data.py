@@ -71,12 +71,14 @@ def main() -> None:
     parser.add_argument("--model", action="append", default=[], help="model .json (default: the starter models)")
     args = parser.parse_args()
 
+    from accuracy import label  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
     from app.core.inference import Predictor, StarterPredictor
 
     methods = {"classic": predict_classic}
     if args.model:
         for path in args.model:
-            methods[Path(path).stem] = Predictor.from_files([path], "cpu")
+            methods[label(path, args.model)] = Predictor.from_files([path], "cpu")
     else:
         methods["starter"] = StarterPredictor("cpu")
 
