@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--model", action="append", default=[], help="model .json (default: the starter models)")
     args = parser.parse_args()
 
-    from accuracy import label  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+    from accuracy import label  # benchmarks/ is on sys.path when this runs as a script
 
     from app.core.inference import Predictor, StarterPredictor
 

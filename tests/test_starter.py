@@ -32,8 +32,7 @@ def test_ctrdet_from_cellpol_keeps_backbone_and_heatmap_heads(tmp_path):
 def test_varied_samples_draw_within_ranges_reproducibly_and_change_the_scene():
     import numpy as np
 
-    from app.core.simulate import PRESETS, SimConfig, simulate
-    from app.core.simulate import SAMPLE_VARIATION, varied_sample_options
+    from app.core.simulate import PRESETS, SAMPLE_VARIATION, SimConfig, simulate, varied_sample_options
 
     draws = [varied_sample_options(np.random.default_rng(s), "confocal") for s in range(40)]
     assert varied_sample_options(np.random.default_rng(3), "confocal") == draws[3]

@@ -107,7 +107,8 @@ def main(argv=None) -> int:
                  else "cellpol simulator, single planes, voxel sizes xy U(0.2,0.8) µm")
                 + (", 40% real 3DNGMic masks" if args.shapes_dir else "")
                 + (", varied samples (SAMPLE_VARIATION)" if args.vary_samples else ""),
-        "presets": list(args.presets), "pool_volumes": args.pool, "vary_samples": args.vary_samples, "refresh_every": args.refresh_every,
+        "presets": list(args.presets), "pool_volumes": args.pool, "vary_samples": args.vary_samples,
+        "refresh_every": args.refresh_every,
         "patch_shape_zyx": list(patch_shape),
         "train": train_config_dict(config), "host": platform.node(), "python": platform.python_version(),
         "continued_from": init_provenance,
@@ -167,8 +168,7 @@ def validation_set(presets, seed: int, n: int = 6, dims: int = 3, vary_samples: 
     ``vary_samples``: the scenes draw their sample and optics from the training ranges too
     (:func:`app.core.simulate.varied_sample_options`), so the decoding is chosen for varied data.
     """
-    from app.core.simulate import SimConfig, simulate
-    from app.core.simulate import varied_sample_options
+    from app.core.simulate import SimConfig, simulate, varied_sample_options
 
     rng = np.random.default_rng(7_000_000 + seed)
     out = []
