@@ -32,7 +32,8 @@ def test_ctrdet_from_cellpol_keeps_backbone_and_heatmap_heads(tmp_path):
 def test_varied_samples_draw_within_ranges_reproducibly_and_change_the_scene():
     import numpy as np
 
-    from app.core.simulate import PRESETS, SAMPLE_VARIATION, SimConfig, simulate, varied_sample_options
+    from app.core.simulate import (PRESETS, SAMPLE_SCALES, SAMPLE_VARIATION, SimConfig, simulate,
+                                   varied_sample_options)
 
     draws = [varied_sample_options(np.random.default_rng(s), "confocal") for s in range(40)]
     assert varied_sample_options(np.random.default_rng(3), "confocal") == draws[3]
@@ -42,7 +43,7 @@ def test_varied_samples_draw_within_ranges_reproducibly_and_change_the_scene():
         lo, hi = SAMPLE_VARIATION[name]
         assert lo <= min(values) and max(values) <= hi
         assert max(values) - min(values) > 0.5 * (hi - lo)  # really spread, not one preset's amount
-    lo, hi = SAMPLE_VARIATION["photons_scale"]
+    lo, hi = SAMPLE_SCALES["photons"]
     scales = [d["photons_nucleus"] / base.photons_nucleus for d in draws]
     assert lo <= min(scales) and max(scales) <= hi and max(scales) / min(scales) > 2
     # The options are accepted by the simulator and change the scene: a crowded draw holds more cells.

@@ -218,9 +218,8 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 
-#: Ranges of the sample and optics a varied scene draws from (uniform; ``*_scale`` multiply the preset's
-#: value, drawn log-uniformly). They span sparse to crowded layers, clean to distractor-heavy Golgi
-#: channels and bright to dim stains, so a model does not learn one preset's amounts.
+#: Ranges (uniform) of the sample a varied scene draws from: sparse to crowded layers, clean to
+#: distractor-heavy Golgi channels, so a model does not learn one preset's amounts.
 SAMPLE_VARIATION = {
     "density_per_100um2": (0.12, 0.45),
     "nucleus_overlap": (-0.05, 0.25),
@@ -233,24 +232,20 @@ SAMPLE_VARIATION = {
     "illumination_variation": (0.1, 0.5),
     "golgi_over_nucleus_fraction": (0.0, 0.2),
     "polarity_concentration": (0.0, 5.0),
-    "photons_scale": (0.5, 2.0),
-    "golgi_photons_scale": (0.7, 1.4),
-    "psf_scale": (0.8, 1.3),
 }
+#: Factors (drawn log-uniformly) on the preset's stain brightness and PSF width: ``photons`` scales both
+#: channels, ``golgi_photons`` the Golgi channel once more, ``psf`` every PSF sigma.
+SAMPLE_SCALES = {"photons": (0.5, 2.0), "golgi_photons": (0.7, 1.4), "psf": (0.8, 1.3)}
 
 
 def varied_sample_options(rng: np.random.Generator, preset: str) -> dict:
-    """:class:`SimConfig` overrides drawn from :data:`SAMPLE_VARIATION` for ``preset``."""
+    """:class:`SimConfig` overrides drawn from :data:`SAMPLE_VARIATION` and :data:`SAMPLE_SCALES` for ``preset``."""
     base = PRESETS[preset]
-    options = {}
-    for name, (lo, hi) in SAMPLE_VARIATION.items():
-        if not name.endswith("_scale"):
-            options[name] = float(rng.uniform(lo, hi))
-    scale = {name: float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-             for name, (lo, hi) in SAMPLE_VARIATION.items() if name.endswith("_scale")}
-    options["photons_nucleus"] = base.photons_nucleus * scale["photons_scale"]
-    options["photons_golgi"] = base.photons_golgi * scale["photons_scale"] * scale["golgi_photons_scale"]
-    options["psf_sigma_um"] = tuple(s * scale["psf_scale"] for s in base.psf_sigma_um)
+    options = {name: float(rng.uniform(lo, hi)) for name, (lo, hi) in SAMPLE_VARIATION.items()}
+    scale = {name: float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) for name, (lo, hi) in SAMPLE_SCALES.items()}
+    options["photons_nucleus"] = base.photons_nucleus * scale["photons"]
+    options["photons_golgi"] = base.photons_golgi * scale["photons"] * scale["golgi_photons"]
+    options["psf_sigma_um"] = tuple(s * scale["psf"] for s in base.psf_sigma_um)
     return options
 
 
@@ -1593,7 +1588,8 @@ def synthesize_dataset(
         Index of the first item (to extend an existing dataset).
     vary_samples : bool
         Each item draws its density, distractors, stain brightness and optics from
-        :data:`SAMPLE_VARIATION` (reproducibly from its own seed); options given in ``overrides`` win.
+        :data:`SAMPLE_VARIATION` and :data:`SAMPLE_SCALES` (reproducibly from its own seed); options given in
+        ``overrides`` win.
     **overrides
         Further :class:`SimConfig` fields.
 

@@ -67,13 +67,13 @@ def calibrate_decoding(predictor, validation: Sequence[tuple[Volume, PairSet]], 
     best = predictor.decoding
     best_j = score(best)
     tried = {best}
+    grids = (
+        ("pairing_distance_weight", "pairing_height_weight", pairing_distance_weights, pairing_height_weights),
+        ("peak_threshold_nucleus", "peak_threshold_golgi", thresholds, thresholds),
+        ("min_distance_nucleus_um", "min_distance_golgi_um", min_distance_nucleus_um, min_distance_golgi_um),
+    )
     for _ in range(rounds):
         before = best
-        grids = (
-            ("pairing_distance_weight", "pairing_height_weight", pairing_distance_weights, pairing_height_weights),
-            ("peak_threshold_nucleus", "peak_threshold_golgi", thresholds, thresholds),
-            ("min_distance_nucleus_um", "min_distance_golgi_um", min_distance_nucleus_um, min_distance_golgi_um),
-        )
         for name_a, name_b, values_a, values_b in grids:
             for a, b in itertools.product(values_a, values_b):
                 candidate = dataclasses.replace(best, **{name_a: a, name_b: b})

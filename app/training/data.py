@@ -193,7 +193,7 @@ def synthetic_pool(n: int, voxel_size: Sequence[float], seed: int, field_um: Seq
     Each is simulated at its own voxel size (drawn from ``xy_range`` / ``z_range`` µm) over the same
     physical field, then resampled to the model's voxel size, as a user's image would be. With
     ``vary_samples`` each scene also draws its density, distractors, stain brightness and optics from
-    :data:`app.core.simulate.SAMPLE_VARIATION` instead of taking its preset's fixed amounts.
+    :data:`app.core.simulate.SAMPLE_VARIATION` and ``SAMPLE_SCALES`` instead of taking its preset's fixed amounts.
     """
     from app.core.simulate import PRESETS, SimConfig, simulate, varied_sample_options
 
