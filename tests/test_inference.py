@@ -161,6 +161,36 @@ def test_min_distance_is_in_micrometres_not_voxels():
             assert heights[0] == pytest.approx(0.9, abs=1e-3)  # the higher peak wins
 
 
+def test_valley_keeps_two_touching_objects_but_not_the_shoulder_of_one():
+    # Two Golgi 4 µm apart (σ 1 µm: the heatmap between them falls to ~0.12 of the peaks) within a 5 µm
+    # minimum distance: plain thinning keeps one, a valley ratio of 0.5 both. An elongated blob (two
+    # centres 1.5 µm apart, σ 1.2 µm: a saddle at ~0.92 of the lower top) stays one peak either way.
+    voxel = (1.0, 0.25, 0.25)
+    shape = (10, 40, 80)
+    grid = np.indices(shape, dtype=np.float64)
+
+    def heat_with(points, heights, sigma):
+        h = np.zeros(shape)
+        for c, amp in zip(points, heights):
+            d2 = sum(((grid[a] - c[a]) * voxel[a]) ** 2 for a in range(3))
+            h = np.maximum(h, amp * np.exp(-d2 / (2 * sigma**2)))
+        return h.astype(np.float32)
+
+    first = np.array([5.0, 20.0, 30.0])
+    two = heat_with([first, first + (0, 0, 4.0 / 0.25)], [0.9, 0.7], 1.0)
+    assert len(find_peaks(two, 0.4, 5.0, voxel)[0]) == 1
+    positions, _, heights = find_peaks(two, 0.4, 5.0, voxel, valley_ratio=0.5)
+    assert len(positions) == 2 and heights == pytest.approx([0.9, 0.7], abs=1e-3)
+    assert np.max(match_to_truth(positions, np.stack([first, first + (0, 0, 16.0)]))) < 0.05
+    shoulder = heat_with([first, first + (0, 0, 1.5 / 0.25)], [0.9, 0.85], 1.2)
+    assert len(find_peaks(shoulder, 0.4, 1.0, voxel)[0]) == 2  # two tops exist
+    assert len(find_peaks(shoulder, 0.4, 5.0, voxel, valley_ratio=0.5)[0]) == 1
+    # a row of three, 4 µm apart: the middle one is kept only if its valleys to *both* neighbours are deep
+    three = heat_with([first, first + (0, 0, 32.0), first + (0, 0, 16.0)], [0.9, 0.8, 0.75], 1.0)
+    assert len(find_peaks(three, 0.4, 5.0, voxel, valley_ratio=0.5)[0]) == 3
+    assert len(find_peaks(three, 0.4, 5.0, voxel, valley_ratio=0.1)[0]) == 2
+
+
 def test_dense_and_sparse_maxima_agree_and_peaks_are_capped(monkeypatch):
     import app.core.inference as inference
     from scipy import ndimage

@@ -27,7 +27,7 @@ def make_spec(**network_overrides) -> ModelSpec:
         network=network,
         voxel_size=(1.0, 0.5, 0.5),
         normalization=NormalizationSpec(low_percentile=1.0, high_percentile=99.8),
-        decoding=DecodingSpec(peak_threshold_nucleus=0.35, min_distance_golgi_um=1.2),
+        decoding=DecodingSpec(peak_threshold_nucleus=0.35, min_distance_golgi_um=1.2, peak_valley_golgi=0.5),
         provenance={"epochs": 3, "data": ["a.tif", "b.tif"], "sigma_um": {"nucleus": 2.0, "golgi": 1.0}},
         name="tiny",
         description="test model",
@@ -150,6 +150,7 @@ def test_corrupt_json(saved):
         (lambda d: d["decoding"].update(peak_threshold_golgi=1.5), "peak_threshold_golgi"),
         (lambda d: d["decoding"].update(pairing_distance_weight=-0.5), "pairing_distance_weight"),
         (lambda d: d["decoding"].update(pairing_height_weight=1.5), "pairing_height_weight"),
+        (lambda d: d["decoding"].update(peak_valley_nucleus=2.0), "peak_valley_nucleus"),
         (lambda d: d["normalization"].update(low_percentile=99.9), "low percentile"),
         (lambda d: d["decoding"].update(nms="yes"), "unknown setting"),
     ],
@@ -166,6 +167,14 @@ def test_files_written_before_the_pairing_weight_existed_pair_by_embedding(saved
     edit_json(json_path, lambda d: [d["decoding"].pop(k) for k in ("pairing_distance_weight", "pairing_height_weight")])
     decoding = load_spec(json_path).decoding
     assert decoding.pairing_distance_weight == 0.0 and decoding.pairing_height_weight == 0.0
+
+
+def test_files_from_before_the_valley_setting_decode_with_plain_thinning(saved):
+    json_path, _, _ = saved
+    edit_json(json_path, lambda d: [d["decoding"].pop(k) for k in ("peak_valley_nucleus", "peak_valley_golgi")])
+    decoding = load_spec(json_path).decoding
+    assert decoding.peak_valley_nucleus == 0.0 and decoding.peak_valley_golgi == 0.0
+    assert decoding.peak_threshold_nucleus == 0.35
 
 
 def test_missing_files(saved, tmp_path):

@@ -21,7 +21,8 @@ Pipeline for one volume (:meth:`Predictor.predict`):
    each window is kept (float16, the part inside the image) until pairing.
 5. **Peaks** on the stitched heatmaps (:func:`find_peaks`): local maxima above an *absolute* threshold per
    class, thinned greedily (highest first) so no two peaks of a class are closer than a minimum distance
-   *in µm* (an ellipsoid in voxels on anisotropic data), then refined to sub-voxel precision by a
+   *in µm* (an ellipsoid in voxels on anisotropic data) unless a valley deeper than the model's
+   ``peak_valley_*`` fraction of the lower peak separates them, then refined to sub-voxel precision by a
    log-Gaussian fit in the 3×3×3 neighbourhood (exact for Gaussian peaks; a plain weighted centroid over
    3×3×3 would pull the estimate towards the voxel centre).
 6. **Pairing** (:func:`match_pairs`). A candidate edge joins a nucleus and a Golgi at most ``d_max`` µm
@@ -352,8 +353,15 @@ def _local_maxima(heatmap: np.ndarray, threshold: float) -> np.ndarray:
     return coords[keep]
 
 
-def _thin(coords: np.ndarray, values: np.ndarray, min_distance_um: float, voxel_size: Sequence[float]) -> np.ndarray:
-    """Indices of peaks kept by greedy thinning: highest first, dropping any closer than ``min_distance_um``."""
+def _thin(coords: np.ndarray, values: np.ndarray, min_distance_um: float, voxel_size: Sequence[float],
+          heatmap: Optional[np.ndarray] = None, valley_ratio: float = 0.0) -> np.ndarray:
+    """Indices of peaks kept by greedy thinning: highest first, dropping any closer than ``min_distance_um``.
+
+    With ``valley_ratio`` r > 0 (and the ``heatmap``), a peak closer than that to a kept one is dropped only
+    if the two lie on one hill: it survives when the heatmap along the straight segment to *every* kept
+    peak within reach dips below r × its own height (two touching Golgi with a valley between them stay
+    two; the shoulder of one elongated blob does not become a second peak). r = 0: plain thinning.
+    """
     order = np.lexsort((coords[:, 2], coords[:, 1], coords[:, 0], -values))  # deterministic ties
     if min_distance_um <= 0 or len(coords) < 2:
         return order
@@ -361,15 +369,31 @@ def _thin(coords: np.ndarray, values: np.ndarray, min_distance_um: float, voxel_
 
     points = coords * np.asarray(voxel_size, dtype=np.float64)
     tree = cKDTree(points)
-    suppressed = np.zeros(len(coords), dtype=bool)
-    kept = []
     radius = float(min_distance_um) * (1.0 - 1e-9)  # exactly min_distance apart is allowed
+    kept = []
+    if valley_ratio <= 0 or heatmap is None:
+        suppressed = np.zeros(len(coords), dtype=bool)
+        for i in order:
+            if suppressed[i]:
+                continue
+            kept.append(i)
+            suppressed[tree.query_ball_point(points[i], radius)] = True
+        return np.asarray(kept, dtype=np.int64)
+    is_kept = np.zeros(len(coords), dtype=bool)
+    limit = np.asarray(heatmap.shape) - 1
     for i in order:
-        if suppressed[i]:
-            continue
-        kept.append(i)
-        suppressed[tree.query_ball_point(points[i], radius)] = True
+        rivals = [k for k in tree.query_ball_point(points[i], radius) if is_kept[k]]
+        if all(_valley(heatmap, coords[i], coords[k], limit) < valley_ratio * values[i] for k in rivals):
+            kept.append(i)
+            is_kept[i] = True
     return np.asarray(kept, dtype=np.int64)
+
+
+def _valley(heatmap: np.ndarray, a: np.ndarray, b: np.ndarray, limit: np.ndarray) -> float:
+    """Lowest heatmap value on the segment between voxels ``a`` and ``b`` (nearest voxels, 2 per voxel step)."""
+    steps = max(2, 2 * int(np.abs(b - a).max()) + 1)
+    line = np.clip(np.rint(a + np.linspace(0.0, 1.0, steps)[:, None] * (b - a)).astype(np.int64), 0, limit)
+    return float(heatmap[tuple(line.T)].min())
 
 
 def refine_peaks(heatmap: np.ndarray, coords: np.ndarray) -> np.ndarray:
@@ -402,7 +426,7 @@ def refine_peaks(heatmap: np.ndarray, coords: np.ndarray) -> np.ndarray:
 
 def find_peaks(
     heatmap: np.ndarray, threshold: float, min_distance_um: float, voxel_size: Sequence[float],
-    max_peaks: int = MAX_PEAKS,
+    max_peaks: int = MAX_PEAKS, valley_ratio: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Centroid peaks of a ``(Z, Y, X)`` heatmap.
 
@@ -418,6 +442,9 @@ def find_peaks(
         ``(z, y, x)`` µm of ``heatmap``.
     max_peaks : int
         Keep at most this many (the highest).
+    valley_ratio : float
+        0: plain minimum distance. r > 0: a nearer peak is kept where a valley deeper than r × its height
+        separates it from the higher ones (:func:`_thin`).
 
     Returns
     -------
@@ -436,7 +463,7 @@ def find_peaks(
     if len(coords) > 20 * max_peaks:  # thinning keeps the highest anyway; skip hopeless candidates
         top = np.argpartition(-values, 20 * max_peaks)[: 20 * max_peaks]
         coords, values = coords[top], values[top]
-    keep = _thin(coords, values, float(min_distance_um), voxel_size)[:max_peaks]
+    keep = _thin(coords, values, float(min_distance_um), voxel_size, heatmap, float(valley_ratio))[:max_peaks]
     coords, values = coords[keep], values[keep]
     return refine_peaks(heatmap, coords), coords, values
 
@@ -1028,8 +1055,10 @@ class Predictor:
         dec = decoding if decoding is not None else self.decoding
         grid, mapping = output.grid, output.resampling
         heat_n, heat_g = output.heatmap_nucleus, output.heatmap_golgi
-        pos_n, vox_n, h_n = find_peaks(heat_n, dec.peak_threshold_nucleus, dec.min_distance_nucleus_um, self.voxel_size)
-        pos_g, vox_g, h_g = find_peaks(heat_g, dec.peak_threshold_golgi, dec.min_distance_golgi_um, self.voxel_size)
+        pos_n, vox_n, h_n = find_peaks(heat_n, dec.peak_threshold_nucleus, dec.min_distance_nucleus_um, self.voxel_size,
+                                       valley_ratio=dec.peak_valley_nucleus)
+        pos_g, vox_g, h_g = find_peaks(heat_g, dec.peak_threshold_golgi, dec.min_distance_golgi_um, self.voxel_size,
+                                       valley_ratio=dec.peak_valley_golgi)
         timings["peaks"] = time.perf_counter() - t_start
 
         t0 = time.perf_counter()

@@ -115,9 +115,14 @@ class DecodingSpec:
     #: becomes ``(1 − v)·cost + v·(1 − √(h_n·h_g))`` with ``h`` the heatmap heights, so a nucleus prefers
     #: a strong Golgi peak a little further away to a faint one (a vessel, a speck) next to it. 0 = off.
     pairing_height_weight: float = 0.0
+    #: Peaks of a class closer than its minimum distance are both kept where the heatmap between them dips
+    #: below this fraction of the lower one (two touching objects, not one hill); 0 = plain minimum distance.
+    peak_valley_nucleus: float = 0.0
+    peak_valley_golgi: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("pairing_distance_weight", "pairing_height_weight"):
+        for name in ("pairing_distance_weight", "pairing_height_weight", "peak_valley_nucleus",
+                     "peak_valley_golgi"):
             object.__setattr__(self, name, _number("decoding", name, getattr(self, name), 0.0, 1.0))
         limits = {
             "peak_threshold_nucleus": (0.0, 1.0),
