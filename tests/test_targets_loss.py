@@ -16,7 +16,6 @@ from app.training.losses import (
     foreground_ratio,
     heatmap_weights,
     pull_push_loss,
-    stray_loss,
     weighted_heatmap_mse,
 )
 from app.training.targets import make_targets, pairs_for_patch, sigma_voxels
@@ -295,74 +294,3 @@ def test_ctrdet_outputs_use_only_the_heatmap_term():
     with pytest.raises(CellPolError, match="labels_nucleus"):
         compute_loss({**outputs, "embedding_nucleus": target, "embedding_golgi": target},
                      {"heatmap_nucleus": target, "heatmap_golgi": target})
-
-
-# --------------------------------------------------------------------------------------------
-# stray term: embeddings at false peaks pushed away from the cells they could be paired with
-# --------------------------------------------------------------------------------------------
-def _stray_scene(stray_at, stray_value, shape=(8, 48, 48), voxel=VOXEL):
-    """One cell (nucleus (4, 10, 10), Golgi (4, 10, 16)) with embedding 1.0, and a false Golgi peak."""
-    targets = one((4, 10, 10), (4, 10, 16), shape, voxel)
-    t = {k: torch.from_numpy(v)[None, None] for k, v in targets.items()}
-    emb_n = torch.where(t["labels_nucleus"] > 0, 1.0, 0.0)
-    emb_g = torch.where(t["labels_golgi"] > 0, 1.0, 0.0)
-    emb_g[(0, 0) + tuple(stray_at)] = stray_value
-    heat_g = t["heatmap_golgi"].clone()
-    heat_g[(0, 0) + tuple(stray_at)] = 0.9  # the network's false Golgi peak
-    return t, emb_n, emb_g.requires_grad_(True), heat_g
-
-
-def _value(tensor):
-    return float(tensor.detach())
-
-
-def _stray(t, emb_n, emb_g, heat_g, voxel=VOXEL, **kwargs):
-    return stray_loss((emb_n, emb_g), (t["heatmap_nucleus"], heat_g), (t["heatmap_nucleus"], t["heatmap_golgi"]),
-                      (t["labels_nucleus"], t["labels_golgi"]), voxel, **kwargs)
-
-
-def test_stray_peak_near_a_nucleus_is_pushed_out_of_its_embedding_range():
-    t, emb_n, emb_g, heat_g = _stray_scene((4, 10, 30), 1.5)  # 10 µm from the nucleus, |Δe| = 0.5 < Δ
-    loss = _stray(t, emb_n, emb_g, heat_g)
-    assert float(loss.detach()) == pytest.approx(2.0 - 0.5)
-    loss.backward()
-    grad = emb_g.grad[0, 0]
-    assert float(grad[4, 10, 30]) < 0  # descent raises 1.5 away from the cell's 1.0
-    grad[4, 10, 30] = 0
-    assert float(grad.abs().max()) == 0.0  # the cell's own embeddings are not moved by this term
-    # already Δ away: nothing to pay
-    t, emb_n, emb_g, heat_g = _stray_scene((4, 10, 30), 3.5)
-    assert _value(_stray(t, emb_n, emb_g, heat_g)) == 0.0
-    # the network's heatmap agrees with the target everywhere: no stray voxel
-    assert _value(_stray(t, emb_n, emb_g, t["heatmap_golgi"])) == 0.0
-
-
-def test_stray_radius_is_in_microns_under_anisotropy():
-    # 18 voxels in x at 0.5 µm = 9 µm: within 16 µm of the nucleus
-    t, emb_n, emb_g, heat_g = _stray_scene((4, 10, 28), 1.0)
-    assert _value(_stray(t, emb_n, emb_g, heat_g)) == pytest.approx(2.0)
-    assert _value(_stray(t, emb_n, emb_g, heat_g, radius_um=8.0)) == 0.0
-    # 30 voxels in y at 0.5 µm = 15 µm: inside; the same voxel steps at 1 µm (30 µm): outside
-    t, emb_n, emb_g, heat_g = _stray_scene((4, 40, 10), 1.0)
-    assert _value(_stray(t, emb_n, emb_g, heat_g)) == pytest.approx(2.0)
-    t, emb_n, emb_g, heat_g = _stray_scene((4, 40, 10), 1.0, voxel=(1.0, 1.0, 1.0))
-    assert _value(_stray(t, emb_n, emb_g, heat_g, voxel=(1.0, 1.0, 1.0))) == 0.0
-
-
-def test_stray_term_in_compute_loss_is_off_by_default_and_needs_the_voxel_size():
-    t, emb_n, emb_g, heat_g = _stray_scene((4, 10, 30), 1.5)
-    outputs = {"heatmap_nucleus": t["heatmap_nucleus"], "heatmap_golgi": heat_g,
-               "embedding_nucleus": emb_n, "embedding_golgi": emb_g}
-    off = compute_loss(outputs, t)
-    assert _value(off["stray"]) == 0.0
-    config = LossConfig(stray_weight=0.5)
-    with pytest.raises(CellPolError, match="voxel size"):
-        compute_loss(outputs, t, config)
-    on = compute_loss(outputs, t, config, VOXEL)
-    assert _value(on["stray"]) == pytest.approx(1.5)
-    assert _value(on["total"]) == pytest.approx(_value(off["total"]) + 0.5 * 1.5)
-    # 2D maps take the last two axes of a (z, y, x) voxel size
-    t2 = {k: v[:, :, 4] for k, v in t.items()}
-    assert _value(_stray(t2, emb_n[:, :, 4], emb_g[:, :, 4], heat_g[:, :, 4])) == pytest.approx(1.5)
-    with pytest.raises(CellPolError):
-        LossConfig(stray_weight=-1.0)

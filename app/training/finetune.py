@@ -332,8 +332,7 @@ class ValidationRun:
                     targets = {k: v[:, :, 0] for k, v in targets.items()}
                 outputs = module(images.to(device))
                 parts = compute_loss({k: v.float() for k, v in outputs.items()},
-                                     {k: v.to(device) for k, v in targets.items()}, self.loss_config,
-                                     spec.voxel_size)
+                                     {k: v.to(device) for k, v in targets.items()}, self.loss_config)
                 total += float(parts["total"]) * len(chunk)
                 count += len(chunk)
         return total / max(1, count)

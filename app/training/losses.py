@@ -20,31 +20,14 @@ Embedding term (cellpol only), with Δ = 2
     qualifies the term is 0. Any batch size and any number of labels (gaps allowed) are handled, in one
     vectorised pass (no per-pair Python loop; the reference code hard-coded batch 2 and 39 pairs).
 
-Stray term (ours, off unless ``stray_weight`` > 0)
-    Pull/push only shape the embedding where cells are; at a vessel or speck that the heatmap mistakes for a
-    Golgi (or a nucleus) the embedding is left to chance, and a nucleus pairs with that false peak when the
-    chance value lies near its own (the commonest pairing error of the starter model: a nucleus taking a
-    false Golgi peak next to it rather than its own Golgi). The stray term teaches the embedding to refuse
-    such peaks: at every *stray* voxel of a class — predicted heatmap above ``stray_threshold``, outside
-    every pair's neighbourhood and where the target heatmap is ~0 — the hinge ``max(0, Δ − |e − ē_k|)`` is
-    paid for each pair k of the same sample whose partner centroid (the nucleus for a stray Golgi voxel,
-    and vice versa) lies within ``stray_radius_um``: the distances at which decoding could pair them. ē_k is
-    held fixed (no gradient), so only the stray voxel's embedding moves. stray = mean over those
-    (voxel, pair) terms (0 where there are none); at most ``stray_max_voxels`` of the strongest stray
-    voxels per class and batch count.
+Total = heatmap + pull_weight · pull + push_weight · push (weights 1: the paper's α = β = 1).
+All arithmetic is float32, also when the network ran under bf16 autocast.
 
-    Measured, and why it is off: continuing the shipped starter with ``stray_weight`` 0.5 (lr 4e-4, varied
-    samples) raised the pull term from ~0.07 to ~0.3 while the stray term stayed ~0.4; after 500 steps the
-    held-out retina TPR/FDR at τL = 0 (4 volumes, 347 pairs, the starter's decoding) was 0.731/0.176
-    against the starter's 0.910/0.064, with more nuclei paired to false Golgi peaks (87 vs 49 of 8 volumes'
-    cells), not fewer, and 83 rather than 13 cells whose own nucleus and Golgi embeddings fell Δ apart. The
-    starter's stray voxels lie a median 11 µm (nucleus) and 8 µm (Golgi) from the nearest annotated
-    centroid of their class, spread over vessels, specks, fragments and cut cells; pushing all of them
-    from every cell in reach fought the pull term. Kept as an experiment switch (the starter script's
-    ``--stray-weight``), off everywhere.
-
-Total = heatmap + pull_weight · pull + push_weight · push + stray_weight · stray (the paper: α = β = 1, no
-stray term). All arithmetic is float32, also when the network ran under bf16 autocast.
+Tried and removed: a "stray" term pushing the embedding at false heatmap peaks (outside every pair's
+neighbourhood) away from every cell within pairing reach, aimed at nuclei paired with vessel or speck
+peaks. Continuing the stage-5 starter with it (weight 0.5) raised the pull term from ~0.07 to ~0.3 and
+after 500 steps gave held-out retina TPR/FDR 0.731/0.176 against 0.910/0.064 (τL = 0, 4 volumes), with
+more, not fewer, pairings to false peaks. (The stage-6 starter's provenance lists its weight, 0.)
 """
 
 from __future__ import annotations
@@ -68,10 +51,6 @@ class LossConfig:
     max_ratio: float = 1000.0
     pull_weight: float = 1.0
     push_weight: float = 1.0
-    stray_weight: float = 0.0
-    stray_threshold: float = 0.25
-    stray_radius_um: float = 16.0
-    stray_max_voxels: int = 8192
 
     def __post_init__(self) -> None:
         if not self.delta > 0:
@@ -80,10 +59,8 @@ class LossConfig:
             raise CellPolError(f"fg_threshold must be in [0, 1), got {self.fg_threshold}.")
         if not self.max_ratio >= 1:
             raise CellPolError(f"max_ratio must be ≥ 1, got {self.max_ratio}.")
-        if self.pull_weight < 0 or self.push_weight < 0 or self.stray_weight < 0:
+        if self.pull_weight < 0 or self.push_weight < 0:
             raise CellPolError("Loss weights must not be negative.")
-        if not 0 < self.stray_threshold < 1 or not self.stray_radius_um > 0 or self.stray_max_voxels < 1:
-            raise CellPolError("The stray term needs a threshold in (0, 1), a positive radius and voxel cap.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -180,94 +157,6 @@ def pull_push_loss(
     return pull, push
 
 
-def _segment_tables(embeddings, labels, coords, n_slots):
-    """Per (sample, label) slot: mean embedding over both classes, and each class's centroid (µm).
-
-    ``embeddings`` and ``labels`` are per class lists of ``(B, V)`` tensors; ``coords`` is ``(V, D)``.
-    Returns ``means (B·n_slots,)``, and per class ``centres (B·n_slots, D)`` with ``present (B·n_slots,)``.
-    """
-    batch = labels[0].shape[0]
-    device = coords.device
-    slot_base = (torch.arange(batch, device=device) * n_slots).unsqueeze(1)
-    sums = torch.zeros(batch * n_slots, device=device)
-    counts = torch.zeros(batch * n_slots, device=device)
-    centres, present = [], []
-    for emb, lab in zip(embeddings, labels):
-        inside = lab > 0
-        slot = (slot_base + lab)[inside]
-        voxel = torch.nonzero(inside, as_tuple=True)[1]
-        class_count = torch.zeros(batch * n_slots, device=device).index_add_(
-            0, slot, torch.ones_like(slot, dtype=sums.dtype))
-        sums.index_add_(0, slot, emb.detach()[inside])
-        counts += class_count
-        position = torch.zeros(batch * n_slots, coords.shape[1], device=device).index_add_(0, slot, coords[voxel])
-        centres.append(position / class_count.clamp_min(1.0).unsqueeze(1))
-        present.append(class_count > 0)
-    return sums / counts.clamp_min(1.0), centres, present
-
-
-def stray_loss(
-    embeddings: tuple[torch.Tensor, torch.Tensor],
-    heatmaps: tuple[torch.Tensor, torch.Tensor],
-    target_heatmaps: tuple[torch.Tensor, torch.Tensor],
-    labels: tuple[torch.Tensor, torch.Tensor],
-    voxel_size,
-    delta: float = 2.0,
-    threshold: float = 0.25,
-    radius_um: float = 16.0,
-    max_voxels: int = 8192,
-) -> torch.Tensor:
-    """The stray term of the module docstring (float32 scalar, differentiable in the embeddings).
-
-    Every argument is a (nucleus, Golgi) tuple of ``(B, 1, *spatial)`` or ``(B, *spatial)`` tensors but
-    ``voxel_size``: µm per spatial axis, ``(z, y, x)`` or ``(y, x)`` (a 3-tuple is cut to the last two axes
-    for 2D maps).
-    """
-    batch = labels[0].shape[0]
-    ndim = labels[0].dim() - (2 if labels[0].dim() >= 3 and labels[0].shape[1] == 1 else 1)
-    spatial = tuple(labels[0].shape[-ndim:])
-    spacing = tuple(float(v) for v in voxel_size)[-ndim:]
-    if len(spacing) != ndim:
-        raise CellPolError(f"The stray term needs a voxel size per spatial axis ({ndim}), got {voxel_size}.")
-    device = embeddings[0].device
-    grids = torch.meshgrid(*[torch.arange(n, device=device, dtype=torch.float32) * s
-                             for n, s in zip(spatial, spacing)], indexing="ij")
-    coords = torch.stack([g.reshape(-1) for g in grids], dim=1)
-
-    def flat(tensor: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
-        return tensor.reshape(batch, -1).to(dtype)
-
-    emb = [flat(e) for e in embeddings]
-    lab = [flat(label, torch.long) for label in labels]
-    zero = (emb[0].sum() + emb[1].sum()) * 0.0
-    n_slots = int(max(int(lab[0].max()), int(lab[1].max()))) + 1
-    if n_slots == 1:
-        return zero
-    means, centres, present = _segment_tables(emb, lab, coords, n_slots)
-    terms = []
-    for own, partner in ((0, 1), (1, 0)):
-        heat = flat(heatmaps[own]).detach()
-        stray = (lab[own] == 0) & (flat(target_heatmaps[own]) < 0.01) & (heat > threshold)
-        if not bool(stray.any()):
-            continue
-        sample, voxel = torch.nonzero(stray, as_tuple=True)
-        strength = heat[sample, voxel]
-        if strength.numel() > max_voxels:
-            keep = torch.topk(strength, max_voxels).indices
-            sample, voxel = sample[keep], voxel[keep]
-        slots = sample.unsqueeze(1) * n_slots + torch.arange(n_slots, device=device).unsqueeze(0)  # (N, S)
-        near = present[partner][slots] & (
-            (coords[voxel].unsqueeze(1) - centres[partner][slots]).norm(dim=2) <= radius_um)
-        near[:, 0] = False  # slot 0 is the background label
-        if not bool(near.any()):
-            continue
-        value = emb[own][sample, voxel].unsqueeze(1)
-        terms.append(torch.relu(delta - (value - means[slots]).abs())[near])
-    if not terms:
-        return zero
-    return torch.cat(terms).mean()
-
-
 def _target(targets: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
     try:
         return targets[key]
@@ -279,20 +168,18 @@ def compute_loss(
     outputs: Mapping[str, torch.Tensor],
     targets: Mapping[str, torch.Tensor],
     config: LossConfig | None = None,
-    voxel_size=None,
 ) -> dict[str, torch.Tensor]:
     """All loss components for one batch.
 
     ``outputs`` is the network's dict; ``targets`` holds ``heatmap_nucleus``, ``heatmap_golgi`` and (for
     cellpol) ``labels_nucleus``, ``labels_golgi`` as batched tensors (a channel axis of 1 is optional).
     Without ``embedding_*`` in ``outputs`` (the ctrdet architecture) only the heatmap term is computed.
-    ``voxel_size`` (µm per spatial axis of the batch) is needed only when the stray term is on.
 
     Returns
     -------
     dict
-        ``heatmap_nucleus``, ``heatmap_golgi``, ``heatmap``, ``pull``, ``push``, ``stray`` and ``total``
-        (scalars; the embedding terms are 0 for ctrdet, ``stray`` 0 when off). Backpropagate ``total``.
+        ``heatmap_nucleus``, ``heatmap_golgi``, ``heatmap``, ``pull``, ``push`` and ``total`` (scalars;
+        ``pull`` and ``push`` are 0 for ctrdet). Backpropagate ``total``.
     """
     cfg = config or LossConfig()
     parts: dict[str, torch.Tensor] = {}
@@ -311,19 +198,7 @@ def compute_loss(
         )
     else:
         pull = push = torch.zeros((), device=parts["heatmap"].device)
-    stray = torch.zeros((), device=parts["heatmap"].device)
-    if cfg.stray_weight > 0 and "embedding_nucleus" in outputs:
-        if voxel_size is None:
-            raise CellPolError("The stray embedding term needs the batch's voxel size.")
-        stray = stray_loss(
-            (outputs["embedding_nucleus"], outputs["embedding_golgi"]),
-            (outputs["heatmap_nucleus"], outputs["heatmap_golgi"]),
-            (_target(targets, "heatmap_nucleus"), _target(targets, "heatmap_golgi")),
-            (_target(targets, "labels_nucleus"), _target(targets, "labels_golgi")),
-            voxel_size, cfg.delta, cfg.stray_threshold, cfg.stray_radius_um, cfg.stray_max_voxels,
-        )
     parts["pull"] = pull
     parts["push"] = push
-    parts["stray"] = stray
-    parts["total"] = parts["heatmap"] + cfg.pull_weight * pull + cfg.push_weight * push + cfg.stray_weight * stray
+    parts["total"] = parts["heatmap"] + cfg.pull_weight * pull + cfg.push_weight * push
     return parts

@@ -65,9 +65,6 @@ def main(argv=None) -> int:
                         help="continue from this model's weights (same architecture), e.g. the previous starter")
     parser.add_argument("--embedding-weight", type=float, default=1.0,
                         help="weight of the pull/push loss (1: the paper's; smaller favours the heatmaps)")
-    parser.add_argument("--stray-weight", type=float, default=0.0,
-                        help="weight of the stray term: embeddings at false heatmap peaks pushed away from the "
-                             "cells around them (app.training.losses; 0: off, the paper's loss)")
     parser.add_argument("--calibrate-only", action="store_true",
                         help="skip training: calibrate the decoding of the existing <out>.json and save it again")
     parser.add_argument("--calibration-volumes", type=int, default=6,
@@ -89,8 +86,7 @@ def main(argv=None) -> int:
     patch_shape = tuple(args.patch) if args.patch else (PATCH_SHAPE if args.dims == 3 else PATCH_SHAPE_2D)
     config = TrainConfig(steps=args.steps, batch_size=args.batch, learning_rate=args.lr, seed=args.seed,
                          device=args.device, checkpoint_every=100,
-                         loss=LossConfig(pull_weight=args.embedding_weight, push_weight=args.embedding_weight,
-                                         stray_weight=args.stray_weight))
+                         loss=LossConfig(pull_weight=args.embedding_weight, push_weight=args.embedding_weight))
     init_provenance, init_path = None, args.init
     if args.init is not None:
         from app.core.modelfile import load_spec
@@ -132,8 +128,8 @@ def main(argv=None) -> int:
             if event.step % 10 == 0:
                 loss = event.losses
                 print(f"step {event.step}/{event.total_steps} total {loss['total']:.4f} heat {loss['heatmap']:.4f} "
-                      f"pull {loss['pull']:.4f} push {loss['push']:.4f} stray {loss['stray']:.4f} "
-                      f"lr {event.learning_rate:.2e} {event.seconds:.0f}s", flush=True)
+                      f"pull {loss['pull']:.4f} push {loss['push']:.4f} lr {event.learning_rate:.2e} "
+                      f"{event.seconds:.0f}s", flush=True)
             if event.step % args.refresh_every == 0:
                 # Replace a quarter of the pool with new scenes (seeded by the step: reproducible).
                 fresh = new_pool(max(1, args.pool // 4), args.seed * 1000 + event.step)

@@ -168,13 +168,12 @@ def _lr_at(step: int, config: TrainConfig) -> float:
 
 
 def _loss_at(step: int, config: TrainConfig) -> LossConfig:
-    """The loss settings at ``step``: embedding (pull, push, stray) weights ramped over ``embedding_warmup_steps``."""
+    """The loss settings at ``step``: pull/push weights ramped over ``embedding_warmup_steps``."""
     if step >= config.embedding_warmup_steps:
         return config.loss
     ramp = step / config.embedding_warmup_steps
     return dataclasses.replace(config.loss, pull_weight=config.loss.pull_weight * ramp,
-                               push_weight=config.loss.push_weight * ramp,
-                               stray_weight=config.loss.stray_weight * ramp)
+                               push_weight=config.loss.push_weight * ramp)
 
 
 def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -454,7 +453,7 @@ def train(spec: ModelSpec, sampler: PatchSampler, config: TrainConfig, checkpoin
         with autocast:
             outputs = model(batch)
         outputs = {k: v.float() for k, v in outputs.items()}
-        parts = compute_loss(outputs, targets, _loss_at(step, config), spec.voxel_size)
+        parts = compute_loss(outputs, targets, _loss_at(step, config))
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(parts["total"]).backward()
