@@ -184,6 +184,31 @@ def test_heatmap_weights_from_foreground_ratio():
     assert float(weighted_heatmap_mse(target.clone(), target)) == 0.0
 
 
+def test_hard_negatives_weigh_confident_false_peaks():
+    target = torch.zeros(1, 1, 4, 10, 10)
+    target[0, 0, 1, 2, 2] = 1.0
+    ratio = float(foreground_ratio(target))
+    prediction = torch.zeros_like(target)
+    prediction[0, 0, 1, 2, 2] = 0.9   # the true peak
+    prediction[0, 0, 3, 7, 7] = 0.6   # a confident false peak (a vessel)
+    prediction[0, 0, 0, 0, 0] = 0.05  # background the network nearly has right
+    plain = heatmap_weights(target, prediction=prediction)  # λ = 0: unchanged
+    assert torch.equal(plain, heatmap_weights(target))
+    w = heatmap_weights(target, prediction=prediction, negative_weight=0.5)
+    assert float(w[0, 0, 3, 7, 7]) == pytest.approx(1 + 0.5 * (ratio - 1) * 0.6)
+    assert float(w[0, 0, 0, 0, 0]) == pytest.approx(1 + 0.5 * (ratio - 1) * 0.05)
+    assert float(w[0, 0, 1, 2, 2]) == pytest.approx(ratio)  # foreground keeps its weight
+    assert float(w[0, 0, 2, 5, 5]) == 1.0  # predicted background stays at 1
+    # The false peak's share of the loss grows; the gradient still flows only through the prediction.
+    p = prediction.clone().requires_grad_(True)
+    hard = weighted_heatmap_mse(p, target, negative_weight=0.5)
+    hard.backward()
+    assert float(hard.detach()) > float(weighted_heatmap_mse(prediction, target))
+    assert float(p.grad[0, 0, 3, 7, 7]) > 0
+    with pytest.raises(CellPolError):
+        LossConfig(negative_weight=-1.0)
+
+
 # --------------------------------------------------------------------------------------------
 # embedding loss
 # --------------------------------------------------------------------------------------------

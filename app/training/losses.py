@@ -8,6 +8,11 @@ Heatmap term (per class, summed over the two classes)
     density: the data-derived w_f/w_b of the paper (the reference code hard-coded 5 + 800·h and 5 + 200·h).
     A batch without foreground falls back to ``r = 1`` (plain MSE).
 
+    Optional hard negatives (``negative_weight`` λ > 0, default 0): background voxels (``h ≤ fg_threshold``)
+    weigh ``1 + λ · (r − 1) · ĥ`` instead of 1, with ĥ the (detached) prediction, so a confident false peak
+    (a vessel or speck the network calls a centroid) costs about as much as a missed one, while background
+    the network already calls background keeps weight ~1 (the idea of the focal losses of CenterNet).
+
 Embedding term (cellpol only), with Δ = 2
     For each sample and each pair label k present in it, the nucleus-embedding values on the nucleus
     neighbourhood of k and the Golgi-embedding values on the Golgi neighbourhood of k are pooled; ē_k is
@@ -51,6 +56,7 @@ class LossConfig:
     max_ratio: float = 1000.0
     pull_weight: float = 1.0
     push_weight: float = 1.0
+    negative_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.delta > 0:
@@ -59,7 +65,7 @@ class LossConfig:
             raise CellPolError(f"fg_threshold must be in [0, 1), got {self.fg_threshold}.")
         if not self.max_ratio >= 1:
             raise CellPolError(f"max_ratio must be ≥ 1, got {self.max_ratio}.")
-        if self.pull_weight < 0 or self.push_weight < 0:
+        if self.pull_weight < 0 or self.push_weight < 0 or self.negative_weight < 0:
             raise CellPolError("Loss weights must not be negative.")
 
     def to_dict(self) -> dict[str, Any]:
@@ -78,19 +84,30 @@ def foreground_ratio(target: torch.Tensor, fg_threshold: float = 0.1, max_ratio:
     return ratio.clamp(1.0, max_ratio)
 
 
-def heatmap_weights(target: torch.Tensor, fg_threshold: float = 0.1, max_ratio: float = 1000.0) -> torch.Tensor:
-    """Voxel weights ``1 + (r − 1) · target`` with ``r`` from :func:`foreground_ratio` (no gradient)."""
+def heatmap_weights(target: torch.Tensor, fg_threshold: float = 0.1, max_ratio: float = 1000.0,
+                    prediction: torch.Tensor | None = None, negative_weight: float = 0.0) -> torch.Tensor:
+    """Voxel weights ``1 + (r − 1) · target`` with ``r`` from :func:`foreground_ratio` (no gradient).
+
+    With ``prediction`` and ``negative_weight`` λ > 0, background voxels (``target ≤ fg_threshold``) weigh
+    ``1 + λ · (r − 1) · prediction`` instead (hard negatives).
+    """
     target = target.detach().to(torch.float32)
     ratio = foreground_ratio(target, fg_threshold, max_ratio)
-    return 1.0 + (ratio - 1.0) * target
+    weights = 1.0 + (ratio - 1.0) * target
+    if prediction is not None and negative_weight > 0:
+        confident = prediction.detach().to(torch.float32).reshape(target.shape).clamp(0.0, 1.0)
+        hard = 1.0 + negative_weight * (ratio - 1.0) * confident
+        weights = torch.where(target <= fg_threshold, hard, weights)
+    return weights
 
 
 def weighted_heatmap_mse(
-    prediction: torch.Tensor, target: torch.Tensor, fg_threshold: float = 0.1, max_ratio: float = 1000.0
+    prediction: torch.Tensor, target: torch.Tensor, fg_threshold: float = 0.1, max_ratio: float = 1000.0,
+    negative_weight: float = 0.0,
 ) -> torch.Tensor:
     """Foreground-weighted MSE of one class over a batch (any shape; prediction and target alike)."""
     target = target.to(torch.float32).reshape(prediction.shape)
-    weights = heatmap_weights(target, fg_threshold, max_ratio)
+    weights = heatmap_weights(target, fg_threshold, max_ratio, prediction, negative_weight)
     return (weights * (prediction.to(torch.float32) - target) ** 2).mean()
 
 
@@ -185,7 +202,8 @@ def compute_loss(
     parts: dict[str, torch.Tensor] = {}
     for name in CLASSES:
         parts[f"heatmap_{name}"] = weighted_heatmap_mse(
-            outputs[f"heatmap_{name}"], _target(targets, f"heatmap_{name}"), cfg.fg_threshold, cfg.max_ratio
+            outputs[f"heatmap_{name}"], _target(targets, f"heatmap_{name}"), cfg.fg_threshold, cfg.max_ratio,
+            cfg.negative_weight,
         )
     parts["heatmap"] = parts["heatmap_nucleus"] + parts["heatmap_golgi"]
     if "embedding_nucleus" in outputs and "embedding_golgi" in outputs:

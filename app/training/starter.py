@@ -65,6 +65,8 @@ def main(argv=None) -> int:
                         help="continue from this model's weights (same architecture), e.g. the previous starter")
     parser.add_argument("--embedding-weight", type=float, default=1.0,
                         help="weight of the pull/push loss (1: the paper's; smaller favours the heatmaps)")
+    parser.add_argument("--negative-weight", type=float, default=0.0,
+                        help="hard negatives: background voxels weigh 1 + λ·(r − 1)·prediction (0: off)")
     parser.add_argument("--calibrate-only", action="store_true",
                         help="skip training: calibrate the decoding of the existing <out>.json and save it again")
     parser.add_argument("--calibration-volumes", type=int, default=6,
@@ -86,7 +88,8 @@ def main(argv=None) -> int:
     patch_shape = tuple(args.patch) if args.patch else (PATCH_SHAPE if args.dims == 3 else PATCH_SHAPE_2D)
     config = TrainConfig(steps=args.steps, batch_size=args.batch, learning_rate=args.lr, seed=args.seed,
                          device=args.device, checkpoint_every=100,
-                         loss=LossConfig(pull_weight=args.embedding_weight, push_weight=args.embedding_weight))
+                         loss=LossConfig(pull_weight=args.embedding_weight, push_weight=args.embedding_weight,
+                                         negative_weight=args.negative_weight))
     init_provenance, init_path = None, args.init
     if args.init is not None:
         from app.core.modelfile import load_spec
