@@ -264,6 +264,33 @@ def test_pull_zero_for_constant_embeddings_and_push_zero_beyond_delta():
     assert float(push) == 0.0
 
 
+def test_push_radius_pushes_only_near_pairs():
+    # Three pairs on a line (x = 1, 5 and 30 voxels of 0.5 µm): 0 and 1 are 2 µm apart, 2 is far away.
+    lab_n = torch.zeros(1, 1, 2, 4, 34, dtype=torch.int32)
+    for k, x in enumerate((1, 5, 30), start=1):
+        lab_n[0, 0, 0, 1:3, x:x + 2] = k
+    lab_g = lab_n.clone()
+    emb = torch.zeros(lab_n.shape)
+    emb[lab_n == 3] = 0.5  # far pair: 0.5 from both near ones
+    emb[lab_n == 2] = 1.0  # near pairs 1.0 apart
+    voxel = (1.0, 0.5, 0.5)
+    _, push_all = pull_push_loss(emb, emb, lab_n, lab_g)
+    assert float(push_all) == pytest.approx((2 * 1.0 + 4 * 1.5) / 6)  # every ordered pair
+    _, push_near = pull_push_loss(emb, emb, lab_n, lab_g, push_radius_um=5.0, voxel_size=voxel)
+    assert float(push_near) == pytest.approx(1.0)  # only 1↔2 (2 µm apart) count: Δ − 1 = 1
+    _, push_none = pull_push_loss(emb, emb, lab_n, lab_g, push_radius_um=1.0, voxel_size=voxel)
+    assert float(push_none) == 0.0
+    # The radius goes through compute_loss with the model's voxel size, and refuses to guess without it.
+    outputs = {"heatmap_nucleus": torch.zeros(lab_n.shape), "heatmap_golgi": torch.zeros(lab_n.shape),
+               "embedding_nucleus": emb, "embedding_golgi": emb}
+    targets = {"heatmap_nucleus": torch.zeros(lab_n.shape), "heatmap_golgi": torch.zeros(lab_n.shape),
+               "labels_nucleus": lab_n, "labels_golgi": lab_g}
+    parts = compute_loss(outputs, targets, LossConfig(push_radius_um=5.0), voxel)
+    assert float(parts["push"]) == pytest.approx(1.0)
+    with pytest.raises(CellPolError):
+        compute_loss(outputs, targets, LossConfig(push_radius_um=5.0))
+
+
 def test_batch_of_three_with_0_1_and_several_pairs_matches_the_definition():
     gen = torch.Generator().manual_seed(3)
     shape = (4, 12, 12)

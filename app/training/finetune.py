@@ -332,7 +332,8 @@ class ValidationRun:
                     targets = {k: v[:, :, 0] for k, v in targets.items()}
                 outputs = module(images.to(device))
                 parts = compute_loss({k: v.float() for k, v in outputs.items()},
-                                     {k: v.to(device) for k, v in targets.items()}, self.loss_config)
+                                     {k: v.to(device) for k, v in targets.items()}, self.loss_config,
+                                     tuple(spec.voxel_size))
                 total += float(parts["total"]) * len(chunk)
                 count += len(chunk)
         return total / max(1, count)

@@ -21,6 +21,11 @@ Embedding term (cellpol only), with Δ = 2
     - pull = mean over the sample's pairs of the variance ``mean((e − ē_k)²)``;
     - push = mean over ordered pairs k ≠ j of ``max(0, Δ − |ē_k − ē_j|)``.
 
+    With ``push_radius_um`` R > 0 (default 0: all pairs, the paper's), push only counts pairs k, j whose
+    centroids (over both neighbourhoods) lie within R of each other, averaged over those: a scalar
+    embedding then needs to tell apart only cells that pairing could confuse (within d_max), a colouring
+    of neighbours rather than one line holding every cell of the patch Δ apart.
+
     Each is averaged over the samples where it is defined (pull: ≥ 1 pair; push: ≥ 2 pairs); when no sample
     qualifies the term is 0. Any batch size and any number of labels (gaps allowed) are handled, in one
     vectorised pass (no per-pair Python loop; the reference code hard-coded batch 2 and 39 pairs).
@@ -40,6 +45,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 
 from app.core.errors import CellPolError
@@ -57,6 +63,7 @@ class LossConfig:
     pull_weight: float = 1.0
     push_weight: float = 1.0
     negative_weight: float = 0.0
+    push_radius_um: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.delta > 0:
@@ -65,7 +72,7 @@ class LossConfig:
             raise CellPolError(f"fg_threshold must be in [0, 1), got {self.fg_threshold}.")
         if not self.max_ratio >= 1:
             raise CellPolError(f"max_ratio must be ≥ 1, got {self.max_ratio}.")
-        if self.pull_weight < 0 or self.push_weight < 0 or self.negative_weight < 0:
+        if self.pull_weight < 0 or self.push_weight < 0 or self.negative_weight < 0 or self.push_radius_um < 0:
             raise CellPolError("Loss weights must not be negative.")
 
     def to_dict(self) -> dict[str, Any]:
@@ -117,6 +124,8 @@ def pull_push_loss(
     labels_nucleus: torch.Tensor,
     labels_golgi: torch.Tensor,
     delta: float = 2.0,
+    push_radius_um: float = 0.0,
+    voxel_size: tuple[float, ...] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pull and push terms of the embedding loss, each averaged over the samples where it is defined.
 
@@ -128,6 +137,10 @@ def pull_push_loss(
         Integer labels of the same spatial shape: 0 = background, k > 0 = pair k (shared by both classes).
     delta : float
         Push margin Δ.
+    push_radius_um : float
+        > 0: push only pairs whose centroids are within this distance (needs ``voxel_size``).
+    voxel_size : tuple of float, optional
+        Voxel size (µm) of the spatial axes, ``(z, y, x)`` or ``(y, x)``.
 
     Returns
     -------
@@ -163,12 +176,24 @@ def pull_push_loss(
     has_pairs = pairs_per_sample > 0
     pull = (pull_per_sample[has_pairs] / pairs_per_sample[has_pairs]).mean()
 
-    # Push: all ordered pairs of segments of the same sample (the diagonal is excluded).
+    # Push: ordered pairs of segments of the same sample (the diagonal is excluded), near ones only when
+    # a radius is set.
     same_sample = segment_sample.unsqueeze(0) == segment_sample.unsqueeze(1)
     same_sample.fill_diagonal_(False)
+    if push_radius_um > 0:
+        spatial = tuple(embedding_nucleus.shape[-len(voxel_size):]) if voxel_size else ()
+        if not voxel_size or int(np.prod(spatial)) * 2 != labels.shape[1]:
+            raise CellPolError("A push radius needs the voxel size of the embeddings' spatial axes.")
+        flat = torch.arange(labels.shape[1], device=emb.device).unsqueeze(0).expand_as(labels)[in_pair]
+        flat = flat % int(np.prod(spatial))
+        coords = torch.stack(torch.unravel_index(flat, spatial), dim=1).to(torch.float32)
+        coords = coords * torch.tensor(voxel_size, dtype=torch.float32, device=emb.device)
+        centroid = torch.zeros(n_segments, coords.shape[1], device=emb.device).index_add_(0, segment, coords)
+        centroid = centroid / counts.unsqueeze(1)
+        same_sample &= torch.cdist(centroid, centroid) <= push_radius_um
     hinge = torch.relu(delta - (means.unsqueeze(0) - means.unsqueeze(1)).abs()) * same_sample
     push_sum = torch.zeros(batch, device=emb.device).index_add_(0, segment_sample, hinge.sum(dim=1))
-    n_ordered = pairs_per_sample * (pairs_per_sample - 1)
+    n_ordered = torch.zeros(batch, device=emb.device).index_add_(0, segment_sample, same_sample.sum(dim=1).to(torch.float32))
     has_two = n_ordered > 0
     push = (push_sum[has_two] / n_ordered[has_two]).mean() if bool(has_two.any()) else zero
     return pull, push
@@ -185,6 +210,7 @@ def compute_loss(
     outputs: Mapping[str, torch.Tensor],
     targets: Mapping[str, torch.Tensor],
     config: LossConfig | None = None,
+    voxel_size: tuple[float, ...] | None = None,
 ) -> dict[str, torch.Tensor]:
     """All loss components for one batch.
 
@@ -213,6 +239,8 @@ def compute_loss(
             _target(targets, "labels_nucleus"),
             _target(targets, "labels_golgi"),
             cfg.delta,
+            cfg.push_radius_um,
+            voxel_size,
         )
     else:
         pull = push = torch.zeros((), device=parts["heatmap"].device)

@@ -67,6 +67,8 @@ def main(argv=None) -> int:
                         help="weight of the pull/push loss (1: the paper's; smaller favours the heatmaps)")
     parser.add_argument("--negative-weight", type=float, default=0.0,
                         help="hard negatives: background voxels weigh 1 + λ·(r − 1)·prediction (0: off)")
+    parser.add_argument("--push-radius", type=float, default=0.0, metavar="UM",
+                        help="push apart only pairs whose centroids are within this distance (0: all pairs)")
     parser.add_argument("--calibrate-only", action="store_true",
                         help="skip training: calibrate the decoding of the existing <out>.json and save it again")
     parser.add_argument("--calibration-volumes", type=int, default=6,
@@ -89,7 +91,7 @@ def main(argv=None) -> int:
     config = TrainConfig(steps=args.steps, batch_size=args.batch, learning_rate=args.lr, seed=args.seed,
                          device=args.device, checkpoint_every=100,
                          loss=LossConfig(pull_weight=args.embedding_weight, push_weight=args.embedding_weight,
-                                         negative_weight=args.negative_weight))
+                                         negative_weight=args.negative_weight, push_radius_um=args.push_radius))
     init_provenance, init_path = None, args.init
     if args.init is not None:
         from app.core.modelfile import load_spec

@@ -453,7 +453,7 @@ def train(spec: ModelSpec, sampler: PatchSampler, config: TrainConfig, checkpoin
         with autocast:
             outputs = model(batch)
         outputs = {k: v.float() for k, v in outputs.items()}
-        parts = compute_loss(outputs, targets, _loss_at(step, config))
+        parts = compute_loss(outputs, targets, _loss_at(step, config), tuple(spec.voxel_size))
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(parts["total"]).backward()
