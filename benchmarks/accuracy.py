@@ -1,7 +1,8 @@
 """Accuracy on held-out simulator volumes: TPR/FDR at τL = 0 and 5 (the paper's protocol).
 
     .venv/bin/python benchmarks/accuracy.py [--model resources/models/cellpol_starter.json] \
-        [--model OTHER.json ...] [--ensemble [A.json B.json]] [--n 8] [--presets retina confocal]
+        [--model OTHER.json ...] [--ensemble [A.json B.json]] [--n 8] [--presets retina confocal] \
+        [--embedding-delta 1000]
 
 Volumes come from seeds (≥ 10000) never used in training and, by default, the "retina" preset that the
 starter model never saw (it is trained on the other presets), at voxel sizes drawn per volume. The
@@ -50,6 +51,9 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=["retina"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dims", type=int, choices=(2, 3), default=3, help="2: single-plane images")
+    parser.add_argument("--embedding-delta", type=float, default=None, metavar="DELTA",
+                        help="also run each --model decoded with this embedding margin (e.g. 1000: the "
+                             "embeddings ignored, pairing by distance and peak strength alone)")
     args = parser.parse_args()
 
     volumes = list(held_out_volumes(args.n, args.presets, dims=args.dims))
@@ -58,7 +62,13 @@ def main() -> None:
         from app.core.inference import Predictor
 
         for path in args.model:
-            methods[label(path, args.model)] = Predictor.from_files([path], args.device)
+            methods[label(path, args.model)] = predictor = Predictor.from_files([path], args.device)
+            if args.embedding_delta is not None:
+                import dataclasses
+
+                decoding = dataclasses.replace(predictor.decoding, embedding_delta=args.embedding_delta)
+                methods[f"{label(path, args.model)} Δ={args.embedding_delta:g}"] = Predictor.from_files(
+                    [path], args.device, decoding=decoding)
     if args.ensemble is not None:
         from app.core.inference import Predictor
 
