@@ -42,7 +42,7 @@ more, not fewer, pairings to false peaks. (The stage-6 starter's provenance list
 Measured and left off by default: hard negatives (λ = 0.2) together with a local push (R = 24 µm),
 continuing the stage-6 starter for 1400 steps (lr 3e-4, seed 7, varied samples). On the training presets'
 validation volumes the calibration score rose (TPR − FDR at τL = 5: 0.651 → 0.727, FDR 0.165 → 0.081),
-but on the 16 held-out retina volumes TPR/FDR at τL = 0 fell from 0.894 / 0.087 to 0.821 / 0.121 with its
+but on the 16 held-out retina volumes TPR/FDR at τL = 0 fell from 0.894 / 0.087 to 0.820 / 0.121 with its
 own calibration (52 true Golgi without a peak against 7: its heatmaps run lower and the Golgi threshold
 chosen on the training presets, 0.4, was too high there; 0.892 / 0.088 at best with decoding tuned on those
 test volumes, so no gain either way).
