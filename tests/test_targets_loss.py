@@ -207,6 +207,9 @@ def test_hard_negatives_weigh_confident_false_peaks():
     assert float(p.grad[0, 0, 3, 7, 7]) > 0
     with pytest.raises(CellPolError):
         LossConfig(negative_weight=-1.0)
+    # A run without the optional terms fingerprints as before they existed (its checkpoints still resume).
+    assert "negative_weight" not in LossConfig().fingerprint()
+    assert LossConfig(negative_weight=0.5).fingerprint()["negative_weight"] == 0.5
 
 
 # --------------------------------------------------------------------------------------------

@@ -610,7 +610,7 @@ def run_training(options: TrainingOptions, cancel: Optional[CancelToken] = None,
         "synthetic": [opts.synthetic, str(opts.synthetic_dir) if opts.synthetic_dir else None,
                       opts.synthetic_fraction],
         "augment": opts.augment.to_dict(), "foreground_fraction": opts.foreground_fraction,
-        "epoch_steps": epoch_steps, "loss": config.loss.to_dict(),
+        "epoch_steps": epoch_steps, "loss": config.loss.fingerprint(),
         "embedding_warmup_steps": config.embedding_warmup_steps,
     }
     name = opts.name or paths["model"].stem

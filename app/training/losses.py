@@ -61,6 +61,10 @@ from app.core.errors import CellPolError
 CLASSES = ("nucleus", "golgi")
 
 
+#: Loss settings added after the first release, with the value that leaves them off.
+_OPTIONAL_TERMS = {"negative_weight": 0.0, "push_radius_um": 0.0}
+
+
 @dataclass(frozen=True)
 class LossConfig:
     """Loss settings (stored in the training provenance)."""
@@ -85,6 +89,11 @@ class LossConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the optional terms left off, so a checkpoint written before they existed
+        still resumes."""
+        return {k: v for k, v in asdict(self).items() if k not in _OPTIONAL_TERMS or v != _OPTIONAL_TERMS[k]}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "LossConfig":
