@@ -12,6 +12,7 @@ classic Otsu peer always runs as the reference. Prints one table row per method.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -64,8 +65,6 @@ def main() -> None:
         for path in args.model:
             methods[label(path, args.model)] = predictor = Predictor.from_files([path], args.device)
             if args.embedding_delta is not None:
-                import dataclasses
-
                 decoding = dataclasses.replace(predictor.decoding, embedding_delta=args.embedding_delta)
                 methods[f"{label(path, args.model)} Δ={args.embedding_delta:g}"] = Predictor.from_files(
                     [path], args.device, decoding=decoding)
