@@ -52,3 +52,14 @@ def test_varied_samples_draw_within_ranges_reproducibly_and_change_the_scene():
     n = [len(simulate(SimConfig(shape=(6, 96, 96), voxel_size=(1.0, 0.5, 0.5), seed=1, **o))[1].nuclei)
          for o in (sparse, crowded)]
     assert n[1] > 2 * n[0]
+
+
+def test_calibration_seed_defaults_to_the_training_seed_and_can_be_fixed(monkeypatch, tmp_path):
+    import app.training.starter as starter
+
+    seen = []
+    monkeypatch.setattr(starter, "calibrate_and_save", lambda out, presets, seed, *rest: seen.append(seed))
+    out = str(tmp_path / "model")
+    starter.main(["--out", out, "--calibrate-only", "--seed", "7"])
+    starter.main(["--out", out, "--calibrate-only", "--seed", "7", "--calibration-seed", "1000"])
+    assert seen == [7, 1000]

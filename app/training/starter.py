@@ -73,6 +73,9 @@ def main(argv=None) -> int:
                         help="skip training: calibrate the decoding of the existing <out>.json and save it again")
     parser.add_argument("--calibration-volumes", type=int, default=6,
                         help="simulator volumes the decoding is calibrated on (more: a steadier choice)")
+    parser.add_argument("--calibration-seed", type=int, default=None,
+                        help="seed of the calibration volumes (default: --seed); one fixed seed lets the "
+                             "validation scores of successive stages be compared")
     parser.add_argument("--presets", nargs="+", default=list(TRAIN_PRESETS),
                         help="simulator presets to train on (default leaves 'retina' out for held-out tests)")
     parser.add_argument("--vary-samples", action="store_true",
@@ -81,8 +84,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     out = Path(args.out)
+    calibration_seed = args.seed if args.calibration_seed is None else args.calibration_seed
     if args.calibrate_only:
-        calibrate_and_save(out, args.presets, args.seed, args.dims, args.calibration_volumes, args.vary_samples)
+        calibrate_and_save(out, args.presets, calibration_seed, args.dims, args.calibration_volumes, args.vary_samples)
         return 0
     checkpoints = out.with_name(out.name + ".checkpoints")
     network = NetworkConfig.for_voxel_size(MODEL_VOXEL_SIZE, spatial_dims=args.dims, architecture=args.architecture,
@@ -149,7 +153,7 @@ def main(argv=None) -> int:
                       provenance=provenance, name=spec.name, description=spec.description)
     path = save_model(out, model, final)
     print(f"saved {path}")
-    calibrate_and_save(out, args.presets, args.seed, args.dims, args.calibration_volumes, args.vary_samples)
+    calibrate_and_save(out, args.presets, calibration_seed, args.dims, args.calibration_volumes, args.vary_samples)
     return 0
 
 
