@@ -2,25 +2,43 @@
 
     .venv/bin/python benchmarks/accuracy.py [--model resources/models/cellpol_starter.json] \
         [--model OTHER.json ...] [--ensemble [A.json B.json]] [--n 8] [--presets retina confocal] \
-        [--embedding-delta 1000]
+        [--embedding-delta 1000] [--layouts ../shared/data/retina3d_vectors [--limit K]]
 
 Volumes come from seeds (≥ 10000) never used in training and, by default, the "retina" preset that the
-starter model never saw (it is trained on the other presets), at voxel sizes drawn per volume. The
-classic Otsu peer always runs as the reference. Prints one table row per method.
+starter model never saw (it is trained on the other presets), at voxel sizes drawn per volume. With
+``--layouts DIR`` they instead follow real annotated layouts: one volume (or a few tiles) per ``Crop*.csv``
+in DIR, whose cells sit where the annotators clicked them, at the crop's own voxel size (seeds ≥ 20000).
+The classic Otsu peer always runs as the reference. Prints one table row per method.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import sys
 import time
 from pathlib import Path
+from typing import Iterator, Optional
 
 import numpy as np
 
-from app.core import evaluate
-from app.core.classic import predict_classic
-from app.core.simulate import SimConfig, simulate
+# The checkout this script lives in, not whichever one an editable install points at.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from app.core import evaluate  # noqa: E402
+from app.core.classic import predict_classic  # noqa: E402
+from app.core.pairs import PairSet, read_legacy_csv  # noqa: E402
+from app.core.simulate import SimConfig, simulate  # noqa: E402
+from app.core.volume import Volume  # noqa: E402
+
+#: Voxel size (z, y, x) µm of the real retina crops; Crop7_BC and Crop8_BC were imaged at 0.4 µm in z.
+CROP_VOXEL_SIZE = (0.27, 0.333, 0.333)
+CROP_VOXEL_SIZE_BY_NAME = {"Crop7_BC": (0.4, 0.333, 0.333), "Crop8_BC": (0.4, 0.333, 0.333)}
+#: Empty margin (z, y, x) µm around a layout's pairs, and the largest y/x field of one layout volume.
+LAYOUT_MARGIN_UM = (3.0, 10.0, 10.0)
+LAYOUT_MAX_FIELD_UM = 200.0
+LAYOUT_SEED = 20_000
 
 
 def held_out_volumes(n: int, presets: list[str], seed: int = 10_000, dims: int = 3):
@@ -35,6 +53,58 @@ def held_out_volumes(n: int, presets: list[str], seed: int = 10_000, dims: int =
         config = SimConfig(shape=shape, voxel_size=(vz, vxy, vxy), preset=presets[k % len(presets)],
                            seed=seed + k)
         yield simulate(config)
+
+
+def crop_layouts(pairs: PairSet) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Cut one crop's pairs into tiles whose field (pairs' bounding box + :data:`LAYOUT_MARGIN_UM`) stays
+    within about :data:`LAYOUT_MAX_FIELD_UM` in y/x; each tile keeps the pairs whose nucleus lies in it.
+
+    Returns
+    -------
+    list of (nuclei_um, golgi_um)
+        Per tile, the pairs in µm ``(z, y, x)``, not yet shifted into a field.
+    """
+    nuclei, golgi = pairs.nuclei_um, pairs.golgi_um
+    margin = np.asarray(LAYOUT_MARGIN_UM)
+    span = np.ptp(np.concatenate([nuclei, golgi]), axis=0)
+    lo_n, hi_n = nuclei.min(axis=0), nuclei.max(axis=0)
+    counts = [1] + [max(1, math.ceil((span[a] + 2 * margin[a]) / LAYOUT_MAX_FIELD_UM)) for a in (1, 2)]
+    tiles = []
+    for ty in range(counts[1]):
+        for tx in range(counts[2]):
+            keep = np.ones(len(nuclei), dtype=bool)
+            for axis, t in ((1, ty), (2, tx)):
+                edges = np.linspace(lo_n[axis], hi_n[axis], counts[axis] + 1)
+                index = np.clip(np.searchsorted(edges, nuclei[:, axis], side="right") - 1, 0, counts[axis] - 1)
+                keep &= index == t
+            if keep.any():
+                tiles.append((nuclei[keep], golgi[keep]))
+    return tiles
+
+
+def layout_volumes(folder: str, presets: list[str], limit: Optional[int] = None) -> Iterator[tuple[Volume, PairSet]]:
+    """Simulated volumes laid out like the real annotated crops ``Crop*.csv`` in ``folder``.
+
+    Each crop (or tile, see :func:`crop_layouts`) gives one volume at the crop's voxel size, its field the
+    pairs' bounding box plus :data:`LAYOUT_MARGIN_UM`, with the seed ``LAYOUT_SEED + 100·crop + tile``. Crops
+    take ``presets`` in turn. ``limit`` keeps the first crops only.
+    """
+    files = sorted(Path(folder).glob("Crop*.csv"))
+    if not files:
+        raise SystemExit(f"No Crop*.csv files in {folder}.")
+    margin = np.asarray(LAYOUT_MARGIN_UM)
+    for k, path in enumerate(files[:limit]):
+        voxel = np.asarray(CROP_VOXEL_SIZE_BY_NAME.get(path.stem, CROP_VOXEL_SIZE))
+        pairs = read_legacy_csv(path, one_based=True, voxel_size=tuple(voxel))
+        for t, (nuclei, golgi) in enumerate(crop_layouts(pairs)):
+            points = np.concatenate([nuclei, golgi])
+            origin = points.min(axis=0) - margin
+            shape = tuple(int(n) for n in np.ceil((points.max(axis=0) + margin - origin) / voxel) + 1)
+            config = SimConfig(shape=shape, voxel_size=tuple(float(v) for v in voxel), preset=presets[k % len(presets)],
+                               seed=LAYOUT_SEED + 100 * k + t, layout_um=(nuclei - origin, golgi - origin))
+            volume, gt = simulate(config)
+            gt.meta["image"] = f"{path.stem}#{t}"
+            yield volume, gt
 
 
 def label(path: str, paths: list[str]) -> str:
@@ -55,9 +125,18 @@ def main() -> None:
     parser.add_argument("--embedding-delta", type=float, default=None, metavar="DELTA",
                         help="also run each --model decoded with this embedding margin (e.g. 1000: the "
                              "embeddings ignored, pairing by distance and peak strength alone)")
+    parser.add_argument("--layouts", default=None, metavar="DIR",
+                        help="volumes laid out like the real annotated Crop*.csv pairs in DIR (3D, the "
+                             "crops' voxel sizes) instead of --n random ones")
+    parser.add_argument("--limit", type=int, default=None, metavar="K", help="with --layouts: the first K crops only")
     args = parser.parse_args()
 
-    volumes = list(held_out_volumes(args.n, args.presets, dims=args.dims))
+    if args.layouts is not None:
+        volumes = list(layout_volumes(args.layouts, args.presets, args.limit))
+        source = f"{len(volumes)} layout volumes from {args.layouts}"
+    else:
+        volumes = list(held_out_volumes(args.n, args.presets, dims=args.dims))
+        source = f"{args.n} held-out {args.dims}D volumes"
     methods = {"classic": predict_classic}
     if args.model:
         from app.core.inference import Predictor
@@ -73,8 +152,7 @@ def main() -> None:
 
         members = args.ensemble or args.model
         methods["ensemble(" + "+".join(label(p, members) for p in members) + ")"] = Predictor.from_files(members, args.device)
-    print(f"{args.n} held-out {args.dims}D volumes, presets {args.presets}, "
-          f"{sum(len(p) for _, p in volumes)} GT pairs")
+    print(f"{source}, presets {args.presets}, {sum(len(p) for _, p in volumes)} GT pairs")
     print(f"{'method':28s} {'TPR@0':>7s} {'FDR@0':>7s} {'TPR@5':>7s} {'FDR@5':>7s} {'cos@0':>7s} {'s/vol':>7s}")
     for name, method in methods.items():
         scores, seconds = [], []

@@ -7,6 +7,8 @@ click it (the centroid of the object as rendered and visible in the volume).
 
 Everything is specified in µm and converted by the voxel size, so that the same seed gives physically the
 same scene at any voxel size (0.2–0.8 µm in xy, 0.25–1 µm in z). ``Z == 1`` gives a 2D image.
+``SimConfig.layout_um`` replaces the random layout by given nucleus and Golgi centroids (e.g. real
+annotations), which then are the ground truth.
 
 Main entry points
 -----------------
@@ -311,6 +313,14 @@ class SimConfig:
         Add shot and read noise (``False`` gives the noise-free expected image, for tests and figures).
     dtype : str
         ``"uint16"`` (12-bit-like camera range) or ``"uint8"`` (the same image scaled by 1/16).
+    layout_um : tuple, optional
+        A given layout instead of the random one: ``(nuclei, golgi)``, each N ``(z, y, x)`` centroids in µm
+        in the :class:`~app.core.pairs.PairSet` convention (voxel index × voxel size, so the centre of the
+        first voxel is 0), e.g. ``(pairs.nuclei_um, pairs.golgi_um)`` of real annotations shifted into the
+        field. Cell i's nucleus and Golgi are centred there (sizes, shapes, textures and distractors are
+        drawn as usual; nuclei shrink where they would swallow their Golgi or overlap neighbours) and the
+        ground truth is exactly these pairs. ``n_cells``, ``density_per_100um2`` and the polarity options
+        are then unused; every point must lie in the field. In 2D the z values are ignored.
     """
 
     shape: tuple[int, int, int] = (64, 256, 256)
@@ -348,6 +358,7 @@ class SimConfig:
     offset_adu: Optional[float] = None
     noise: bool = True
     dtype: str = "uint16"
+    layout_um: Optional[tuple] = None
 
     @property
     def is_2d(self) -> bool:
@@ -416,9 +427,11 @@ class SimConfig:
         if len(sizes) != 3 or min(sizes) <= 0:
             raise CellPolError(f"nucleus_size_um must be three positive numbers, got {self.nucleus_size_um!r}.")
         shapes_dir = None if self.shapes_dir is None else os.fspath(self.shapes_dir)
+        layout = None if self.layout_um is None else _resolve_layout(self.layout_um, shape, values["voxel_size"])
         return dataclasses.replace(
             self,
             shape=shape,
+            layout_um=layout,
             polarity_direction=direction,
             nucleus_size_um=sizes,
             shapes_dir=shapes_dir,
@@ -427,8 +440,53 @@ class SimConfig:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dictionary (tuples become lists when written)."""
-        return dataclasses.asdict(self)
+        """Plain JSON-ready dictionary (tuples become lists when written).
+
+        ``layout_um`` is left out while unset, so random configs keep the dictionary they always had.
+        """
+        out = dataclasses.asdict(self)
+        if out["layout_um"] is None:
+            del out["layout_um"]
+        return out
+
+
+def _resolve_layout(
+    layout: Any, shape: tuple[int, int, int], voxel: tuple[float, float, float]
+) -> tuple[tuple[tuple[float, float, float], ...], tuple[tuple[float, float, float], ...]]:
+    """``SimConfig.layout_um`` validated and frozen as nested tuples of floats (hashable, JSON-ready).
+
+    Raises
+    ------
+    CellPolError
+        Not two (N, 3) arrays of finite numbers, or a point outside the field.
+    """
+    try:
+        nuclei, golgi = (np.asarray(part, dtype=np.float64).reshape(-1, 3) for part in layout)
+    except (TypeError, ValueError):
+        raise CellPolError("layout_um must be (nuclei, golgi), each N (z, y, x) points in µm.") from None
+    if len(nuclei) != len(golgi):
+        raise CellPolError(f"layout_um has {len(nuclei)} nuclei but {len(golgi)} Golgi; they must pair up.")
+    points = np.concatenate([nuclei, golgi])
+    if not np.all(np.isfinite(points)):
+        raise CellPolError("layout_um has non-finite coordinates.")
+    if shape[0] == 1:
+        nuclei[:, 0] = 0.0
+        golgi[:, 0] = 0.0
+        points = np.concatenate([nuclei, golgi])
+    # Voxel i covers [i - ½, i + ½] in voxel units: the field is [-½, shape - ½] × voxel.
+    lo = -0.5 * np.asarray(voxel)
+    hi = (np.asarray(shape) - 0.5) * np.asarray(voxel)
+    outside = np.any((points < lo - 1e-9) | (points > hi + 1e-9), axis=1)
+    if np.any(outside):
+        first = points[np.argmax(outside)]
+        raise CellPolError(
+            f"layout_um: {int(outside.sum())} point(s) lie outside the field of {shape} voxels, "
+            f"e.g. {tuple(round(float(v), 3) for v in first)} µm."
+        )
+    return (
+        tuple(tuple(float(v) for v in row) for row in nuclei),
+        tuple(tuple(float(v) for v in row) for row in golgi),
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -673,55 +731,61 @@ def _sample_scene(cfg: SimConfig, rng: np.random.Generator) -> _Scene:
         lo = np.zeros(3)
         return bool(np.all(p >= lo - 1e-9) and np.all(p <= extent + 1e-9))
 
-    # --- nuclei: random sequential addition with a minimum distance and limited overlap -----------------
-    nuclei: list[_Nucleus] = []
-    layout = _Layout()
-    n_inside_done = 0
-    attempts = 0
-    max_attempts = 60 * max(n_total_target, 1) + 200
-    while n_inside_done < n_inside and attempts < max_attempts:
-        attempts += 1
-        yx = rng.uniform(lo_yx, hi_yx)
-        shape_mask = None
-        if shapes_n:
-            shape_mask = _transform_shape(rng, shapes_n[rng.integers(len(shapes_n))], cfg.shapes_voxel_size)
-            a, b, angle, c = _mask_ellipse(shape_mask, cfg.shapes_voxel_size)
-            tilt = 0.0
-        else:
-            jitter = rng.uniform(1.0 - cfg.size_jitter, 1.0 + cfg.size_jitter, 3)
-            a, b, c = major0 * jitter[0], minor0 * jitter[1], thick0 * jitter[2]
-            if b > a:
-                a, b = b, a
-            angle = rng.uniform(0.0, np.pi)
-            tilt = 0.0 if is_2d else float(np.clip(rng.normal(0.0, math.radians(5.0)), -0.2, 0.2))
-        if is_2d:
-            z = 0.0
-            c = math.inf
-        else:
-            z = layer_z(yx[0], yx[1]) + rng.normal(0.0, 0.4)
-            half = min(c, extent[0] / 2.0)
-            z = float(np.clip(z, half, max(half, extent[0] - half)))
-        centre = np.array([z, yx[0], yx[1]])
-        if not layout.accepts(centre, a, b, angle, cfg.min_nucleus_distance_um, cfg.nucleus_overlap):
-            continue
-        if rng.uniform() < cfg.dim_fraction:
-            brightness = rng.uniform(0.2, 0.4)
-        else:
-            brightness = float(np.clip(rng.lognormal(0.0, 0.2), 0.6, 1.6))
-        rotation = _rotation(angle, tilt)
-        harmonics = np.stack([np.arange(2, 5), rng.normal(0.0, 0.045, 3), rng.uniform(0, 2 * np.pi, 3)], axis=1)
-        spots, spot_gain, nucleoli = _sample_nuclear_spots(rng, centre, rotation, (a, b, c), is_2d)
-        nuclei.append(
-            _Nucleus(centre, (a, b, c), angle, rotation, brightness, harmonics, spots, spot_gain, nucleoli, shape_mask)
-        )
-        layout.add(centre, a, b, angle)
-        if inside(centre):
-            n_inside_done += 1
+    if cfg.layout_um is not None:
+        # --- a given layout: cells where the annotations put them ----------------------------------------
+        nuclei, golgi, layout = _layout_cells(cfg, rng, shapes_n, shapes_g)
+        n_inside = len(nuclei)
+    else:
+        # --- nuclei: random sequential addition with a minimum distance and limited overlap -------------
+        nuclei: list[_Nucleus] = []
+        layout = _Layout()
+        n_inside_done = 0
+        attempts = 0
+        max_attempts = 60 * max(n_total_target, 1) + 200
+        while n_inside_done < n_inside and attempts < max_attempts:
+            attempts += 1
+            yx = rng.uniform(lo_yx, hi_yx)
+            shape_mask = None
+            if shapes_n:
+                shape_mask = _transform_shape(rng, shapes_n[rng.integers(len(shapes_n))], cfg.shapes_voxel_size)
+                a, b, angle, c = _mask_ellipse(shape_mask, cfg.shapes_voxel_size)
+                tilt = 0.0
+            else:
+                jitter = rng.uniform(1.0 - cfg.size_jitter, 1.0 + cfg.size_jitter, 3)
+                a, b, c = major0 * jitter[0], minor0 * jitter[1], thick0 * jitter[2]
+                if b > a:
+                    a, b = b, a
+                angle = rng.uniform(0.0, np.pi)
+                tilt = 0.0 if is_2d else float(np.clip(rng.normal(0.0, math.radians(5.0)), -0.2, 0.2))
+            if is_2d:
+                z = 0.0
+                c = math.inf
+            else:
+                z = layer_z(yx[0], yx[1]) + rng.normal(0.0, 0.4)
+                half = min(c, extent[0] / 2.0)
+                z = float(np.clip(z, half, max(half, extent[0] - half)))
+            centre = np.array([z, yx[0], yx[1]])
+            if not layout.accepts(centre, a, b, angle, cfg.min_nucleus_distance_um, cfg.nucleus_overlap):
+                continue
+            if rng.uniform() < cfg.dim_fraction:
+                brightness = rng.uniform(0.2, 0.4)
+            else:
+                brightness = float(np.clip(rng.lognormal(0.0, 0.2), 0.6, 1.6))
+            rotation = _rotation(angle, tilt)
+            harmonics = np.stack([np.arange(2, 5), rng.normal(0.0, 0.045, 3), rng.uniform(0, 2 * np.pi, 3)], axis=1)
+            spots, spot_gain, nucleoli = _sample_nuclear_spots(rng, centre, rotation, (a, b, c), is_2d)
+            nuclei.append(
+                _Nucleus(centre, (a, b, c), angle, rotation, brightness, harmonics, spots, spot_gain, nucleoli,
+                         shape_mask)
+            )
+            layout.add(centre, a, b, angle)
+            if inside(centre):
+                n_inside_done += 1
 
-    # --- Golgi: beside (or on top of) its own nucleus, closer to it than to any other --------------------
-    golgi: list[Optional[_Golgi]] = []
-    for i, nucleus in enumerate(nuclei):
-        golgi.append(_sample_golgi(cfg, rng, i, nuclei, layout, golgi, shapes_g))
+        # --- Golgi: beside (or on top of) its own nucleus, closer to it than to any other ----------------
+        golgi: list[Optional[_Golgi]] = []
+        for i, nucleus in enumerate(nuclei):
+            golgi.append(_sample_golgi(cfg, rng, i, nuclei, layout, golgi, shapes_g))
 
     # --- distractors ------------------------------------------------------------------------------------
     area_ext = ext_area / 10000.0
@@ -749,6 +813,149 @@ def _sample_scene(cfg: SimConfig, rng: np.random.Generator) -> _Scene:
         spheres[:, 3] = rng.uniform(0.5, 1.2, k)
         fragments.append((spheres, float(rng.uniform(1.2, 2.0))))
     return _Scene(nuclei, golgi, vessels, dirt, fragments, illumination, background, z_mid, n_inside)
+
+
+#: Least clearance (µm) between a nucleus' edge and its own Golgi centroid when a layout puts the Golgi beside it.
+_LAYOUT_GOLGI_CLEARANCE_UM = 1.0
+#: Smallest in-plane semi-axis (µm) a layout nucleus is shrunk to.
+_LAYOUT_MIN_SEMI_AXIS_UM = 2.0
+#: Smallest half-thickness (µm) a layout nucleus is flattened to.
+_LAYOUT_MIN_HALF_THICKNESS_UM = 1.0
+
+
+def _layout_cells(
+    cfg: SimConfig,
+    rng: np.random.Generator,
+    shapes_n: tuple[np.ndarray, ...],
+    shapes_g: tuple[np.ndarray, ...],
+) -> tuple[list[_Nucleus], list[Optional[_Golgi]], _Layout]:
+    """Nuclei and Golgi centred on the points of ``cfg.layout_um`` (see :class:`SimConfig`).
+
+    Each nucleus' size, shape, orientation, brightness and spots are drawn as in the random layout. Its
+    in-plane semi-axes then shrink (keeping their ratio, down to :data:`_LAYOUT_MIN_SEMI_AXIS_UM`) so that
+    it leaves :data:`_LAYOUT_GOLGI_CLEARANCE_UM` around its own Golgi, does not cover another cell's Golgi
+    and overlaps its neighbours by at most ``nucleus_overlap``; a Golgi too close in-plane for that is
+    taken to lie on top of its nucleus, which flattens instead. A nucleus also flattens to fit the
+    field's depth. The Golgi is today's blob cluster or real shape, curving around its nucleus.
+    """
+    is_2d = cfg.is_2d
+    voxel = np.asarray(cfg.voxel_size)
+    extent = np.asarray(cfg.shape) * voxel
+    # PairSet µm (voxel index × size) → scene µm (voxel i centred at (i + ½) · size).
+    nuc_um = np.asarray(cfg.layout_um[0], dtype=np.float64).reshape(-1, 3) + 0.5 * voxel
+    gol_um = np.asarray(cfg.layout_um[1], dtype=np.float64).reshape(-1, 3) + 0.5 * voxel
+    if is_2d:
+        nuc_um[:, 0] = 0.0
+        gol_um[:, 0] = 0.0
+    n = len(nuc_um)
+    major0, minor0, thick0 = (s / 2.0 for s in cfg.nucleus_size_um)
+
+    # Draw every nucleus' own shape first, as the random layout does.
+    masks: list[Optional[np.ndarray]] = []
+    axes = np.zeros((n, 3))
+    angles = np.zeros(n)
+    tilts = np.zeros(n)
+    for i in range(n):
+        if shapes_n:
+            mask = _transform_shape(rng, shapes_n[rng.integers(len(shapes_n))], cfg.shapes_voxel_size)
+            a, b, angle, c = _mask_ellipse(mask, cfg.shapes_voxel_size)
+            tilt = 0.0
+        else:
+            mask = None
+            jitter = rng.uniform(1.0 - cfg.size_jitter, 1.0 + cfg.size_jitter, 3)
+            a, b, c = major0 * jitter[0], minor0 * jitter[1], thick0 * jitter[2]
+            if b > a:
+                a, b = b, a
+            angle = rng.uniform(0.0, np.pi)
+            tilt = 0.0 if is_2d else float(np.clip(rng.normal(0.0, math.radians(5.0)), -0.2, 0.2))
+        masks.append(mask)
+        axes[i] = (a, b, math.inf if is_2d else c)
+        angles[i] = angle
+        tilts[i] = tilt
+
+    # In-plane scale s_i of each nucleus and its half-thickness.
+    s_min = np.minimum(1.0, _LAYOUT_MIN_SEMI_AXIS_UM / axes[:, 1])
+    scale = np.ones(n)
+    thick = axes[:, 2].copy()
+    on_top = np.zeros(n, dtype=bool)
+    for i in range(n):
+        d = gol_um[i] - nuc_um[i]
+        planar = float(np.hypot(d[1], d[2]))
+        edge = float(_edge_radius(axes[i, 0], axes[i, 1], angles[i], math.atan2(d[1], d[2])))
+        need = (planar - _LAYOUT_GOLGI_CLEARANCE_UM) / edge
+        if need >= s_min[i]:
+            scale[i] = min(1.0, need)
+        else:
+            on_top[i] = True
+            if not is_2d:
+                thick[i] = min(thick[i], max(abs(d[0]) - 0.5, _LAYOUT_MIN_HALF_THICKNESS_UM))
+        if not is_2d:  # fit the field's depth
+            room = min(nuc_um[i, 0], extent[0] - nuc_um[i, 0])
+            thick[i] = max(min(thick[i], room), _LAYOUT_MIN_HALF_THICKNESS_UM)
+    # Another cell's Golgi stays outside this nucleus (unless it is above or below it).
+    for i in range(n):
+        d = gol_um - nuc_um[i]
+        near = np.hypot(d[:, 1], d[:, 2]) < 1.5 * axes[i, 0]
+        near[i] = False
+        if not is_2d:
+            near &= np.abs(d[:, 0]) < thick[i] + 0.5
+        for j in np.flatnonzero(near):
+            edge = float(_edge_radius(axes[i, 0], axes[i, 1], angles[i], math.atan2(d[j, 1], d[j, 2])))
+            limit = (float(np.hypot(d[j, 1], d[j, 2])) - 0.5 * _LAYOUT_GOLGI_CLEARANCE_UM) / edge
+            scale[i] = max(s_min[i], min(scale[i], limit))
+    # Neighbours overlap by at most ``nucleus_overlap`` of their reach (shrinking both alike).
+    close = []
+    for i in range(n):
+        for j in range(i + 1, n):
+            d = nuc_um[j] - nuc_um[i]
+            planar = float(np.hypot(d[1], d[2]))
+            if planar >= axes[i, 0] + axes[j, 0] or (not is_2d and abs(d[0]) >= thick[i] + thick[j]):
+                continue
+            direction = math.atan2(d[1], d[2])
+            e_i = float(_edge_radius(axes[i, 0], axes[i, 1], angles[i], direction))
+            e_j = float(_edge_radius(axes[j, 0], axes[j, 1], angles[j], direction))
+            close.append((i, j, planar / (1.0 - cfg.nucleus_overlap), e_i, e_j))
+    for _sweep in range(4):
+        for i, j, limit, e_i, e_j in close:
+            reach = scale[i] * e_i + scale[j] * e_j
+            if reach > limit:
+                scale[i] = max(s_min[i], scale[i] * limit / reach)
+                scale[j] = max(s_min[j], scale[j] * limit / reach)
+
+    nuclei: list[_Nucleus] = []
+    golgi: list[Optional[_Golgi]] = []
+    layout = _Layout()
+    for i in range(n):
+        centre = nuc_um[i]
+        a, b = axes[i, 0] * scale[i], axes[i, 1] * scale[i]
+        c = math.inf if is_2d else float(thick[i])
+        mask = masks[i]
+        if mask is not None and (scale[i] < 1.0 or (not is_2d and c < axes[i, 2])):
+            factors = (1.0 if is_2d else c / axes[i, 2], scale[i], scale[i])
+            mask = np.clip(ndi.zoom(mask, factors, order=1, prefilter=False), 0.0, 1.0).astype(np.float32)
+        if rng.uniform() < cfg.dim_fraction:
+            brightness = rng.uniform(0.2, 0.4)
+        else:
+            brightness = float(np.clip(rng.lognormal(0.0, 0.2), 0.6, 1.6))
+        rotation = _rotation(float(angles[i]), float(tilts[i]))
+        harmonics = np.stack([np.arange(2, 5), rng.normal(0.0, 0.045, 3), rng.uniform(0, 2 * np.pi, 3)], axis=1)
+        spots, spot_gain, nucleoli = _sample_nuclear_spots(rng, centre, rotation, (a, b, c), is_2d)
+        nucleus = _Nucleus(centre, (a, b, c), float(angles[i]), rotation, brightness, harmonics, spots, spot_gain,
+                           nucleoli, mask)
+        nuclei.append(nucleus)
+        layout.add(centre, a, b, float(angles[i]))
+
+        target = gol_um[i]
+        d = target - centre
+        direction = math.atan2(d[1], d[2]) if np.hypot(d[1], d[2]) > 1e-9 else rng.uniform(0.0, 2.0 * np.pi)
+        g_brightness = brightness * rng.uniform(0.8, 1.2)
+        if shapes_g:
+            g_mask = _transform_shape(rng, shapes_g[rng.integers(len(shapes_g))], cfg.shapes_voxel_size)
+            golgi.append(_Golgi(target.copy(), np.zeros((0, 4)), np.zeros(0), 1.0, g_brightness, g_mask))
+        else:
+            spheres, weights, flat = _golgi_spheres(rng, centre, target, direction, bool(on_top[i]), is_2d)
+            golgi.append(_Golgi(target.copy(), spheres, weights, flat, g_brightness))
+    return nuclei, golgi, layout
 
 
 def _sample_nuclear_spots(
@@ -1132,8 +1339,13 @@ def _render_mask_object(
     rng: np.random.Generator,
     rim: float,
     texture: float,
+    subvoxel: bool = False,
 ):
-    """Resample a soft real-shape mask to the canvas voxel size and place its centroid at ``centre_um``."""
+    """Resample a soft real-shape mask to the canvas voxel size and place its centroid at ``centre_um``.
+
+    The placement is rounded to whole voxels unless ``subvoxel``, which shifts the resampled mask by the
+    remaining fraction (linear interpolation, so its centroid lands on ``centre_um``).
+    """
     voxel = canvas.voxel
     src = np.asarray(canvas.shapes_voxel, dtype=np.float64)
     if canvas.is_2d:
@@ -1161,6 +1373,13 @@ def _render_mask_object(
         target[0] = 0.0
         local_centroid[0] = 0.0
     start = np.round(target - local_centroid).astype(int)
+    if subvoxel:
+        fraction = target - local_centroid - start
+        pad = [(0, 0) if canvas.is_2d and axis == 0 else (1, 1) for axis in range(3)]
+        occ = ndi.shift(np.pad(occ, pad), fraction, order=1, mode="constant", prefilter=False)
+        if profile is not None:
+            profile = ndi.shift(np.pad(profile, pad), fraction, order=1, mode="nearest", prefilter=False)
+        start = start - np.array([p[0] for p in pad])
     stop = start + np.asarray(occ.shape)
     lo = np.maximum(start, 0)
     hi = np.minimum(stop, np.asarray(canvas.shape))
@@ -1381,7 +1600,9 @@ def simulate(config: Optional[SimConfig] = None, **overrides: Any) -> tuple[Volu
     pairs : PairSet
         One pair per cell whose nucleus centre and Golgi lie in the volume: the occupancy-weighted
         centroids (voxels ``(z, y, x)``) of the nucleus and Golgi as rendered and visible, i.e. where an
-        annotator would click. ``sources = "simulated"``; ``meta`` has the config and ``image_shape_zyx``.
+        annotator would click. With ``layout_um`` set, exactly the given pairs (each object rendered with
+        its centroid on its point; ``meta["scene"]["layout_max_centroid_error_um"]`` says how closely).
+        ``sources = "simulated"``; ``meta`` has the config and ``image_shape_zyx``.
 
     Raises
     ------
@@ -1425,7 +1646,10 @@ def simulate(config: Optional[SimConfig] = None, **overrides: Any) -> tuple[Volu
 
     nuclei_gt, golgi_gt = [], []
     dropped = {"nucleus_outside": 0, "golgi_missing": 0, "golgi_outside": 0, "too_long": 0}
-    for nucleus, golgi in zip(scene.nuclei, scene.golgi):
+    if cfg.layout_um is not None:
+        nuclei_gt, golgi_gt, layout_error = _render_layout_cells(cfg, canvas, scene, render_rng)
+    random_cells = zip(scene.nuclei, scene.golgi) if cfg.layout_um is None else ()
+    for nucleus, golgi in random_cells:
         rendered = _render_nucleus(canvas, nucleus, render_rng)
         nucleus_centroid = None
         if rendered is not None:
@@ -1522,6 +1746,8 @@ def simulate(config: Optional[SimConfig] = None, **overrides: Any) -> tuple[Volu
         "n_fragments": len(scene.fragments),
         "dropped": dropped,
     }
+    if cfg.layout_um is not None:
+        counts["layout_max_centroid_error_um"] = layout_error
     volume = Volume(
         data,
         voxel_size=cfg.voxel_size,
@@ -1539,6 +1765,98 @@ def simulate(config: Optional[SimConfig] = None, **overrides: Any) -> tuple[Volu
         meta={"generator": GENERATOR, "config": config_dict, "image_shape_zyx": list(shape), "scene": counts},
     )
     return volume, pairs
+
+
+def _render_centred(canvas: _Canvas, render, target_vox: np.ndarray, seed: int, tolerance_um: float = 0.002):
+    """Render an object so that its occupancy-weighted centroid lies on ``target_vox``.
+
+    ``render(offset_um, rng)`` renders the object moved by ``offset_um``; it is re-rendered with the moved
+    offset (and a fresh generator from ``seed``, so its texture does not change) until the centroid is
+    within ``tolerance_um`` or four tries are spent.
+
+    Returns
+    -------
+    rendered : tuple or None
+        ``(slices, occupancy, intensity)`` of the last try, ``None`` if the object is not visible.
+    error_um : float
+        Distance from the rendered centroid to the target (``inf`` when not visible).
+    """
+    offset = np.zeros(3)
+    rendered, error = None, math.inf
+    for _try in range(4):
+        rendered = render(offset, np.random.default_rng(seed))
+        if rendered is None:
+            return None, math.inf
+        centroid = canvas.centroid(rendered[0], rendered[1])
+        if centroid is None:
+            return None, math.inf
+        miss = (target_vox - centroid) * canvas.voxel
+        if canvas.is_2d:
+            miss[0] = 0.0
+        error = float(np.linalg.norm(miss))
+        if error <= tolerance_um:
+            break
+        offset = offset + miss
+    return rendered, error
+
+
+def _render_layout_cells(
+    cfg: SimConfig, canvas: _Canvas, scene: _Scene, rng: np.random.Generator
+) -> tuple[list[np.ndarray], list[np.ndarray], float]:
+    """Render the cells of a given layout, each object centred on its point; returns the layout as ground
+    truth (voxels) and the largest distance (µm) of a rendered centroid from its point."""
+    voxel = canvas.voxel
+    nuclei_gt = [np.asarray(p, dtype=np.float64) / voxel for p in cfg.layout_um[0]]
+    golgi_gt = [np.asarray(p, dtype=np.float64) / voxel for p in cfg.layout_um[1]]
+    worst = 0.0
+
+    def moved_nucleus(nucleus: _Nucleus, offset: np.ndarray) -> _Nucleus:
+        spots, nucleoli = nucleus.spots.copy(), nucleus.nucleoli.copy()
+        spots[:, :3] += offset
+        nucleoli[:, :3] += offset
+        return dataclasses.replace(nucleus, centre=nucleus.centre + offset, spots=spots, nucleoli=nucleoli)
+
+    for nucleus, golgi, target_n, target_g in zip(scene.nuclei, scene.golgi, nuclei_gt, golgi_gt):
+        if nucleus.shape_mask is not None:
+            def render_n(offset, gen, nucleus=nucleus):
+                moved = moved_nucleus(nucleus, offset)
+                got = _render_mask_object(canvas, moved.shape_mask, moved.centre, gen, 0.3, 0.28, subvoxel=True)
+                if got is None:
+                    return None
+                slices, occupancy, intensity = got
+                intensity = _add_spots(canvas, intensity, slices, moved.spots, moved.spot_gain, moved.nucleoli,
+                                       occupancy)
+                np.maximum(intensity, 0.0, out=intensity)
+                intensity *= np.float32(moved.brightness)
+                return slices, occupancy, intensity
+        else:
+            def render_n(offset, gen, nucleus=nucleus):
+                return _render_nucleus(canvas, moved_nucleus(nucleus, offset), gen)
+        rendered, error = _render_centred(canvas, render_n, target_n, int(rng.integers(2**63)))
+        worst = max(worst, error)
+        if rendered is not None:
+            slices, _occupancy, intensity = rendered
+            np.maximum(canvas.nuclei[slices], intensity, out=canvas.nuclei[slices])
+
+        if golgi.shape_mask is not None:
+            def render_g(offset, gen, golgi=golgi):
+                return _render_mask_object(canvas, golgi.shape_mask, golgi.centre + offset, gen, 0.0, 0.25,
+                                           subvoxel=True)
+        else:
+            def render_g(offset, gen, golgi=golgi):
+                spheres = golgi.spheres.copy()
+                spheres[:, :3] += offset
+                return _render_spheres(canvas, spheres, golgi.flat, golgi.weights)
+        rendered, error = _render_centred(canvas, render_g, target_g, int(rng.integers(2**63)))
+        worst = max(worst, error)
+        if rendered is not None:
+            slices, _occupancy, intensity = rendered
+            if golgi.shape_mask is None:
+                tex = _smooth_noise(rng, intensity.shape, 0.4 / voxel)
+                intensity = intensity * np.clip(1.0 + 0.2 * tex, 0.3, None)
+            intensity *= np.float32(golgi.brightness)
+            np.maximum(canvas.golgi[slices], intensity, out=canvas.golgi[slices])
+    return nuclei_gt, golgi_gt, worst
 
 
 def item_seed(seed: int, index: int) -> int:
