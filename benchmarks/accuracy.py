@@ -82,12 +82,14 @@ def crop_layouts(pairs: PairSet) -> list[tuple[np.ndarray, np.ndarray]]:
     return tiles
 
 
-def layout_volumes(folder: str, presets: list[str], limit: Optional[int] = None) -> Iterator[tuple[Volume, PairSet]]:
+def layout_volumes(folder: str, presets: list[str], limit: Optional[int] = None,
+                   shapes_dir: Optional[str] = None) -> Iterator[tuple[Volume, PairSet]]:
     """Simulated volumes laid out like the real annotated crops ``Crop*.csv`` in ``folder``.
 
     Each crop (or tile, see :func:`crop_layouts`) gives one volume at the crop's voxel size, its field the
     pairs' bounding box plus :data:`LAYOUT_MARGIN_UM`, with the seed ``LAYOUT_SEED + 100·crop + tile``. Crops
-    take ``presets`` in turn. ``limit`` keeps the first crops only.
+    take ``presets`` in turn. ``limit`` keeps the first crops only. ``shapes_dir``: every nucleus and Golgi
+    takes a real 3DNGMic mask shape (from the same retina data) instead of an analytic one.
     """
     files = sorted(Path(folder).glob("Crop*.csv"))
     if not files:
@@ -101,7 +103,8 @@ def layout_volumes(folder: str, presets: list[str], limit: Optional[int] = None)
             origin = points.min(axis=0) - margin
             shape = tuple(int(n) for n in np.ceil((points.max(axis=0) + margin - origin) / voxel) + 1)
             config = SimConfig(shape=shape, voxel_size=tuple(float(v) for v in voxel), preset=presets[k % len(presets)],
-                               seed=LAYOUT_SEED + 100 * k + t, layout_um=(nuclei - origin, golgi - origin))
+                               seed=LAYOUT_SEED + 100 * k + t, layout_um=(nuclei - origin, golgi - origin),
+                               shapes_dir=shapes_dir)
             volume, gt = simulate(config)
             gt.meta["image"] = f"{path.stem}#{t}"
             yield volume, gt
@@ -128,11 +131,15 @@ def main() -> None:
     parser.add_argument("--layouts", default=None, metavar="DIR",
                         help="volumes laid out like the real annotated Crop*.csv pairs in DIR (3D, the "
                              "crops' voxel sizes) instead of --n random ones")
+    parser.add_argument("--shapes-dir", default=None, metavar="DIR",
+                        help="with --layouts: draw every object from the real 3DNGMic masks in DIR (e.g. "
+                             "../shared/data/shapes_3dngmic) instead of analytic shapes; real retina nuclei are "
+                             "smaller than the analytic default, so fewer must shrink to fit the layout")
     parser.add_argument("--limit", type=int, default=None, metavar="K", help="with --layouts: the first K crops only")
     args = parser.parse_args()
 
     if args.layouts is not None:
-        volumes = list(layout_volumes(args.layouts, args.presets, args.limit))
+        volumes = list(layout_volumes(args.layouts, args.presets, args.limit, args.shapes_dir))
         source = f"{len(volumes)} layout volumes from {args.layouts}"
     else:
         volumes = list(held_out_volumes(args.n, args.presets, dims=args.dims))

@@ -63,3 +63,45 @@ def test_calibration_seed_defaults_to_the_training_seed_and_can_be_fixed(monkeyp
     starter.main(["--out", out, "--calibrate-only", "--seed", "7"])
     starter.main(["--out", out, "--calibrate-only", "--seed", "7", "--calibration-seed", "1000"])
     assert seen == [7, 1000]
+
+
+def test_crowded_layouts_draw_within_ranges_and_bring_nuclei_closer():
+    import numpy as np
+    from scipy.spatial import cKDTree
+
+    from app.core.simulate import LAYOUT_SCALES, LAYOUT_VARIATION, SimConfig, simulate, varied_layout_options
+
+    draws = [varied_layout_options(np.random.default_rng(s)) for s in range(30)]
+    assert varied_layout_options(np.random.default_rng(4)) == draws[4]
+    lo, hi = LAYOUT_VARIATION["min_nucleus_distance_um"]
+    assert all(lo <= d["min_nucleus_distance_um"] <= hi for d in draws)
+    lo, hi = LAYOUT_SCALES["nucleus_size"]
+    majors = [d["nucleus_size_um"][0] / SimConfig().nucleus_size_um[0] for d in draws]
+    assert lo <= min(majors) and max(majors) <= hi and max(majors) / min(majors) > 1.5
+
+    def close_fraction(options):
+        near = []
+        for seed in range(3):
+            volume, pairs = simulate(SimConfig(shape=(6, 240, 240), voxel_size=(1.0, 0.5, 0.5), seed=seed,
+                                               density_per_100um2=0.45, noise=False, **options))
+            centres = pairs.nuclei * np.asarray(volume.voxel_size)
+            near.extend(cKDTree(centres).query(centres, 2)[0][:, 1] < 7.0)
+        return float(np.mean(near))
+
+    crowded = {"min_nucleus_distance_um": 2.0, "nucleus_size_um": tuple(0.45 * s for s in SimConfig().nucleus_size_um)}
+    assert close_fraction(crowded) > close_fraction({}) + 0.05
+
+
+def test_vary_layout_leaves_the_other_draws_alone(monkeypatch):
+    import app.core.simulate as simulate_module
+    from app.training.starter import validation_set
+
+    seen = []
+    real = simulate_module.simulate
+    monkeypatch.setattr(simulate_module, "simulate", lambda config: seen.append(config) or real(config))
+    for vary_layout in (False, True):
+        validation_set(["confocal"], 3, n=1, dims=2, vary_samples=True, vary_layout=vary_layout)
+    plain, crowded = seen
+    assert crowded.seed == plain.seed and crowded.voxel_size == plain.voxel_size
+    assert crowded.photons_nucleus == plain.photons_nucleus
+    assert crowded.nucleus_size_um != plain.nucleus_size_um

@@ -69,6 +69,9 @@ def main(argv=None) -> int:
                         help="hard negatives: background voxels weigh 1 + λ·(r − 1)·prediction (0: off)")
     parser.add_argument("--push-radius", type=float, default=0.0, metavar="UM",
                         help="push apart only pairs whose centroids are within this distance (0: all pairs)")
+    parser.add_argument("--vary-layout", action="store_true",
+                        help="scenes (training and calibration) also draw smaller nuclei allowed closer together "
+                             "(app.core.simulate.LAYOUT_VARIATION), as crowded as real retina layouts")
     parser.add_argument("--calibrate-only", action="store_true",
                         help="skip training: calibrate the decoding of the existing <out>.json and save it again")
     parser.add_argument("--calibration-volumes", type=int, default=6,
@@ -86,7 +89,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     calibration_seed = args.seed if args.calibration_seed is None else args.calibration_seed
     if args.calibrate_only:
-        calibrate_and_save(out, args.presets, calibration_seed, args.dims, args.calibration_volumes, args.vary_samples)
+        calibrate_and_save(out, args.presets, calibration_seed, args.dims, args.calibration_volumes, args.vary_samples,
+                           args.vary_layout)
         return 0
     checkpoints = out.with_name(out.name + ".checkpoints")
     network = NetworkConfig.for_voxel_size(MODEL_VOXEL_SIZE, spatial_dims=args.dims, architecture=args.architecture,
@@ -115,9 +119,10 @@ def main(argv=None) -> int:
         "data": ("cellpol simulator, voxel sizes xy U(0.2,0.8) z U(0.25,1.0) µm" if args.dims == 3
                  else "cellpol simulator, single planes, voxel sizes xy U(0.2,0.8) µm")
                 + (", 40% real 3DNGMic masks" if args.shapes_dir else "")
-                + (", varied samples (SAMPLE_VARIATION)" if args.vary_samples else ""),
+                + (", varied samples (SAMPLE_VARIATION)" if args.vary_samples else "")
+                + (", crowded layouts (LAYOUT_VARIATION)" if args.vary_layout else ""),
         "presets": list(args.presets), "pool_volumes": args.pool, "vary_samples": args.vary_samples,
-        "refresh_every": args.refresh_every,
+        "vary_layout": args.vary_layout, "refresh_every": args.refresh_every,
         "patch_shape_zyx": list(patch_shape),
         "train": train_config_dict(config), "host": platform.node(), "python": platform.python_version(),
         "continued_from": init_provenance,
@@ -128,7 +133,8 @@ def main(argv=None) -> int:
 
     def new_pool(n: int, seed: int):
         return synthetic_pool(n, MODEL_VOXEL_SIZE, seed, presets=args.presets, shapes_dir=args.shapes_dir,
-                              field_um=POOL_FIELD_UM[args.dims], vary_samples=args.vary_samples)
+                              field_um=POOL_FIELD_UM[args.dims], vary_samples=args.vary_samples,
+                              vary_layout=args.vary_layout)
 
     sampler = PatchSampler(new_pool(args.pool, args.seed * 1000), patch_shape)
     started = time.time()
@@ -153,7 +159,8 @@ def main(argv=None) -> int:
                       provenance=provenance, name=spec.name, description=spec.description)
     path = save_model(out, model, final)
     print(f"saved {path}")
-    calibrate_and_save(out, args.presets, calibration_seed, args.dims, args.calibration_volumes, args.vary_samples)
+    calibrate_and_save(out, args.presets, calibration_seed, args.dims, args.calibration_volumes, args.vary_samples,
+                           args.vary_layout)
     return 0
 
 
@@ -171,13 +178,14 @@ def transfer_weights(source, network: NetworkConfig, out: Path) -> Path:
     return save_model(out, target, dataclasses.replace(spec, network=network))
 
 
-def validation_set(presets, seed: int, n: int = 6, dims: int = 3, vary_samples: bool = False):
+def validation_set(presets, seed: int, n: int = 6, dims: int = 3, vary_samples: bool = False,
+                   vary_layout: bool = False):
     """Simulator volumes (``dims`` = 2: single planes) from seeds the training pool never uses (< 1e6).
 
     ``vary_samples``: the scenes draw their sample and optics from the training ranges too
     (:func:`app.core.simulate.varied_sample_options`), so the decoding is chosen for varied data.
     """
-    from app.core.simulate import SimConfig, simulate, varied_sample_options
+    from app.core.simulate import SimConfig, simulate, varied_layout_options, varied_sample_options
 
     rng = np.random.default_rng(7_000_000 + seed)
     out = []
@@ -186,6 +194,8 @@ def validation_set(presets, seed: int, n: int = 6, dims: int = 3, vary_samples: 
         shape = (max(1, round(18 / vz)) if dims == 3 else 1, round(120 / vxy), round(120 / vxy))
         preset = presets[k % len(presets)]
         options = varied_sample_options(rng, preset) if vary_samples else {}
+        if vary_layout:
+            options.update(varied_layout_options(np.random.default_rng([seed, k, 2])))
         config = SimConfig(shape=shape, voxel_size=(vz, vxy, vxy), preset=preset,
                            seed=int(rng.integers(1_000_000, 2**31)), **options)
         out.append(simulate(config))
@@ -193,7 +203,7 @@ def validation_set(presets, seed: int, n: int = 6, dims: int = 3, vary_samples: 
 
 
 def calibrate_and_save(out: Path, presets, seed: int, dims: int = 3, n_volumes: int = 6,
-                       vary_samples: bool = False) -> None:
+                       vary_samples: bool = False, vary_layout: bool = False) -> None:
     """Choose decoding thresholds on validation volumes (TPR − FDR at τL = 5) and store them."""
     from app.core.inference import Predictor
     from app.training.calibrate import best_row, calibrate_decoding
@@ -201,14 +211,15 @@ def calibrate_and_save(out: Path, presets, seed: int, dims: int = 3, n_volumes: 
     model, spec = load_model(out.with_suffix(".json"))
     predictor = Predictor.from_modules([(model, spec)], "cpu")
     best, table = calibrate_decoding(predictor, validation_set(list(presets), seed, n=n_volumes, dims=dims,
-                                                                   vary_samples=vary_samples))
+                                                                   vary_samples=vary_samples, vary_layout=vary_layout))
     row = best_row(table)
     provenance = dict(spec.provenance)
     provenance["calibration"] = {
         "method": f"grid search maximising TPR - FDR at tauL=5 on {n_volumes} simulator validation volumes",
-        "presets": list(presets), "vary_samples": vary_samples, "best": row, "settings_tried": len(table),
+        "presets": list(presets), "vary_samples": vary_samples, "vary_layout": vary_layout, "best": row, "settings_tried": len(table),
         "command": f"python -m app.training.starter --out {out} --dims {dims} --seed {seed} "
-                   f"--calibration-volumes {n_volumes} --calibrate-only" + (" --vary-samples" if vary_samples else ""),
+                   f"--calibration-volumes {n_volumes} --calibrate-only" + (" --vary-samples" if vary_samples else "")
+                   + (" --vary-layout" if vary_layout else ""),
     }
     model, _ = load_model(out.with_suffix(".json"))
     save_model(out, model, ModelSpec(network=spec.network, voxel_size=spec.voxel_size, decoding=best,
