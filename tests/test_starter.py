@@ -105,3 +105,18 @@ def test_vary_layout_leaves_the_other_draws_alone(monkeypatch):
     assert crowded.seed == plain.seed and crowded.voxel_size == plain.voxel_size
     assert crowded.photons_nucleus == plain.photons_nucleus
     assert crowded.nucleus_size_um != plain.nucleus_size_um
+
+
+def test_scene_layout_options_crowd_the_requested_share_of_scenes():
+    import numpy as np
+
+    from app.core.simulate import scene_layout_options, varied_layout_options
+
+    keys = [(11, k) for k in range(400)]
+    assert all(scene_layout_options(key, 0.0) == {} for key in keys[:20])
+    assert scene_layout_options(keys[5], 1.0) == varied_layout_options(np.random.default_rng([11, 5, 2]))
+    share = np.mean([bool(scene_layout_options(key, 0.5)) for key in keys])
+    assert 0.4 < share < 0.6
+    # A crowded scene draws the same options whatever the share, so runs at different shares agree on it.
+    crowded = next(key for key in keys if scene_layout_options(key, 0.5))
+    assert scene_layout_options(crowded, 0.5) == scene_layout_options(crowded, 1.0)

@@ -269,6 +269,17 @@ def varied_layout_options(rng: np.random.Generator) -> dict:
     return options
 
 
+def scene_layout_options(key: Sequence[int], fraction: float) -> dict:
+    """Crowded-layout overrides (:func:`varied_layout_options`) for the scene with seed ``key``, or none.
+
+    A share ``fraction`` of scenes is crowded (1: all, 0: none); which ones, and their draws, come from
+    streams of their own (``key`` + 3 and ``key`` + 2), so a scene's other draws do not depend on it.
+    """
+    if fraction <= 0 or np.random.default_rng([*key, 3]).random() >= fraction:
+        return {}
+    return varied_layout_options(np.random.default_rng([*key, 2]))
+
+
 _PRESET_FIELDS = tuple(f.name for f in dataclasses.fields(Preset) if f.name != "description")
 
 

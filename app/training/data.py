@@ -186,7 +186,7 @@ def _crop_padded(image: np.ndarray, origin: np.ndarray, patch: np.ndarray) -> np
 def synthetic_pool(n: int, voxel_size: Sequence[float], seed: int, field_um: Sequence[float] = (20.0, 96.0, 96.0),
                    presets: Optional[Sequence[str]] = None, shapes_dir: Optional[Path] = None,
                    xy_range: Sequence[float] = (0.2, 0.8), z_range: Sequence[float] = (0.25, 1.0),
-                   real_shape_fraction: float = 0.4, vary_samples: bool = False, vary_layout: bool = False,
+                   real_shape_fraction: float = 0.4, vary_samples: bool = False, vary_layout: float = 0.0,
                    progress=None) -> list[PreparedVolume]:
     """``n`` simulator volumes at random voxel sizes, presets and object shapes, prepared at ``voxel_size``.
 
@@ -194,10 +194,11 @@ def synthetic_pool(n: int, voxel_size: Sequence[float], seed: int, field_um: Seq
     physical field, then resampled to the model's voxel size, as a user's image would be. With
     ``vary_samples`` each scene also draws its density, distractors, stain brightness and optics from
     :data:`app.core.simulate.SAMPLE_VARIATION` and ``SAMPLE_SCALES`` instead of taking its preset's fixed amounts.
-    ``vary_layout``: each scene also draws smaller, closer nuclei (:data:`app.core.simulate.LAYOUT_VARIATION`,
-    ``LAYOUT_SCALES``) from a stream of its own, so the other draws stay those of a run without it.
+    ``vary_layout``: that share of scenes (1: all) also draws smaller, closer nuclei
+    (:func:`app.core.simulate.scene_layout_options`) from streams of its own, so the other draws stay
+    those of a run without it.
     """
-    from app.core.simulate import PRESETS, SimConfig, simulate, varied_layout_options, varied_sample_options
+    from app.core.simulate import PRESETS, SimConfig, simulate, scene_layout_options, varied_sample_options
 
     presets = list(presets or PRESETS)
     rng = np.random.default_rng(seed)
@@ -212,8 +213,7 @@ def synthetic_pool(n: int, voxel_size: Sequence[float], seed: int, field_um: Seq
         preset = presets[k % len(presets)]
         if vary_samples:
             options.update(varied_sample_options(rng, preset))
-        if vary_layout:
-            options.update(varied_layout_options(np.random.default_rng([seed, k, 2])))
+        options.update(scene_layout_options((seed, k), vary_layout))
         config = SimConfig(shape=shape, voxel_size=(vz, vxy, vxy), preset=preset,
                            seed=int(rng.integers(2**31)), **options)
         volume, pairs = simulate(config)

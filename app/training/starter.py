@@ -69,9 +69,10 @@ def main(argv=None) -> int:
                         help="hard negatives: background voxels weigh 1 + λ·(r − 1)·prediction (0: off)")
     parser.add_argument("--push-radius", type=float, default=0.0, metavar="UM",
                         help="push apart only pairs whose centroids are within this distance (0: all pairs)")
-    parser.add_argument("--vary-layout", action="store_true",
-                        help="scenes (training and calibration) also draw smaller nuclei allowed closer together "
-                             "(app.core.simulate.LAYOUT_VARIATION), as crowded as real retina layouts")
+    parser.add_argument("--vary-layout", type=float, nargs="?", const=1.0, default=0.0, metavar="SHARE",
+                        help="that share of scenes (training and calibration; alone: all) draws smaller nuclei "
+                             "allowed closer together (app.core.simulate.LAYOUT_VARIATION), as crowded as real "
+                             "retina layouts")
     parser.add_argument("--calibrate-only", action="store_true",
                         help="skip training: calibrate the decoding of the existing <out>.json and save it again")
     parser.add_argument("--calibration-volumes", type=int, default=6,
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
                  else "cellpol simulator, single planes, voxel sizes xy U(0.2,0.8) µm")
                 + (", 40% real 3DNGMic masks" if args.shapes_dir else "")
                 + (", varied samples (SAMPLE_VARIATION)" if args.vary_samples else "")
-                + (", crowded layouts (LAYOUT_VARIATION)" if args.vary_layout else ""),
+                + (f", crowded layouts (LAYOUT_VARIATION) in {args.vary_layout:.0%} of scenes" if args.vary_layout else ""),
         "presets": list(args.presets), "pool_volumes": args.pool, "vary_samples": args.vary_samples,
         "vary_layout": args.vary_layout, "refresh_every": args.refresh_every,
         "patch_shape_zyx": list(patch_shape),
@@ -179,13 +180,13 @@ def transfer_weights(source, network: NetworkConfig, out: Path) -> Path:
 
 
 def validation_set(presets, seed: int, n: int = 6, dims: int = 3, vary_samples: bool = False,
-                   vary_layout: bool = False):
+                   vary_layout: float = 0.0):
     """Simulator volumes (``dims`` = 2: single planes) from seeds the training pool never uses (< 1e6).
 
     ``vary_samples``: the scenes draw their sample and optics from the training ranges too
     (:func:`app.core.simulate.varied_sample_options`), so the decoding is chosen for varied data.
     """
-    from app.core.simulate import SimConfig, simulate, varied_layout_options, varied_sample_options
+    from app.core.simulate import SimConfig, simulate, scene_layout_options, varied_sample_options
 
     rng = np.random.default_rng(7_000_000 + seed)
     out = []
@@ -194,8 +195,7 @@ def validation_set(presets, seed: int, n: int = 6, dims: int = 3, vary_samples: 
         shape = (max(1, round(18 / vz)) if dims == 3 else 1, round(120 / vxy), round(120 / vxy))
         preset = presets[k % len(presets)]
         options = varied_sample_options(rng, preset) if vary_samples else {}
-        if vary_layout:
-            options.update(varied_layout_options(np.random.default_rng([seed, k, 2])))
+        options.update(scene_layout_options((seed, k), vary_layout))
         config = SimConfig(shape=shape, voxel_size=(vz, vxy, vxy), preset=preset,
                            seed=int(rng.integers(1_000_000, 2**31)), **options)
         out.append(simulate(config))
@@ -203,7 +203,7 @@ def validation_set(presets, seed: int, n: int = 6, dims: int = 3, vary_samples: 
 
 
 def calibrate_and_save(out: Path, presets, seed: int, dims: int = 3, n_volumes: int = 6,
-                       vary_samples: bool = False, vary_layout: bool = False) -> None:
+                       vary_samples: bool = False, vary_layout: float = 0.0) -> None:
     """Choose decoding thresholds on validation volumes (TPR − FDR at τL = 5) and store them."""
     from app.core.inference import Predictor
     from app.training.calibrate import best_row, calibrate_decoding
@@ -219,7 +219,7 @@ def calibrate_and_save(out: Path, presets, seed: int, dims: int = 3, n_volumes: 
         "presets": list(presets), "vary_samples": vary_samples, "vary_layout": vary_layout, "best": row, "settings_tried": len(table),
         "command": f"python -m app.training.starter --out {out} --dims {dims} --seed {seed} "
                    f"--calibration-volumes {n_volumes} --calibrate-only" + (" --vary-samples" if vary_samples else "")
-                   + (" --vary-layout" if vary_layout else ""),
+                   + (f" --vary-layout {vary_layout:g}" if vary_layout else ""),
     }
     model, _ = load_model(out.with_suffix(".json"))
     save_model(out, model, ModelSpec(network=spec.network, voxel_size=spec.voxel_size, decoding=best,
