@@ -273,7 +273,7 @@ def scene_layout_options(key: Sequence[int], fraction: float) -> dict:
     """Crowded-layout overrides (:func:`varied_layout_options`) for the scene with seed ``key``, or none.
 
     A share ``fraction`` of scenes is crowded (1: all, 0: none); which ones, and their draws, come from
-    streams of their own (``key`` + 3 and ``key`` + 2), so a scene's other draws do not depend on it.
+    streams of their own (seeds ``[*key, 3]`` and ``[*key, 2]``), so a scene's other draws do not depend on it.
     """
     if fraction <= 0 or np.random.default_rng([*key, 3]).random() >= fraction:
         return {}
@@ -490,7 +490,7 @@ def _resolve_layout(
         Not two (N, 3) arrays of finite numbers, or a point outside the field.
     """
     try:
-        nuclei, golgi = (np.asarray(part, dtype=np.float64).reshape(-1, 3) for part in layout)
+        nuclei, golgi = (np.array(part, dtype=np.float64).reshape(-1, 3) for part in layout)  # copies
     except (TypeError, ValueError):
         raise CellPolError("layout_um must be (nuclei, golgi), each N (z, y, x) points in µm.") from None
     if len(nuclei) != len(golgi):

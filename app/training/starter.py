@@ -121,7 +121,8 @@ def main(argv=None) -> int:
                  else "cellpol simulator, single planes, voxel sizes xy U(0.2,0.8) µm")
                 + (", 40% real 3DNGMic masks" if args.shapes_dir else "")
                 + (", varied samples (SAMPLE_VARIATION)" if args.vary_samples else "")
-                + (f", crowded layouts (LAYOUT_VARIATION) in {args.vary_layout:.0%} of scenes" if args.vary_layout else ""),
+                + (f", crowded layouts (LAYOUT_VARIATION) in {args.vary_layout:.0%} of scenes"
+                   if args.vary_layout else ""),
         "presets": list(args.presets), "pool_volumes": args.pool, "vary_samples": args.vary_samples,
         "vary_layout": args.vary_layout, "refresh_every": args.refresh_every,
         "patch_shape_zyx": list(patch_shape),
@@ -216,7 +217,8 @@ def calibrate_and_save(out: Path, presets, seed: int, dims: int = 3, n_volumes: 
     provenance = dict(spec.provenance)
     provenance["calibration"] = {
         "method": f"grid search maximising TPR - FDR at tauL=5 on {n_volumes} simulator validation volumes",
-        "presets": list(presets), "vary_samples": vary_samples, "vary_layout": vary_layout, "best": row, "settings_tried": len(table),
+        "presets": list(presets), "vary_samples": vary_samples, "vary_layout": vary_layout, "best": row,
+        "settings_tried": len(table),
         "command": f"python -m app.training.starter --out {out} --dims {dims} --seed {seed} "
                    f"--calibration-volumes {n_volumes} --calibrate-only" + (" --vary-samples" if vary_samples else "")
                    + (f" --vary-layout {vary_layout:g}" if vary_layout else ""),
