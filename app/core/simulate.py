@@ -264,8 +264,7 @@ def varied_layout_options(rng: np.random.Generator) -> dict:
     options = {name: float(rng.uniform(lo, hi)) for name, (lo, hi) in LAYOUT_VARIATION.items()}
     lo, hi = LAYOUT_SCALES["nucleus_size"]
     scale = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-    default = next(f.default for f in dataclasses.fields(SimConfig) if f.name == "nucleus_size_um")
-    options["nucleus_size_um"] = tuple(scale * s for s in default)
+    options["nucleus_size_um"] = tuple(scale * s for s in SimConfig.nucleus_size_um)  # the field's default
     return options
 
 
@@ -1265,10 +1264,14 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma_vox: S
     return smooth / std if std > 1e-6 else smooth
 
 
-def _render_nucleus(canvas: _Canvas, nucleus: _Nucleus, rng: np.random.Generator):
-    """Textured ellipsoid (or real shape) with a brighter rim, chromocentres and nucleoli."""
+def _render_nucleus(canvas: _Canvas, nucleus: _Nucleus, rng: np.random.Generator, subvoxel: bool = False):
+    """Textured ellipsoid (or real shape) with a brighter rim, chromocentres and nucleoli.
+
+    ``subvoxel``: a real shape is placed to a fraction of a voxel (see :func:`_render_mask_object`).
+    """
     if nucleus.shape_mask is not None:
-        rendered = _render_mask_object(canvas, nucleus.shape_mask, nucleus.centre, rng, rim=0.3, texture=0.28)
+        rendered = _render_mask_object(canvas, nucleus.shape_mask, nucleus.centre, rng, rim=0.3, texture=0.28,
+                                       subvoxel=subvoxel)
         if rendered is None:
             return None
         slices, occupancy, intensity = rendered
@@ -1695,11 +1698,7 @@ def simulate(config: Optional[SimConfig] = None, **overrides: Any) -> tuple[Volu
                 rendered_g = _render_spheres(canvas, golgi.spheres, golgi.flat, golgi.weights)
             if rendered_g is not None:
                 slices, occupancy, intensity = rendered_g
-                if golgi.shape_mask is None:
-                    tex = _smooth_noise(render_rng, intensity.shape, 0.4 / voxel)
-                    intensity = intensity * np.clip(1.0 + 0.2 * tex, 0.3, None)
-                intensity *= np.float32(golgi.brightness)
-                np.maximum(canvas.golgi[slices], intensity, out=canvas.golgi[slices])
+                _composite_golgi(canvas, golgi, slices, intensity, render_rng)
                 golgi_centroid = canvas.centroid(slices, occupancy)
             golgi_inside = bool(np.all(golgi.centre >= -1e-9) and np.all(golgi.centre <= extent + 1e-9))
         centre = nucleus.centre
@@ -1796,6 +1795,15 @@ def simulate(config: Optional[SimConfig] = None, **overrides: Any) -> tuple[Volu
     return volume, pairs
 
 
+def _composite_golgi(canvas: _Canvas, golgi: _Golgi, slices, intensity: np.ndarray, rng: np.random.Generator) -> None:
+    """Texture (blob Golgi only) and brighten a rendered Golgi, then combine it into the Golgi channel by maximum."""
+    if golgi.shape_mask is None:
+        tex = _smooth_noise(rng, intensity.shape, 0.4 / canvas.voxel)
+        intensity = intensity * np.clip(1.0 + 0.2 * tex, 0.3, None)
+    intensity *= np.float32(golgi.brightness)
+    np.maximum(canvas.golgi[slices], intensity, out=canvas.golgi[slices])
+
+
 def _render_centred(canvas: _Canvas, render, target_vox: np.ndarray, seed: int, tolerance_um: float = 0.002):
     """Render an object so that its occupancy-weighted centroid lies on ``target_vox``.
 
@@ -1846,21 +1854,8 @@ def _render_layout_cells(
         return dataclasses.replace(nucleus, centre=nucleus.centre + offset, spots=spots, nucleoli=nucleoli)
 
     for nucleus, golgi, target_n, target_g in zip(scene.nuclei, scene.golgi, nuclei_gt, golgi_gt):
-        if nucleus.shape_mask is not None:
-            def render_n(offset, gen, nucleus=nucleus):
-                moved = moved_nucleus(nucleus, offset)
-                got = _render_mask_object(canvas, moved.shape_mask, moved.centre, gen, 0.3, 0.28, subvoxel=True)
-                if got is None:
-                    return None
-                slices, occupancy, intensity = got
-                intensity = _add_spots(canvas, intensity, slices, moved.spots, moved.spot_gain, moved.nucleoli,
-                                       occupancy)
-                np.maximum(intensity, 0.0, out=intensity)
-                intensity *= np.float32(moved.brightness)
-                return slices, occupancy, intensity
-        else:
-            def render_n(offset, gen, nucleus=nucleus):
-                return _render_nucleus(canvas, moved_nucleus(nucleus, offset), gen)
+        def render_n(offset, gen, nucleus=nucleus):
+            return _render_nucleus(canvas, moved_nucleus(nucleus, offset), gen, subvoxel=True)
         rendered, error = _render_centred(canvas, render_n, target_n, int(rng.integers(2**63)))
         worst = max(worst, error)
         if rendered is not None:
@@ -1879,12 +1874,7 @@ def _render_layout_cells(
         rendered, error = _render_centred(canvas, render_g, target_g, int(rng.integers(2**63)))
         worst = max(worst, error)
         if rendered is not None:
-            slices, _occupancy, intensity = rendered
-            if golgi.shape_mask is None:
-                tex = _smooth_noise(rng, intensity.shape, 0.4 / voxel)
-                intensity = intensity * np.clip(1.0 + 0.2 * tex, 0.3, None)
-            intensity *= np.float32(golgi.brightness)
-            np.maximum(canvas.golgi[slices], intensity, out=canvas.golgi[slices])
+            _composite_golgi(canvas, golgi, rendered[0], rendered[2], rng)
     return nuclei_gt, golgi_gt, worst
 
 
