@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/accuracy.py [--model resources/models/cellpol_starter.json] \
         [--model OTHER.json ...] [--ensemble [A.json B.json]] [--n 8] [--presets retina confocal] \
-        [--embedding-delta 1000] [--layouts ../shared/data/retina3d_vectors [--limit K]]
+        [--embedding-delta 1000] [--layouts ../shared/data/retina3d_vectors [--limit K]] [--failures]
 
 Volumes come from seeds (≥ 10000) never used in training and, by default, the "retina" preset that the
 starter model never saw (it is trained on the other presets), at voxel sizes drawn per volume. With
@@ -110,6 +110,85 @@ def layout_volumes(folder: str, presets: list[str], limit: Optional[int] = None,
             yield volume, gt
 
 
+#: A peak within this many µm of an annotated nucleus / Golgi centroid counts as that object found.
+FOUND_NUCLEUS_UM, FOUND_GOLGI_UM = 3.0, 2.0
+#: A predicted end this close to a peak is that peak (mapped ends are clipped to the image by ≤ half a voxel;
+#: two peaks of a class are at least the 1 µm minimum distance apart).
+SAME_POINT_UM = 0.5
+
+
+def failure_modes(predictor, volumes: list[tuple[Volume, PairSet]]) -> dict[str, int]:
+    """Why a model misses cells and where its false vectors end, at τL = 0, inside the border margin.
+
+    Missed cells split into: no nucleus peak, no Golgi peak, neither, or both found but not paired together
+    (``paired_elsewhere``: the nucleus went to another Golgi peak, ``..._non_golgi``: one farther than
+    :data:`FOUND_GOLGI_UM` from every annotated Golgi, ``..._closer`` / ``..._stronger``: that peak was nearer
+    the nucleus / higher than the cell's own Golgi peak, ``own_golgi_unpaired``: the cell's Golgi peak went
+    to no nucleus). False vectors: ``fp_non_golgi`` (ending on such a peak), ``fp_non_nucleus`` (starting
+    on a peak far from every annotated nucleus).
+    """
+    from collections import Counter
+
+    from scipy.spatial.distance import cdist
+
+    counts: Counter = Counter()
+    for volume, gt in volumes:
+        output = predictor.run_network(volume)
+        pred = predictor.decode(output)
+        score = evaluate.score_pairs(gt, pred, image_shape=volume.spatial_shape)
+        scale = np.asarray(gt.voxel_size, dtype=np.float64)
+        (pos_n, _, h_n), (pos_g, _, h_g) = predictor.peaks(output)
+        peaks_n = output.resampling.to_input(pos_n) * scale if len(pos_n) else np.zeros((0, 3))
+        peaks_g = output.resampling.to_input(pos_g) * scale if len(pos_g) else np.zeros((0, 3))
+        margin = evaluate.border_margin_voxels(7.0, scale[2])
+        gt_inside = np.flatnonzero(evaluate.inside_border(gt, volume.spatial_shape[1:], margin))
+        pred_inside = np.flatnonzero(evaluate.inside_border(pred, volume.spatial_shape[1:], margin))
+        tp = score.tp_mask[0]
+        tp_gt, tp_pred = set(score.matches["gt_index"][tp]), set(score.matches["pred_index"][tp])
+        pred_n, pred_g = pred.nuclei_um, pred.golgi_um
+
+        def nearest(points: np.ndarray, targets: np.ndarray) -> tuple[int, float]:
+            if len(points) == 0 or len(targets) == 0:
+                return -1, np.inf
+            d = cdist(points[None], targets)[0]
+            return int(d.argmin()), float(d.min())
+
+        for i in gt_inside:
+            counts["gt"] += 1
+            if i in tp_gt:
+                counts["found"] += 1
+                continue
+            a, dn = nearest(gt.nuclei_um[i], peaks_n)
+            b, dg = nearest(gt.golgi_um[i], peaks_g)
+            has_n, has_g = dn <= FOUND_NUCLEUS_UM, dg <= FOUND_GOLGI_UM
+            if not (has_n or has_g):
+                counts["missed_no_peaks"] += 1
+                continue
+            if not has_n or not has_g:
+                counts["missed_no_nucleus_peak" if has_g else "missed_no_golgi_peak"] += 1
+                continue
+            own_paired = nearest(peaks_g[b], pred_g)[1] < SAME_POINT_UM
+            counts["own_golgi_unpaired"] += int(not own_paired)
+            k, dk = nearest(peaks_n[a], pred_n)
+            if dk >= SAME_POINT_UM:
+                counts["missed_nucleus_unpaired"] += 1
+                continue
+            counts["paired_elsewhere"] += 1
+            c, _ = nearest(pred_g[k], peaks_g)
+            counts["paired_elsewhere_non_golgi"] += int(nearest(pred_g[k], gt.golgi_um)[1] > FOUND_GOLGI_UM)
+            counts["paired_elsewhere_closer"] += int(np.linalg.norm(pred_g[k] - peaks_n[a])
+                                                     < np.linalg.norm(peaks_g[b] - peaks_n[a]))
+            counts["paired_elsewhere_stronger"] += int(h_g[c] > h_g[b])
+        for j in pred_inside:
+            counts["predicted"] += 1
+            if j in tp_pred:
+                continue
+            counts["fp"] += 1
+            counts["fp_non_golgi"] += int(nearest(pred_g[j], gt.golgi_um)[1] > FOUND_GOLGI_UM)
+            counts["fp_non_nucleus"] += int(nearest(pred_n[j], gt.nuclei_um)[1] > FOUND_NUCLEUS_UM)
+    return dict(counts)
+
+
 def label(path: str, paths: list[str]) -> str:
     """A model's name in the table: its file stem, with its folder where another of ``paths`` shares it."""
     stem = Path(path).stem
@@ -136,6 +215,8 @@ def main() -> None:
                              "../shared/data/shapes_3dngmic) instead of analytic shapes; real retina nuclei are "
                              "smaller than the analytic default, so fewer must shrink to fit the layout")
     parser.add_argument("--limit", type=int, default=None, metavar="K", help="with --layouts: the first K crops only")
+    parser.add_argument("--failures", action="store_true",
+                        help="also break each --model's misses and false vectors down by cause (failure_modes)")
     args = parser.parse_args()
 
     if args.layouts is not None:
@@ -172,6 +253,11 @@ def main() -> None:
         cos = result.mean["cos"][0]
         print(f"{name:28s} {result.tpr[0]:7.3f} {result.fdr[0]:7.3f} {result.tpr[5]:7.3f} {result.fdr[5]:7.3f} "
               f"{cos:7.3f} {np.median(seconds):7.2f}")
+    if args.failures:
+        for path in args.model:
+            predictor = methods[label(path, args.model)]
+            if predictor.architecture == "cellpol":
+                print(f"failure modes at τL = 0, {label(path, args.model)}: {failure_modes(predictor, volumes)}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ windows, or decodes windows independently, fails these tests.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 
@@ -341,6 +342,21 @@ def test_embeddings_pair_correctly_when_the_nearest_golgi_is_the_other_cells():
     order = np.argsort(pairs.nuclei[:, 2])
     assert np.allclose(pairs.nuclei[order], [cell_a[0], cell_b[0]], atol=0.1)
     assert np.allclose(pairs.golgi[order], [cell_a[1], cell_b[1]], atol=0.1)
+
+    # peaks(): every peak decode paired from, the unpaired ones too, at the input's voxels.
+    output = predictor.run_network(volume)
+    (pos_n, _, h_n), (pos_g, _, h_g) = predictor.peaks(output)
+    expected_n = [cell_a[0], cell_b[0], too_far[0], mismatched_n[0]]
+    expected_g = [cell_a[1], cell_b[1], too_far[1], mismatched_g[1]]
+    for found, heights, expected in ((pos_n, h_n, expected_n), (pos_g, h_g, expected_g)):
+        found = output.resampling.to_input(found)
+        assert len(found) == len(heights) == 4 and np.all(heights > 0)
+        for point in expected:
+            assert np.min(np.linalg.norm(found - point, axis=1)) < 0.1
+    # A decoding given explicitly is the one used: a Golgi threshold above the faintest peak drops it.
+    stricter = dataclasses.replace(predictor.decoding, peak_threshold_golgi=float(h_g.min()) + 1e-3)
+    kept = predictor.peaks(output, stricter)[1][2]
+    assert len(kept) == 3 and np.all(kept > h_g.min()) and len(predictor.peaks(output)[1][0]) == 4
 
     # The embedding-free architecture pairs by distance, and so swaps the two Golgi here.
     ctr, _ = oracle_predictor(voxel, window=(9, 64, 64), architecture="ctrdet")

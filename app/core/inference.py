@@ -1054,11 +1054,7 @@ class Predictor:
         t_start = time.perf_counter()
         dec = decoding if decoding is not None else self.decoding
         grid, mapping = output.grid, output.resampling
-        heat_n, heat_g = output.heatmap_nucleus, output.heatmap_golgi
-        pos_n, vox_n, h_n = find_peaks(heat_n, dec.peak_threshold_nucleus, dec.min_distance_nucleus_um, self.voxel_size,
-                                       valley_ratio=dec.peak_valley_nucleus)
-        pos_g, vox_g, h_g = find_peaks(heat_g, dec.peak_threshold_golgi, dec.min_distance_golgi_um, self.voxel_size,
-                                       valley_ratio=dec.peak_valley_golgi)
+        (pos_n, vox_n, h_n), (pos_g, vox_g, h_g) = self.peaks(output, dec)
         timings["peaks"] = time.perf_counter() - t_start
 
         t0 = time.perf_counter()
@@ -1091,6 +1087,19 @@ class Predictor:
         })
         return PairSet(nuclei_in, golgi_in, voxel_size=output.image_voxel_size, scores=scores, sources="predicted",
                        meta=meta)
+
+    def peaks(self, output: NetworkOutput, decoding: Optional[DecodingSpec] = None
+              ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Every nucleus and every Golgi peak :meth:`decode` pairs from, before pairing.
+
+        Returns ``(positions, voxels, heights)`` per class (nucleus, Golgi), in the model's grid
+        (``output.resampling.to_input`` maps positions to the input's voxels), as :func:`find_peaks`.
+        """
+        dec = decoding if decoding is not None else self.decoding
+        return (find_peaks(output.heatmap_nucleus, dec.peak_threshold_nucleus, dec.min_distance_nucleus_um,
+                           self.voxel_size, valley_ratio=dec.peak_valley_nucleus),
+                find_peaks(output.heatmap_golgi, dec.peak_threshold_golgi, dec.min_distance_golgi_um,
+                           self.voxel_size, valley_ratio=dec.peak_valley_golgi))
 
     def _pair(self, grid: WindowGrid, member_embeddings: list[dict[int, np.ndarray]],
               pos_n: np.ndarray, vox_n: np.ndarray, pos_g: np.ndarray, vox_g: np.ndarray,
