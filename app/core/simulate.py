@@ -740,7 +740,6 @@ def _sample_scene(cfg: SimConfig, rng: np.random.Generator) -> _Scene:
     illumination = _SmoothField(rng, (120.0, 400.0), n_waves=3)
     background = _SmoothField(rng, (40.0, 160.0), n_waves=3)
     z_mid = 0.0 if is_2d else float(extent[0]) / 2.0
-    major0, minor0, thick0 = (s / 2.0 for s in cfg.nucleus_size_um)
 
     shapes_n: tuple[np.ndarray, ...] = ()
     shapes_g: tuple[np.ndarray, ...] = ()
@@ -773,18 +772,7 @@ def _sample_scene(cfg: SimConfig, rng: np.random.Generator) -> _Scene:
         while n_inside_done < n_inside and attempts < max_attempts:
             attempts += 1
             yx = rng.uniform(lo_yx, hi_yx)
-            shape_mask = None
-            if shapes_n:
-                shape_mask = _transform_shape(rng, shapes_n[rng.integers(len(shapes_n))], cfg.shapes_voxel_size)
-                a, b, angle, c = _mask_ellipse(shape_mask, cfg.shapes_voxel_size)
-                tilt = 0.0
-            else:
-                jitter = rng.uniform(1.0 - cfg.size_jitter, 1.0 + cfg.size_jitter, 3)
-                a, b, c = major0 * jitter[0], minor0 * jitter[1], thick0 * jitter[2]
-                if b > a:
-                    a, b = b, a
-                angle = rng.uniform(0.0, np.pi)
-                tilt = 0.0 if is_2d else float(np.clip(rng.normal(0.0, math.radians(5.0)), -0.2, 0.2))
+            shape_mask, a, b, c, angle, tilt = _draw_nucleus_shape(cfg, rng, shapes_n)
             if is_2d:
                 z = 0.0
                 c = math.inf
@@ -795,17 +783,7 @@ def _sample_scene(cfg: SimConfig, rng: np.random.Generator) -> _Scene:
             centre = np.array([z, yx[0], yx[1]])
             if not layout.accepts(centre, a, b, angle, cfg.min_nucleus_distance_um, cfg.nucleus_overlap):
                 continue
-            if rng.uniform() < cfg.dim_fraction:
-                brightness = rng.uniform(0.2, 0.4)
-            else:
-                brightness = float(np.clip(rng.lognormal(0.0, 0.2), 0.6, 1.6))
-            rotation = _rotation(angle, tilt)
-            harmonics = np.stack([np.arange(2, 5), rng.normal(0.0, 0.045, 3), rng.uniform(0, 2 * np.pi, 3)], axis=1)
-            spots, spot_gain, nucleoli = _sample_nuclear_spots(rng, centre, rotation, (a, b, c), is_2d)
-            nuclei.append(
-                _Nucleus(centre, (a, b, c), angle, rotation, brightness, harmonics, spots, spot_gain, nucleoli,
-                         shape_mask)
-            )
+            nuclei.append(_finish_nucleus(cfg, rng, centre, (a, b, c), angle, tilt, shape_mask))
             layout.add(centre, a, b, angle)
             if inside(centre):
                 n_inside_done += 1
@@ -876,7 +854,6 @@ def _layout_cells(
         nuc_um[:, 0] = 0.0
         gol_um[:, 0] = 0.0
     n = len(nuc_um)
-    major0, minor0, thick0 = (s / 2.0 for s in cfg.nucleus_size_um)
 
     # Draw every nucleus' own shape first, as the random layout does.
     masks: list[Optional[np.ndarray]] = []
@@ -884,18 +861,7 @@ def _layout_cells(
     angles = np.zeros(n)
     tilts = np.zeros(n)
     for i in range(n):
-        if shapes_n:
-            mask = _transform_shape(rng, shapes_n[rng.integers(len(shapes_n))], cfg.shapes_voxel_size)
-            a, b, angle, c = _mask_ellipse(mask, cfg.shapes_voxel_size)
-            tilt = 0.0
-        else:
-            mask = None
-            jitter = rng.uniform(1.0 - cfg.size_jitter, 1.0 + cfg.size_jitter, 3)
-            a, b, c = major0 * jitter[0], minor0 * jitter[1], thick0 * jitter[2]
-            if b > a:
-                a, b = b, a
-            angle = rng.uniform(0.0, np.pi)
-            tilt = 0.0 if is_2d else float(np.clip(rng.normal(0.0, math.radians(5.0)), -0.2, 0.2))
+        mask, a, b, c, angle, tilt = _draw_nucleus_shape(cfg, rng, shapes_n)
         masks.append(mask)
         axes[i] = (a, b, math.inf if is_2d else c)
         angles[i] = angle
@@ -961,15 +927,8 @@ def _layout_cells(
         if mask is not None and (scale[i] < 1.0 or (not is_2d and c < axes[i, 2])):
             factors = (1.0 if is_2d else c / axes[i, 2], scale[i], scale[i])
             mask = np.clip(ndi.zoom(mask, factors, order=1, prefilter=False), 0.0, 1.0).astype(np.float32)
-        if rng.uniform() < cfg.dim_fraction:
-            brightness = rng.uniform(0.2, 0.4)
-        else:
-            brightness = float(np.clip(rng.lognormal(0.0, 0.2), 0.6, 1.6))
-        rotation = _rotation(float(angles[i]), float(tilts[i]))
-        harmonics = np.stack([np.arange(2, 5), rng.normal(0.0, 0.045, 3), rng.uniform(0, 2 * np.pi, 3)], axis=1)
-        spots, spot_gain, nucleoli = _sample_nuclear_spots(rng, centre, rotation, (a, b, c), is_2d)
-        nucleus = _Nucleus(centre, (a, b, c), float(angles[i]), rotation, brightness, harmonics, spots, spot_gain,
-                           nucleoli, mask)
+        nucleus = _finish_nucleus(cfg, rng, centre, (a, b, c), float(angles[i]), float(tilts[i]), mask)
+        brightness = nucleus.brightness
         nuclei.append(nucleus)
         layout.add(centre, a, b, float(angles[i]))
 
@@ -984,6 +943,42 @@ def _layout_cells(
             spheres, weights, flat = _golgi_spheres(rng, centre, target, direction, bool(on_top[i]), is_2d)
             golgi.append(_Golgi(target.copy(), spheres, weights, flat, g_brightness))
     return nuclei, golgi, layout
+
+
+def _draw_nucleus_shape(
+    cfg: SimConfig, rng: np.random.Generator, shapes_n: tuple[np.ndarray, ...]
+) -> tuple[Optional[np.ndarray], float, float, float, float, float]:
+    """One nucleus' shape before it is placed: ``(mask, a, b, c, angle, tilt)``.
+
+    A real mask (from ``shapes_n``, randomly transformed; its fitted ellipse gives the semi-axes ``a ≥ b``,
+    the in-plane angle and the half-thickness ``c``; no tilt) or an analytic ellipsoid of the configured
+    size with jitter, orientation and a small tilt (mask ``None``). In 2D the caller sets ``c`` to infinity.
+    """
+    if shapes_n:
+        mask = _transform_shape(rng, shapes_n[rng.integers(len(shapes_n))], cfg.shapes_voxel_size)
+        a, b, angle, c = _mask_ellipse(mask, cfg.shapes_voxel_size)
+        return mask, a, b, c, angle, 0.0
+    major0, minor0, thick0 = (s / 2.0 for s in cfg.nucleus_size_um)
+    jitter = rng.uniform(1.0 - cfg.size_jitter, 1.0 + cfg.size_jitter, 3)
+    a, b, c = major0 * jitter[0], minor0 * jitter[1], thick0 * jitter[2]
+    if b > a:
+        a, b = b, a
+    angle = rng.uniform(0.0, np.pi)
+    tilt = 0.0 if cfg.is_2d else float(np.clip(rng.normal(0.0, math.radians(5.0)), -0.2, 0.2))
+    return None, a, b, c, angle, tilt
+
+
+def _finish_nucleus(cfg: SimConfig, rng: np.random.Generator, centre: np.ndarray, semi: tuple, angle: float,
+                    tilt: float, mask: Optional[np.ndarray]) -> "_Nucleus":
+    """A placed nucleus with its brightness (``dim_fraction`` of them dim), surface ripples and spots."""
+    if rng.uniform() < cfg.dim_fraction:
+        brightness = rng.uniform(0.2, 0.4)
+    else:
+        brightness = float(np.clip(rng.lognormal(0.0, 0.2), 0.6, 1.6))
+    rotation = _rotation(angle, tilt)
+    harmonics = np.stack([np.arange(2, 5), rng.normal(0.0, 0.045, 3), rng.uniform(0, 2 * np.pi, 3)], axis=1)
+    spots, spot_gain, nucleoli = _sample_nuclear_spots(rng, centre, rotation, semi, cfg.is_2d)
+    return _Nucleus(centre, semi, angle, rotation, brightness, harmonics, spots, spot_gain, nucleoli, mask)
 
 
 def _sample_nuclear_spots(
