@@ -28,6 +28,7 @@ from app.core.inference import (
     plan_axis,
     plan_windows,
     refine_peaks,
+    ridge_scores,
     select_device,
 )
 from app.core.jobs import CancelToken
@@ -190,6 +191,44 @@ def test_valley_keeps_two_touching_objects_but_not_the_shoulder_of_one():
     three = heat_with([first, first + (0, 0, 32.0), first + (0, 0, 16.0)], [0.9, 0.8, 0.75], 1.0)
     assert len(find_peaks(three, 0.4, 5.0, voxel, valley_ratio=0.5)[0]) == 3
     assert len(find_peaks(three, 0.4, 5.0, voxel, valley_ratio=0.1)[0]) == 2
+
+
+def tube_and_blob(shape, voxel, angle_deg=30.0, tube_centre=(3.0, 10.0, 10.0), blob_centre=(3.0, 10.0, 30.0)):
+    """Golgi heatmap (float32) with a tube (σ 1 µm, a vessel) through ``tube_centre`` at ``angle_deg`` in-plane,
+    0.9 high with a 1.0 bump at the centre, and a compact Gaussian Golgi (σ 1 µm, 1.0) at ``blob_centre``
+    (both µm); returns the heatmap and both centres in voxels."""
+    grid = np.indices(shape, dtype=np.float64) * np.asarray(voxel)[:, None, None, None]
+    t, b = np.asarray(tube_centre), np.asarray(blob_centre)
+    direction = np.array([0.0, np.sin(np.radians(angle_deg)), np.cos(np.radians(angle_deg))])
+    rel = grid - t[:, None, None, None]
+    along = np.tensordot(direction, rel, axes=1)
+    across2 = (rel**2).sum(axis=0) - along**2
+    tube = (0.9 + 0.1 * np.exp(-(along**2) / (2 * 3.0**2))) * np.exp(-across2 / 2.0)
+    blob = np.exp(-((grid - b[:, None, None, None]) ** 2).sum(axis=0) / 2.0)
+    return np.maximum(tube, blob).astype(np.float32), t / np.asarray(voxel), b / np.asarray(voxel)
+
+
+@pytest.mark.parametrize("voxel", [(1.0, 0.5, 0.5), (0.5, 0.25, 0.25), (1.0, 0.4, 0.25)])
+def test_ridge_scores_tell_a_tube_from_a_compact_peak_in_micrometres(voxel):
+    shape = tuple(int(round(f / v)) for f, v in zip((7.0, 20.0, 40.0), voxel))
+    heat, tube, blob = tube_and_blob(shape, voxel)
+    voxels = np.rint(np.stack([tube, blob])).astype(np.int64)
+    scores = ridge_scores(heat, voxels, heat[tuple(voxels.T)], 3.5, voxel)
+    assert scores[0] > 0.8 and scores[1] < 0.05
+    # A 2D (single-plane) heatmap reads the same, and no peaks give no scores.
+    plane = voxels.copy()
+    plane[:, 0] = 0
+    flat = heat[voxels[0, 0]][None]
+    np.testing.assert_allclose(ridge_scores(flat, plane, flat[tuple(plane.T)], 3.5, voxel), scores, atol=1e-6)
+    assert ridge_scores(heat, np.zeros((0, 3), dtype=np.int64), np.zeros(0), 3.5, voxel).shape == (0,)
+
+
+def test_ridge_scores_count_the_image_outside_as_empty():
+    # A peak whose tube leaves the image within the radius on one side is not a ridge along that axis.
+    heat, tube, _ = tube_and_blob((7, 40, 80), (1.0, 0.5, 0.5), angle_deg=0.0, tube_centre=(3.0, 10.0, 2.0))
+    voxel = np.rint(tube).astype(np.int64)[None]
+    assert ridge_scores(heat, voxel, heat[tuple(voxel.T)], 3.5, (1.0, 0.5, 0.5))[0] < 0.05
+    assert ridge_scores(heat, voxel, heat[tuple(voxel.T)], 1.5, (1.0, 0.5, 0.5))[0] > 0.8
 
 
 def test_dense_and_sparse_maxima_agree_and_peaks_are_capped(monkeypatch):

@@ -151,6 +151,8 @@ def test_corrupt_json(saved):
         (lambda d: d["decoding"].update(pairing_distance_weight=-0.5), "pairing_distance_weight"),
         (lambda d: d["decoding"].update(pairing_height_weight=1.5), "pairing_height_weight"),
         (lambda d: d["decoding"].update(peak_valley_nucleus=2.0), "peak_valley_nucleus"),
+        (lambda d: d["decoding"].update(pairing_ridge_weight=1.5), "pairing_ridge_weight"),
+        (lambda d: d["decoding"].update(ridge_radius_um=0), "ridge_radius_um"),
         (lambda d: d["normalization"].update(low_percentile=99.9), "low percentile"),
         (lambda d: d["decoding"].update(nms="yes"), "unknown setting"),
     ],
@@ -167,6 +169,13 @@ def test_files_written_before_the_pairing_weight_existed_pair_by_embedding(saved
     edit_json(json_path, lambda d: [d["decoding"].pop(k) for k in ("pairing_distance_weight", "pairing_height_weight")])
     decoding = load_spec(json_path).decoding
     assert decoding.pairing_distance_weight == 0.0 and decoding.pairing_height_weight == 0.0
+
+
+def test_files_from_before_the_ridge_setting_pair_without_it(saved):
+    json_path, _, _ = saved
+    edit_json(json_path, lambda d: [d["decoding"].pop(k) for k in ("pairing_ridge_weight", "ridge_radius_um")])
+    decoding = load_spec(json_path).decoding
+    assert decoding.pairing_ridge_weight == 0.0 and decoding.ridge_radius_um == 3.5
 
 
 def test_files_from_before_the_valley_setting_decode_with_plain_thinning(saved):

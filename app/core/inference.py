@@ -39,7 +39,10 @@ Pipeline for one volume (:meth:`Predictor.predict`):
    held-out retina volumes 0.56/0.51 with w = 0, 0.79/0.31 with w = 1, same peaks). A ``pairing_height_weight``
    v > 0 blends in the peaks' strength, ``(1 − v)·cost + v·(1 − √(h_n·h_g))``: most wrong pairs of the
    shipped starter joined a right nucleus to a faint Golgi-channel peak (a vessel, a speck) nearer than the
-   right Golgi. Every cell thus yields one
+   right Golgi. A ``pairing_ridge_weight`` ρ > 0 adds ``ρ · ridge`` to the cost, ``ridge`` from
+   :func:`ridge_scores`: how far the Golgi peak sits on a tube of the heatmap (a vessel) rather than a
+   compact hill; most of the shipped stage-8 starter's remaining wrong pairs ended on such peaks, as tall and
+   as near as the right Golgi. Every cell thus yields one
    vector however many windows saw it. ``ctrdet`` models (no embeddings) are paired by distance with
    :func:`app.core.classic.pair_by_distance`.
 
@@ -394,6 +397,48 @@ def _valley(heatmap: np.ndarray, a: np.ndarray, b: np.ndarray, limit: np.ndarray
     steps = max(2, 2 * int(np.abs(b - a).max()) + 1)
     line = np.clip(np.rint(a + np.linspace(0.0, 1.0, steps)[:, None] * (b - a)).astype(np.int64), 0, limit)
     return float(heatmap[tuple(line.T)].min())
+
+
+#: In-plane axes (unit vectors ``(z, y, x)``) along which :func:`ridge_scores` looks for a ridge: 8, 22.5° apart.
+RIDGE_AXES = np.stack([np.zeros(8), np.sin(np.arange(8) * np.pi / 8), np.cos(np.arange(8) * np.pi / 8)], axis=1)
+
+
+def ridge_scores(heatmap: np.ndarray, voxels: np.ndarray, heights: np.ndarray, radius_um: float,
+                 voxel_size: Sequence[float]) -> np.ndarray:
+    """How far each peak lies on a ridge of ``heatmap`` rather than on a compact hill, in [0, 1].
+
+    For every in-plane axis of :data:`RIDGE_AXES` the heatmap is read ``radius_um`` µm away on both sides
+    of the peak voxel (nearest voxel; outside the image counts as 0); the lower of the two, as a fraction of
+    the peak's height, is that axis' value and the score is the largest over the axes. A compact peak
+    (a Golgi) scores near 0; a peak on a tube (a vessel in the Golgi channel) near 1, because the heatmap
+    stays high along the tube on both sides. In-plane, so 2D images work alike and a cell layer's z
+    neighbours do not count; a tube tilted out of the plane still reads as a ridge in it.
+
+    Parameters
+    ----------
+    heatmap : ndarray, shape (Z, Y, X)
+    voxels : ndarray of int, shape (N, 3)
+        Peak voxels (as :func:`find_peaks` returns them).
+    heights : ndarray, shape (N,)
+        The heatmap at those voxels.
+    radius_um : float
+        How far from the peak to look (µm).
+    voxel_size : sequence of float
+        ``(z, y, x)`` µm of ``heatmap``.
+    """
+    voxels = np.asarray(voxels, dtype=np.int64).reshape(-1, 3)
+    if len(voxels) == 0:
+        return np.zeros(0)
+    limit = np.asarray(heatmap.shape) - 1
+    offsets = RIDGE_AXES * float(radius_um) / np.asarray(voxel_size, dtype=np.float64)  # (A, 3) voxels
+    sides = []
+    for sign in (1.0, -1.0):
+        points = np.rint(voxels[:, None, :] + sign * offsets[None, :, :]).astype(np.int64)  # (N, A, 3)
+        inside = np.all((points >= 0) & (points <= limit), axis=2)
+        points = np.clip(points, 0, limit)
+        sides.append(np.where(inside, heatmap[points[..., 0], points[..., 1], points[..., 2]], 0.0))
+    both = np.minimum(sides[0], sides[1]) / np.maximum(np.asarray(heights, dtype=np.float64), 1e-6)[:, None]
+    return np.clip(both.max(axis=1), 0.0, 1.0)
 
 
 def refine_peaks(heatmap: np.ndarray, coords: np.ndarray) -> np.ndarray:
@@ -1059,8 +1104,10 @@ class Predictor:
 
         t0 = time.perf_counter()
         explicit_delta = decoding is not None or self._decoding_override is not None
+        ridge = (ridge_scores(output.heatmap_golgi, vox_g, h_g, dec.ridge_radius_um, self.voxel_size)
+                 if dec.pairing_ridge_weight > 0 else np.zeros(len(pos_g)))
         rows, cols, dist, pair_conf, extra = self._pair(grid, output.embeddings, pos_n, vox_n, pos_g, vox_g,
-                                                        dec, explicit_delta, h_n, h_g)
+                                                        dec, explicit_delta, h_n, h_g, ridge)
         timings["pairing"] = time.perf_counter() - t0
 
         nuclei_in = _clip_points(mapping.to_input(pos_n[rows]) if len(rows) else np.zeros((0, 3)), output.image_shape)
@@ -1103,7 +1150,7 @@ class Predictor:
 
     def _pair(self, grid: WindowGrid, member_embeddings: list[dict[int, np.ndarray]],
               pos_n: np.ndarray, vox_n: np.ndarray, pos_g: np.ndarray, vox_g: np.ndarray,
-              dec: DecodingSpec, explicit_delta: bool, h_n: np.ndarray, h_g: np.ndarray):
+              dec: DecodingSpec, explicit_delta: bool, h_n: np.ndarray, h_g: np.ndarray, ridge: np.ndarray):
         """Accepted pairs: nucleus rows, Golgi cols, distances, pairing confidence, and meta entries."""
         if self.architecture != "cellpol":
             from app.core.classic import pair_by_distance
@@ -1124,19 +1171,23 @@ class Predictor:
                     grid, embeddings, window, ei, ej, vox_n, vox_g, has_window) / delta)
             cost[has_window] = np.mean(per_member, axis=0)
         weight, height_weight = dec.pairing_distance_weight, dec.pairing_height_weight
+        ridge_weight = dec.pairing_ridge_weight
         mixed = cost
-        if weight > 0 or height_weight > 0:
-            # The embeddings still veto (|Δe| ≥ Δ stays inadmissible); among the rest, distance and the
-            # strength of both peaks count too.
+        if weight > 0 or height_weight > 0 or ridge_weight > 0:
+            # The embeddings still veto (|Δe| ≥ Δ stays inadmissible); among the rest, distance, the
+            # strength of both peaks and how tube-like the Golgi peak is count too.
             blend = (1.0 - weight) * np.minimum(cost, 1.0) + weight * dist / max(dec.max_pair_distance_um, 1e-12)
             if height_weight > 0:
                 strength = np.sqrt(np.clip(h_n[ei], 0.0, 1.0) * np.clip(h_g[ej], 0.0, 1.0))
                 blend = (1.0 - height_weight) * blend + height_weight * (1.0 - strength)
+            if ridge_weight > 0:
+                blend = blend + ridge_weight * ridge[ej]
             mixed = np.where(cost < 1.0, np.minimum(blend, 1.0 - 1e-9), np.inf)
         rows_i, cols_i, edge = match_pairs(len(pos_n), len(pos_g), ei, ej, mixed, dist, dec.max_pair_distance_um)
         extra = {
             "pairing": "embedding, max-weight matching" + (f", distance weight {weight:g}" if weight > 0 else "")
-                       + (f", peak-height weight {height_weight:g}" if height_weight > 0 else ""),
+                       + (f", peak-height weight {height_weight:g}" if height_weight > 0 else "")
+                       + (f", ridge weight {ridge_weight:g} at {dec.ridge_radius_um:g} µm" if ridge_weight > 0 else ""),
             "candidate_edges": int(len(ei)),
             "edges_without_common_window": int((~has_window).sum()),
         }

@@ -119,10 +119,16 @@ class DecodingSpec:
     #: below this fraction of the lower one (two touching objects, not one hill); 0 = plain minimum distance.
     peak_valley_nucleus: float = 0.0
     peak_valley_golgi: float = 0.0
+    #: How much a Golgi peak on a *ridge* of the Golgi heatmap counts against it in pairing: the edge cost
+    #: above gains ``ρ · ridge`` with ``ridge`` the heatmap ``ridge_radius_um`` away on *both* sides of the
+    #: peak along its most ridge-like in-plane axis, as a fraction of the peak (:func:`app.core.inference.ridge_scores`): about
+    #: 0 for a compact Golgi, near 1 for a peak on a tube (a vessel). 0 = off.
+    pairing_ridge_weight: float = 0.0
+    ridge_radius_um: float = 3.5
 
     def __post_init__(self) -> None:
         for name in ("pairing_distance_weight", "pairing_height_weight", "peak_valley_nucleus",
-                     "peak_valley_golgi"):
+                     "peak_valley_golgi", "pairing_ridge_weight"):
             object.__setattr__(self, name, _number("decoding", name, getattr(self, name), 0.0, 1.0))
         limits = {
             "peak_threshold_nucleus": (0.0, 1.0),
@@ -131,6 +137,7 @@ class DecodingSpec:
             "min_distance_golgi_um": (0.0, 1000.0),
             "embedding_delta": (0.0, 1000.0),
             "max_pair_distance_um": (0.0, 10000.0),
+            "ridge_radius_um": (0.0, 1000.0),
         }
         for name, (lo, hi) in limits.items():
             object.__setattr__(self, name, _number("decoding", name, getattr(self, name), lo, hi, lo_open=True))

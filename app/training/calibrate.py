@@ -29,6 +29,10 @@ PAIRING_DISTANCE_WEIGHTS = (0.0, 0.5, 1.0)
 PAIRING_HEIGHT_WEIGHTS = (0.0, 0.3, 0.6, 0.8)
 #: How deep a valley keeps two close peaks of a class apart (fraction of the lower one; 0: minimum distance only).
 PEAK_VALLEYS = (0.0, 0.3, 0.5, 0.7)
+#: How much a tube-like Golgi peak (a vessel) counts against it in pairing (0: not at all), and how far from
+#: the peak (µm) the heatmap is read to tell a tube from a compact Golgi.
+PAIRING_RIDGE_WEIGHTS = (0.0, 0.1, 0.2, 0.3)
+RIDGE_RADII_UM = (2.5, 3.5, 5.0)
 
 
 def calibrate_decoding(predictor, validation: Sequence[tuple[Volume, PairSet]], level: int = 5,
@@ -38,12 +42,15 @@ def calibrate_decoding(predictor, validation: Sequence[tuple[Volume, PairSet]], 
                        pairing_distance_weights: Sequence[float] = PAIRING_DISTANCE_WEIGHTS,
                        pairing_height_weights: Sequence[float] = PAIRING_HEIGHT_WEIGHTS,
                        peak_valleys: Sequence[float] = PEAK_VALLEYS,
+                       pairing_ridge_weights: Sequence[float] = PAIRING_RIDGE_WEIGHTS,
+                       ridge_radii_um: Sequence[float] = RIDGE_RADII_UM,
                        rounds: int = 2, progress=None) -> tuple[DecodingSpec, list[dict]]:
     """Best :class:`DecodingSpec` on ``validation`` and the table of every setting tried.
 
     The pairing rule (:attr:`DecodingSpec.pairing_distance_weight` and ``pairing_height_weight``, jointly)
-    is chosen first, at the current thresholds; then the thresholds jointly (at the current minimum
-    distances); then the minimum distances at the best thresholds; then how deep a valley keeps two close
+    is chosen first, at the current thresholds; then how much a tube-like Golgi peak counts against it
+    (:attr:`DecodingSpec.pairing_ridge_weight` with ``ridge_radius_um``); then the thresholds jointly (at
+    the current minimum distances); then the minimum distances at the best thresholds; then how deep a valley keeps two close
     peaks apart (:attr:`DecodingSpec.peak_valley_golgi`, ``_nucleus``). Up to ``rounds`` such passes run,
     stopping when one changes nothing (each choice is then made knowing the others); no setting is
     scored twice. The score is the mean over images of TPR − FDR at ``level``.
@@ -73,6 +80,7 @@ def calibrate_decoding(predictor, validation: Sequence[tuple[Volume, PairSet]], 
     tried = {best}
     grids = (
         ("pairing_distance_weight", "pairing_height_weight", pairing_distance_weights, pairing_height_weights),
+        ("pairing_ridge_weight", "ridge_radius_um", pairing_ridge_weights, ridge_radii_um),
         ("peak_threshold_nucleus", "peak_threshold_golgi", thresholds, thresholds),
         ("min_distance_nucleus_um", "min_distance_golgi_um", min_distance_nucleus_um, min_distance_golgi_um),
         ("peak_valley_nucleus", "peak_valley_golgi", peak_valleys, peak_valleys),
