@@ -27,6 +27,7 @@ from app.core.inference import (
     match_pairs,
     plan_axis,
     plan_windows,
+    prepare_on_device,
     refine_peaks,
     ridge_scores,
     select_device,
@@ -229,6 +230,44 @@ def test_ridge_scores_count_the_image_outside_as_empty():
     voxel = np.rint(tube).astype(np.int64)[None]
     assert ridge_scores(heat, voxel, heat[tuple(voxel.T)], 3.5, (1.0, 0.5, 0.5))[0] < 0.05
     assert ridge_scores(heat, voxel, heat[tuple(voxel.T)], 1.5, (1.0, 0.5, 0.5))[0] > 0.8
+
+
+@pytest.mark.parametrize(
+    "dtype, shape, voxel",
+    [
+        (np.uint16, (9, 40, 50), (0.3, 0.7, 0.45)),  # z down, y/x up; values above 32767 (int16 view)
+        (np.float32, (6, 31, 27), (1.0, 0.5, 0.5)),  # already at the model's voxel size: no resampling
+        (np.uint32, (1, 45, 38), (1.0, 0.33, 0.33)),  # a 2D image; a dtype torch does not take directly
+        (np.uint8, (12, 20, 24), (0.8, 0.9, 0.6)),
+    ],
+)
+def test_prepare_on_device_equals_the_training_preprocessing(dtype, shape, voxel):
+    from app.core.preprocess import normalize, resample
+
+    rng = np.random.default_rng(3)
+    top = {np.uint16: 65535, np.uint32: 100_000, np.uint8: 255}.get(dtype, 1.0)
+    data = (rng.random((2,) + shape) * top).astype(dtype)
+    data[1] = data[1].max() if dtype != np.float32 else data[1]  # uint types: a flat Golgi channel → zeros
+    norms = [(1.0, 99.8, True), (0.0, 100.0, False)]
+    prepared, mapping = prepare_on_device(data, voxel, (1.0, 0.5, 0.5), norms, torch.device("cpu"))
+    expected, expected_mapping = resample(data, voxel, (1.0, 0.5, 0.5))
+    assert mapping == expected_mapping
+    for low, high, clip in norms:
+        got = prepared[(low, high, clip)]
+        assert got.dtype == torch.float32 and tuple(got.shape) == expected.shape
+        want = normalize(expected, low, high, clip)
+        np.testing.assert_allclose(got.numpy(), want, atol=2e-4 * max(1.0, float(np.abs(want).max())))
+
+
+def test_device_percentiles_equal_the_numpy_ones():
+    from app.core.inference import _percentile_range_torch
+    from app.core.preprocess import percentile_range
+
+    rng = np.random.default_rng(4)
+    for size in (1000, 9_000_001):  # the second is sampled with a stride
+        channel = rng.gamma(2.0, 100.0, size).astype(np.float32)
+        got = _percentile_range_torch(torch.from_numpy(channel), 1.0, 99.8)
+        assert got == pytest.approx(percentile_range(channel, 1.0, 99.8), rel=1e-6)
 
 
 def test_dense_and_sparse_maxima_agree_and_peaks_are_capped(monkeypatch):

@@ -4,10 +4,12 @@ Pipeline for one volume (:meth:`Predictor.predict`):
 
 1. **Channels.** The nucleus and Golgi channels of the :class:`~app.core.volume.Volume`, in the order the
    model expects (``ModelSpec.channel_roles``).
-2. **Resampling** to the voxel size the model was trained at (:func:`app.core.preprocess.resample`, the
-   same function training uses), then **normalisation** with the model's percentiles computed on the
-   *whole* image (:func:`app.core.preprocess.normalize`). The reference code scaled each window on its
-   own (relative thresholds per window); here one intensity scale holds for the whole image.
+2. **Resampling** to the voxel size the model was trained at, then **normalisation** with the model's
+   percentiles computed on the *whole* image: what :func:`app.core.preprocess.resample` and
+   :func:`~app.core.preprocess.normalize` (the functions training uses) compute, done in torch on the
+   predictor's device (:func:`prepare_on_device`), so on a GPU the image goes up once and stays there
+   until the heatmaps come back. The reference code scaled each window on its own (relative thresholds
+   per window); here one intensity scale holds for the whole image.
 3. **Overlapping windows** on a product grid (:func:`plan_windows`). Along every axis neighbouring windows
    overlap by at least ``d_max + 2 × context`` µm, so any nucleus–Golgi pair short enough to be paired
    fits, with ``context`` µm to spare on each side, inside at least one window. Windows are batched, run
@@ -80,6 +82,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from app.core.fileutil import sha256_file
 from app.core.errors import CancelledError, CellPolError, ChannelError
@@ -87,7 +90,7 @@ from app.core.jobs import CancelToken, ProgressCallback
 from app.core.modelfile import DecodingSpec, ModelSpec, load_model, model_paths
 from app.core.network import cpu_bf16_is_fast, preferred_memory_format, required_multiple
 from app.core.pairs import PairSet
-from app.core.preprocess import Resampling, normalize, resample
+from app.core.preprocess import Resampling
 from app.core.volume import Volume
 
 PathLike = Union[str, Path]
@@ -694,6 +697,66 @@ def fuse_batchnorm(module: nn.Module, copy: bool = True) -> nn.Module:
     return module
 
 
+#: numpy dtypes copied to the device as they are (uint16: half the bytes of float32); others go through float32.
+_TORCH_DTYPES = (np.uint8, np.int8, np.uint16, np.int16, np.int32, np.int64, np.float32, np.float64)
+
+
+def _percentile_range_torch(channel: torch.Tensor, low: float, high: float) -> tuple[float, float]:
+    """:func:`~app.core.preprocess.percentile_range` of a tensor, computed where the tensor is."""
+    from app.core.preprocess import percentile_stride
+
+    flat = channel.reshape(-1)
+    sample = flat[::percentile_stride(flat.numel())].double()
+    q = torch.tensor([low / 100.0, high / 100.0], dtype=torch.float64, device=channel.device)
+    lo, hi = torch.quantile(sample, q).tolist()
+    return float(lo), float(hi)
+
+
+def prepare_on_device(stacked: np.ndarray, voxel_size: Sequence[float], target_voxel_size: Sequence[float],
+                      normalizations: Sequence[tuple[float, float, bool]], device: torch.device
+                      ) -> tuple[dict[tuple, torch.Tensor], Resampling]:
+    """:func:`~app.core.preprocess.resample` then :func:`~app.core.preprocess.normalize`, in torch on ``device``.
+
+    The raw ``(C, Z, Y, X)`` data are copied to the device as they are (uint16: half the bytes of float32)
+    and resampled there (trilinear: the same voxel-centre mapping and edge handling as the linear
+    ``ndimage.zoom`` of ``resample``, equal up to float rounding); each ``(low, high, clip)`` of
+    ``normalizations`` gives one normalised copy, its percentiles taken on the same strided sample as
+    :func:`~app.core.preprocess.percentile_range`. On a GPU nothing of the image crosses back to the host
+    before the network; on a CPU torch's threaded interpolation is several times faster than
+    ``ndimage.zoom`` (3.2 s → 0.4 s for a 64×768×768×2 stack on 2 cores).
+    """
+    from app.core.preprocess import percentile_range, resampling_for
+
+    mapping = resampling_for(stacked.shape[1:], voxel_size, target_voxel_size)
+    data = np.ascontiguousarray(stacked)
+    x = None
+    if data.dtype.type in _TORCH_DTYPES:
+        try:
+            x = torch.from_numpy(data).to(device).float()
+        except (RuntimeError, TypeError) as exc:  # a device without kernels for this integer type
+            if _is_oom(exc):
+                raise
+            x = None
+    if x is None:
+        x = torch.from_numpy(data.astype(np.float32)).to(device)
+    del data
+    if not mapping.identity:
+        x = F.interpolate(x[None], size=mapping.out_shape, mode="trilinear", align_corners=False)[0]
+    prepared: dict[tuple, torch.Tensor] = {}
+    for low, high, clip in normalizations:
+        out = torch.empty_like(x)
+        for c in range(x.shape[0]):
+            # On a CPU numpy's selection is faster than torch's sort; on a GPU the sort is, and stays there.
+            lo, hi = (percentile_range(x[c].numpy(), low, high) if x.device.type == "cpu"
+                      else _percentile_range_torch(x[c], low, high))
+            torch.sub(x[c], lo, out=out[c])
+            out[c] *= 1.0 / (hi - lo) if hi > lo else 0.0
+            if clip:
+                out[c].clamp_(0.0, 1.5)
+        prepared[(low, high, clip)] = out
+    return prepared, mapping
+
+
 def _is_oom(exc: BaseException) -> bool:
     if isinstance(exc, MemoryError):
         return True
@@ -943,29 +1006,25 @@ class Predictor:
                 "image; use a 2D model or --method classic."
             )
 
-    def _prepare(self, volume: Volume) -> tuple[dict[tuple, np.ndarray], Resampling]:
-        """Resampled and normalised ``(2, Z, Y, X)`` input per distinct normalisation (channel 0 nucleus)."""
-        stacked = np.stack([volume.nucleus, volume.golgi])
-        resampled, mapping = resample(stacked, volume.voxel_size, self.voxel_size)
-        del stacked
-        prepared: dict[tuple, np.ndarray] = {}
+    def _prepare(self, volume: Volume) -> tuple[dict[tuple, torch.Tensor], Resampling]:
+        """Resampled and normalised ``(2, Z, Y, X)`` input per distinct normalisation (channel 0 nucleus),
+        as float32 tensors on the predictor's device (:func:`prepare_on_device`)."""
+        norms = {}
         for m in self.members:
             norm = m.spec.normalization
-            key = (norm.low_percentile, norm.high_percentile, norm.clip)
-            if key not in prepared:
-                prepared[key] = normalize(resampled, norm.low_percentile, norm.high_percentile, norm.clip)
-        del resampled
-        return prepared, mapping
+            norms.setdefault((norm.low_percentile, norm.high_percentile, norm.clip), norm)
+        return prepare_on_device(np.stack([volume.nucleus, volume.golgi]), volume.voxel_size, self.voxel_size,
+                                 list(norms), self.device)
 
-    def _run_member(self, member: Member, image: np.ndarray, grid: WindowGrid, batch: int,
-                    heat_sum: tuple[np.ndarray, np.ndarray], weights: list[list[np.ndarray]],
+    def _run_member(self, member: Member, image: torch.Tensor, grid: WindowGrid, batch: int,
+                    heat_sum: tuple[torch.Tensor, torch.Tensor], weights: list[list[torch.Tensor]],
                     progress: ProgressLike, cancel: CancelLike, done: int, total: int,
                     timings: dict[str, float]) -> tuple[dict[int, np.ndarray], int]:
         """Run one member over every window; add its weighted heatmaps to ``heat_sum``; return its raw
         embedding windows (float16 ``(2, z, y, x)``, the part inside the image) keyed by window index."""
         roles = member.spec.channel_roles
         order = [0 if role == "nucleus" else 1 for role in roles]
-        channels = image[order] if order != [0, 1] else image
+        channels = image[order] if order != [0, 1] else image  # every step below stays on the device
         embeddings: dict[int, np.ndarray] = {}
         module = member.module
         indices = list(range(len(grid)))
@@ -974,16 +1033,15 @@ class Predictor:
             _check_cancel(cancel)
             chunk = indices[first:first + batch]
             t0 = time.perf_counter()
-            x = np.zeros((len(chunk), channels.shape[0]) + grid.window, dtype=np.float32)
+            tensor = torch.zeros((len(chunk), channels.shape[0]) + grid.window, dtype=torch.float32,
+                                 device=channels.device)
             for b, index in enumerate(chunk):
                 sl = grid.valid_slices(index)
                 extent = tuple(s.stop - s.start for s in sl)
-                x[(b, slice(None)) + tuple(slice(0, e) for e in extent)] = channels[(slice(None),) + sl]
-            tensor = torch.from_numpy(x)
+                tensor[(b, slice(None)) + tuple(slice(0, e) for e in extent)] = channels[(slice(None),) + sl]
             if self.spatial_dims == 2:
                 tensor = tensor[:, :, 0]
-            tensor = tensor.to(self.device).contiguous(memory_format=self.memory_format)
-            del x
+            tensor = tensor.contiguous(memory_format=self.memory_format)
             t1 = time.perf_counter()
             try:
                 autocast = (
@@ -992,7 +1050,9 @@ class Predictor:
                 )
                 with torch.inference_mode(), autocast:
                     out = module(tensor)
-                out = {k: v.float().cpu() for k, v in out.items()}
+                out = {k: v.float() for k, v in out.items()}
+                if self.spatial_dims == 2:
+                    out = {k: v[:, :, None] for k, v in out.items()}  # (B, 1, 1, Y, X) like 3D
             except Exception as exc:  # noqa: BLE001 - only memory errors are translated
                 if _is_oom(exc):
                     raise CellPolError(
@@ -1007,15 +1067,12 @@ class Predictor:
                 extent = tuple(s.stop - s.start for s in sl)
                 local = tuple(slice(0, e) for e in extent)
                 gz, gy, gx = grid.index_to_grid(index)
-                w3 = (weights[0][gz][:, None, None] * weights[1][gy][None, :, None]
-                      * weights[2][gx][None, None, :]).astype(np.float32)
+                w3 = weights[0][gz][:, None, None] * weights[1][gy][None, :, None] * weights[2][gx][None, None, :]
                 for key, target in zip(("heatmap_nucleus", "heatmap_golgi"), heat_sum):
-                    h = out[key][b, 0].numpy() if self.spatial_dims == 3 else out[key][b].numpy()
-                    target[sl] += h[local] * w3
+                    target[sl] += out[key][b, 0][local] * w3
                 if self.architecture == "cellpol":
-                    e = [out[k][b, 0].numpy() if self.spatial_dims == 3 else out[k][b].numpy()
-                         for k in ("embedding_nucleus", "embedding_golgi")]
-                    embeddings[index] = np.stack([e[0][local], e[1][local]]).astype(np.float16)
+                    e = torch.stack([out[k][b, 0][local] for k in ("embedding_nucleus", "embedding_golgi")])
+                    embeddings[index] = e.to(torch.float16).cpu().numpy()
             del out
             t3 = time.perf_counter()
             timings["windows_in"] = timings.get("windows_in", 0.0) + (t1 - t0)
@@ -1059,14 +1116,18 @@ class Predictor:
         t_start = time.perf_counter()
         try:
             prepared, mapping = self._prepare(volume)
-        except MemoryError:
-            raise CellPolError(f"{OUT_OF_MEMORY_MESSAGE} (while preparing a {volume.describe()} image).") from None
+        except (MemoryError, RuntimeError) as exc:
+            if not _is_oom(exc):
+                raise
+            raise CellPolError(f"{OUT_OF_MEMORY_MESSAGE} (while preparing a {volume.describe()} image on "
+                               f"{self.device}).") from None
         shape = mapping.out_shape
         timings["preprocess"] = time.perf_counter() - t_start
         grid, batch = self.plan(shape)
         weights, totals = zip(*(grid.axis_weights(a) for a in range(3)))
+        weights = [[torch.from_numpy(w.astype(np.float32)).to(self.device) for w in axis] for axis in weights]
         try:
-            heat_sum = (np.zeros(shape, dtype=np.float32), np.zeros(shape, dtype=np.float32))
+            heat_sum = tuple(torch.zeros(shape, dtype=torch.float32, device=self.device) for _ in range(2))
             member_embeddings = []
             total, done = len(grid) * len(self.members), 0
             if progress is not None:
@@ -1079,18 +1140,24 @@ class Predictor:
                 member_embeddings.append(emb)
             del prepared
             t0 = time.perf_counter()
-            plane = (totals[1][:, None] * totals[2][None, :]).astype(np.float32)
+            plane = torch.from_numpy((totals[1][:, None] * totals[2][None, :]).astype(np.float32)).to(self.device)
             for z in range(shape[0]):
-                scale = np.float32(1.0 / (totals[0][z] * len(self.members)))
+                scale = float(1.0 / (totals[0][z] * len(self.members)))
                 for h in heat_sum:
                     h[z] /= plane
                     h[z] *= scale
+            heat_np = tuple(h.cpu().numpy() for h in heat_sum)
+            del heat_sum
             timings["stitch"] = timings.get("stitch", 0.0) + time.perf_counter() - t0
         except MemoryError:
             raise CellPolError(f"{OUT_OF_MEMORY_MESSAGE} (image {volume.describe()}).") from None
+        except RuntimeError as exc:
+            if _is_oom(exc):
+                raise CellPolError(f"{OUT_OF_MEMORY_MESSAGE} (image {volume.describe()} on {self.device}).") from None
+            raise
         _check_cancel(cancel)
         timings["network_total"] = time.perf_counter() - t_start
-        return NetworkOutput(heat_sum[0], heat_sum[1], member_embeddings, grid, mapping,
+        return NetworkOutput(heat_np[0], heat_np[1], member_embeddings, grid, mapping,
                              tuple(volume.spatial_shape), tuple(volume.voxel_size), batch, timings)
 
     def decode(self, output: NetworkOutput, decoding: Optional[DecodingSpec] = None) -> PairSet:

@@ -46,6 +46,14 @@ def resampled_shape(shape: Sequence[int], voxel_size: Sequence[float], target_vo
     return tuple(out)  # type: ignore[return-value]
 
 
+def resampling_for(shape: Sequence[int], voxel_size: Sequence[float], target_voxel_size: Sequence[float]
+                   ) -> Resampling:
+    """The :class:`Resampling` of a ``(Z, Y, X)`` grid to ``target_voxel_size`` (a single plane stays one)."""
+    in_shape = tuple(int(n) for n in shape)
+    out_shape = resampled_shape(in_shape, voxel_size, target_voxel_size, keep_z=in_shape[0] == 1)
+    return Resampling(tuple(o / i for o, i in zip(out_shape, in_shape)), in_shape, out_shape)  # type: ignore[arg-type]
+
+
 def resample(data: np.ndarray, voxel_size: Sequence[float], target_voxel_size: Sequence[float],
              order: int = 1) -> tuple[np.ndarray, Resampling]:
     """Resample ``(C, Z, Y, X)`` (or ``(Z, Y, X)``) data to ``target_voxel_size`` (linear by default).
@@ -55,10 +63,8 @@ def resample(data: np.ndarray, voxel_size: Sequence[float], target_voxel_size: S
     """
     squeeze = data.ndim == 3
     stack = data[None] if squeeze else data
-    in_shape = tuple(int(s) for s in stack.shape[1:])
-    out_shape = resampled_shape(in_shape, voxel_size, target_voxel_size, keep_z=in_shape[0] == 1)
-    scale = tuple(o / i for o, i in zip(out_shape, in_shape))
-    mapping = Resampling(scale, in_shape, out_shape)  # type: ignore[arg-type]
+    mapping = resampling_for(stack.shape[1:], voxel_size, target_voxel_size)
+    scale = mapping.scale
     if mapping.identity:
         out = stack.astype(np.float32, copy=False)
     else:
@@ -69,11 +75,15 @@ def resample(data: np.ndarray, voxel_size: Sequence[float], target_voxel_size: S
     return (out[0] if squeeze else out), mapping
 
 
+def percentile_stride(size: int) -> int:
+    """Stride of the sample (every n-th voxel, at most ~2 × :data:`_PERCENTILE_SAMPLE`) percentiles use."""
+    return max(1, int(size) // _PERCENTILE_SAMPLE)
+
+
 def percentile_range(channel: np.ndarray, low: float, high: float) -> tuple[float, float]:
     """``(low, high)`` percentiles of one channel, estimated on a strided sample of large arrays."""
     flat = channel.reshape(-1)
-    step = max(1, flat.size // _PERCENTILE_SAMPLE)
-    lo, hi = np.percentile(flat[::step], (low, high))
+    lo, hi = np.percentile(flat[::percentile_stride(flat.size)], (low, high))
     return float(lo), float(hi)
 
 
