@@ -270,6 +270,15 @@ def test_device_percentiles_equal_the_numpy_ones():
         assert got == pytest.approx(percentile_range(channel, 1.0, 99.8), rel=1e-6)
 
 
+def test_embeddings_are_read_as_the_mean_of_the_neighbourhood_inside_the_window():
+    from app.core.inference import _read_embedding
+
+    window = np.arange(4 * 5 * 6, dtype=np.float16).reshape(4, 5, 6)
+    local = np.array([[2, 2, 3], [0, 0, 0], [3, 4, 5]])
+    expected = [window[1:4, 1:4, 2:5].mean(), window[0:2, 0:2, 0:2].mean(), window[2:4, 3:5, 4:6].mean()]
+    np.testing.assert_allclose(_read_embedding(window, local), expected, rtol=1e-6)
+
+
 def test_dense_and_sparse_maxima_agree_and_peaks_are_capped(monkeypatch):
     import app.core.inference as inference
     from scipy import ndimage

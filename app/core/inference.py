@@ -607,13 +607,17 @@ def match_pairs(
 
 def _read_embedding(window: np.ndarray, local: np.ndarray) -> np.ndarray:
     """Mean of a ``(Z, Y, X)`` embedding window over the 3×3×3 neighbourhood (clipped) of each voxel."""
+    local = np.asarray(local, dtype=np.int64).reshape(-1, 3)
     shape = np.asarray(window.shape)
-    out = np.empty(len(local))
-    for i, (z, y, x) in enumerate(local):
-        lo = np.maximum([z - 1, y - 1, x - 1], 0)
-        hi = np.minimum([z + 2, y + 2, x + 2], shape)
-        out[i] = float(window[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].astype(np.float32).mean())
-    return out
+    points = local[:, None, :] + _CUBE[None, :, :]  # (N, 27, 3)
+    inside = np.all((points >= 0) & (points < shape), axis=2)
+    points = np.clip(points, 0, shape - 1)
+    values = window[points[..., 0], points[..., 1], points[..., 2]].astype(np.float64)
+    return (values * inside).sum(axis=1) / np.maximum(inside.sum(axis=1), 1)
+
+
+#: The 27 offsets of a 3×3×3 neighbourhood, centre included.
+_CUBE = np.stack(np.meshgrid(*(np.arange(-1, 2),) * 3, indexing="ij"), axis=-1).reshape(-1, 3)
 
 
 # ----------------------------------------------------------------------------------------------
