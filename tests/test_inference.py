@@ -370,6 +370,40 @@ def test_blending_weights_sum_to_one_and_stitching_has_no_seams():
 # ----------------------------------------------------------------------------------------------
 # (b) cross-window consistency: one vector per cell
 # ----------------------------------------------------------------------------------------------
+def test_an_image_too_large_for_the_device_is_staged_in_host_memory(monkeypatch):
+    # The first staging place (the GPU, in real use) runs out of memory: the image is prepared on the next
+    # (host memory) and the prediction is the same; with no place left, one clear error.
+    import app.core.inference as inference
+
+    voxel = (1.0, 0.5, 0.5)
+    volume = render((8, 40, 60), voxel, [(np.array([4.0, 20.0, 20.0]), np.array([4.0, 26.0, 24.0]), 0.9)])
+    predictor, _ = oracle_predictor(voxel)
+    expected = predictor(volume)
+    calls = []
+    real_prepare = inference.Predictor._prepare
+
+    def prepare(self, vol, where):
+        calls.append(where)
+        if len(calls) == 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 3.00 GiB")
+        return real_prepare(self, vol, where)
+
+    monkeypatch.setattr(inference.Predictor, "_prepare", prepare)
+    monkeypatch.setattr(inference.Predictor, "_staging_devices", lambda self: [torch.device("cpu")] * 2)
+    got = predictor(volume)
+    assert len(calls) == 2 and len(got) == len(expected) == 1
+    np.testing.assert_allclose(got.golgi, expected.golgi)
+    calls.clear()
+    monkeypatch.setattr(inference.Predictor, "_staging_devices", lambda self: [torch.device("cpu")])
+    with pytest.raises(CellPolError, match="out of memory"):
+        predictor(volume)
+    # Anything else is not swallowed.
+    monkeypatch.setattr(inference.Predictor, "_prepare", lambda self, vol, where: (_ for _ in ()).throw(
+        RuntimeError("some other failure")))
+    with pytest.raises(RuntimeError, match="some other failure"):
+        predictor(volume)
+
+
 def test_pairs_straddling_window_borders_are_found_exactly_once():
     voxel = (1.0, 0.5, 0.5)
     shape = (8, 40, 260)

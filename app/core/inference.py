@@ -1010,15 +1010,32 @@ class Predictor:
                 "image; use a 2D model or --method classic."
             )
 
-    def _prepare(self, volume: Volume) -> tuple[dict[tuple, torch.Tensor], Resampling]:
+    def _prepare(self, volume: Volume, where: torch.device) -> tuple[dict[tuple, torch.Tensor], Resampling]:
         """Resampled and normalised ``(2, Z, Y, X)`` input per distinct normalisation (channel 0 nucleus),
-        as float32 tensors on the predictor's device (:func:`prepare_on_device`)."""
+        as float32 tensors on ``where`` (:func:`prepare_on_device`)."""
         norms = {}
         for m in self.members:
             norm = m.spec.normalization
             norms.setdefault((norm.low_percentile, norm.high_percentile, norm.clip), norm)
         return prepare_on_device(np.stack([volume.nucleus, volume.golgi]), volume.voxel_size, self.voxel_size,
-                                 list(norms), self.device)
+                                 list(norms), where)
+
+    def _staging_devices(self) -> list[torch.device]:
+        """Where the whole prepared image and the stitched heatmaps may live, in order of preference: the
+        predictor's device, then host memory (windows then travel to the device one batch at a time)."""
+        return list(dict.fromkeys([self.device, torch.device("cpu")]))
+
+    def _prepare_staged(self, volume: Volume) -> tuple[dict[tuple, torch.Tensor], Resampling]:
+        """:meth:`_prepare` on the first of :meth:`_staging_devices` with room for the image."""
+        for where in self._staging_devices():
+            try:
+                return self._prepare(volume, where)
+            except (MemoryError, RuntimeError) as exc:
+                if not _is_oom(exc):
+                    raise
+                if where.type == "cuda":
+                    torch.cuda.empty_cache()
+        raise CellPolError(f"{OUT_OF_MEMORY_MESSAGE} (while preparing a {volume.describe()} image).")
 
     def _run_member(self, member: Member, image: torch.Tensor, grid: WindowGrid, batch: int,
                     heat_sum: tuple[torch.Tensor, torch.Tensor], weights: list[list[torch.Tensor]],
@@ -1028,7 +1045,7 @@ class Predictor:
         embedding windows (float16 ``(2, z, y, x)``, the part inside the image) keyed by window index."""
         roles = member.spec.channel_roles
         order = [0 if role == "nucleus" else 1 for role in roles]
-        channels = image[order] if order != [0, 1] else image  # every step below stays on the device
+        channels = image[order] if order != [0, 1] else image  # on the staging device (see run_network)
         embeddings: dict[int, np.ndarray] = {}
         module = member.module
         indices = list(range(len(grid)))
@@ -1045,7 +1062,7 @@ class Predictor:
                 tensor[(b, slice(None)) + tuple(slice(0, e) for e in extent)] = channels[(slice(None),) + sl]
             if self.spatial_dims == 2:
                 tensor = tensor[:, :, 0]
-            tensor = tensor.contiguous(memory_format=self.memory_format)
+            tensor = tensor.to(self.device).contiguous(memory_format=self.memory_format)
             t1 = time.perf_counter()
             try:
                 autocast = (
@@ -1054,7 +1071,7 @@ class Predictor:
                 )
                 with torch.inference_mode(), autocast:
                     out = module(tensor)
-                out = {k: v.float() for k, v in out.items()}
+                out = {k: v.float().to(channels.device) for k, v in out.items()}  # to where the stitching is
                 if self.spatial_dims == 2:
                     out = {k: v[:, :, None] for k, v in out.items()}  # (B, 1, 1, Y, X) like 3D
             except Exception as exc:  # noqa: BLE001 - only memory errors are translated
@@ -1118,20 +1135,15 @@ class Predictor:
         self._check_volume(volume)
         timings: dict[str, float] = {}
         t_start = time.perf_counter()
-        try:
-            prepared, mapping = self._prepare(volume)
-        except (MemoryError, RuntimeError) as exc:
-            if not _is_oom(exc):
-                raise
-            raise CellPolError(f"{OUT_OF_MEMORY_MESSAGE} (while preparing a {volume.describe()} image on "
-                               f"{self.device}).") from None
+        prepared, mapping = self._prepare_staged(volume)
+        staging = next(iter(prepared.values())).device
         shape = mapping.out_shape
         timings["preprocess"] = time.perf_counter() - t_start
         grid, batch = self.plan(shape)
         weights, totals = zip(*(grid.axis_weights(a) for a in range(3)))
-        weights = [[torch.from_numpy(w.astype(np.float32)).to(self.device) for w in axis] for axis in weights]
+        weights = [[torch.from_numpy(w.astype(np.float32)).to(staging) for w in axis] for axis in weights]
         try:
-            heat_sum = tuple(torch.zeros(shape, dtype=torch.float32, device=self.device) for _ in range(2))
+            heat_sum = tuple(torch.zeros(shape, dtype=torch.float32, device=staging) for _ in range(2))
             member_embeddings = []
             total, done = len(grid) * len(self.members), 0
             if progress is not None:
@@ -1144,7 +1156,7 @@ class Predictor:
                 member_embeddings.append(emb)
             del prepared
             t0 = time.perf_counter()
-            plane = torch.from_numpy((totals[1][:, None] * totals[2][None, :]).astype(np.float32)).to(self.device)
+            plane = torch.from_numpy((totals[1][:, None] * totals[2][None, :]).astype(np.float32)).to(staging)
             for z in range(shape[0]):
                 scale = float(1.0 / (totals[0][z] * len(self.members)))
                 for h in heat_sum:
