@@ -239,13 +239,14 @@ def test_ridge_scores_count_the_image_outside_as_empty():
         (np.float32, (6, 31, 27), (1.0, 0.5, 0.5)),  # already at the model's voxel size: no resampling
         (np.uint32, (1, 45, 38), (1.0, 0.33, 0.33)),  # a 2D image; a dtype torch does not take directly
         (np.uint8, (12, 20, 24), (0.8, 0.9, 0.6)),
+        (np.dtype(">u2"), (5, 22, 26), (0.5, 0.4, 0.4)),  # big-endian, as some TIFF writers store it
     ],
 )
 def test_prepare_on_device_equals_the_training_preprocessing(dtype, shape, voxel):
     from app.core.preprocess import normalize, resample
 
     rng = np.random.default_rng(3)
-    top = {np.uint16: 65535, np.uint32: 100_000, np.uint8: 255}.get(dtype, 1.0)
+    top = {np.uint16: 65535, np.uint32: 100_000, np.uint8: 255}.get(np.dtype(dtype).type, 1.0)
     data = (rng.random((2,) + shape) * top).astype(dtype)
     data[1] = data[1].max() if dtype != np.float32 else data[1]  # uint types: a flat Golgi channel → zeros
     norms = [(1.0, 99.8, True), (0.0, 100.0, False)]

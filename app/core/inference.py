@@ -734,7 +734,7 @@ def prepare_on_device(stacked: np.ndarray, voxel_size: Sequence[float], target_v
     mapping = resampling_for(stacked.shape[1:], voxel_size, target_voxel_size)
     data = np.ascontiguousarray(stacked)
     x = None
-    if data.dtype.type in _TORCH_DTYPES:
+    if data.dtype.type in _TORCH_DTYPES and data.dtype.isnative:  # (a big-endian TIFF's data is not)
         try:
             x = torch.from_numpy(data).to(device).float()
         except (RuntimeError, TypeError) as exc:  # a device without kernels for this integer type
