@@ -280,6 +280,48 @@ def test_embeddings_are_read_as_the_mean_of_the_neighbourhood_inside_the_window(
     np.testing.assert_allclose(_read_embedding(window, local), expected, rtol=1e-6)
 
 
+def test_device_local_maxima_equal_the_host_search():
+    from scipy import ndimage
+
+    from app.core.inference import _local_maxima, device_local_maxima
+
+    rng = np.random.default_rng(5)
+    heat = ndimage.gaussian_filter(rng.random((10, 48, 40)), 1.5).astype(np.float32)
+    heat = (heat - heat.min()) / (heat.max() - heat.min())
+    heat[4, 10:13, 10:13] = 0.97  # a plateau: every voxel of it counts, as on the host
+    heat[0, 0, 0] = 0.99  # a corner peak: outside the image does not count
+    flat = heat[3:4]  # a single plane (2D)
+    for h in (heat, flat):
+        maxima = device_local_maxima(torch.from_numpy(h), floor=0.1)
+        for threshold in (0.1, 0.3, 0.6):
+            got = maxima.coords[maxima.values > threshold]
+            want = _local_maxima(h, threshold)
+            assert len(want) > 0 and np.array_equal(got[np.lexsort(got.T[::-1])], want[np.lexsort(want.T[::-1])])
+    assert [0, 0, 0] in device_local_maxima(torch.from_numpy(heat)).coords.tolist()
+
+
+def test_decoding_with_maxima_found_on_the_device_is_the_same(monkeypatch):
+    # On a GPU the local maxima come back with the heatmaps; forced here on the CPU, decoding must not change,
+    # including for a threshold below their floor (then searched on the host as before).
+    import app.core.inference as inference
+
+    voxel = (1.0, 0.5, 0.5)
+    cells = [(np.array([4.0, 10.0 + 14 * k, 20.0 + 9 * k]), np.array([4.0, 14.0 + 14 * k, 24.0 + 9 * k]), 0.9)
+             for k in range(4)]
+    volume = render((8, 70, 80), voxel, cells)
+    predictor, _ = oracle_predictor(voxel)
+    plain = predictor.run_network(volume)
+    assert plain.maxima is None
+    monkeypatch.setattr(inference, "_maxima_on", lambda staging: True)
+    staged = predictor.run_network(volume)
+    assert staged.maxima is not None and len(staged.maxima[0].coords) >= 4
+    for decoding in (None, dataclasses.replace(predictor.decoding, peak_threshold_golgi=0.01)):
+        a, b = predictor.decode(plain, decoding), predictor.decode(staged, decoding)
+        assert len(a) == len(b) == 4
+        np.testing.assert_array_equal(a.nuclei, b.nuclei)
+        np.testing.assert_array_equal(a.golgi, b.golgi)
+
+
 def test_dense_and_sparse_maxima_agree_and_peaks_are_capped(monkeypatch):
     import app.core.inference as inference
     from scipy import ndimage

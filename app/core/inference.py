@@ -360,6 +360,29 @@ def _local_maxima(heatmap: np.ndarray, threshold: float) -> np.ndarray:
     return coords[keep]
 
 
+@dataclass(frozen=True)
+class LocalMaxima:
+    """Every local maximum of a heatmap above ``floor``: what :func:`_local_maxima` finds at that threshold."""
+
+    coords: np.ndarray  # (N, 3) int64 voxels
+    values: np.ndarray  # (N,) heatmap values
+    floor: float
+
+
+#: Lowest peak threshold whose local maxima a GPU prediction finds on the GPU (lower ones: on the host).
+DEVICE_MAXIMA_FLOOR = 0.05
+
+
+def device_local_maxima(heatmap: torch.Tensor, floor: float = DEVICE_MAXIMA_FLOOR) -> LocalMaxima:
+    """:func:`_local_maxima` computed where ``heatmap`` (a ``(Z, Y, X)`` tensor) is: a voxel above ``floor``
+    that is ≥ its 26 neighbours (a 3×3×3 max-pool, whose padding never wins: outside does not count)."""
+    neighbourhood = F.max_pool3d(heatmap[None, None], kernel_size=3, stride=1, padding=1)[0, 0]
+    mask = (heatmap >= neighbourhood) & (heatmap > floor)
+    del neighbourhood
+    coords = torch.nonzero(mask)
+    return LocalMaxima(coords.cpu().numpy().astype(np.int64), heatmap[mask].float().cpu().numpy(), float(floor))
+
+
 def _thin(coords: np.ndarray, values: np.ndarray, min_distance_um: float, voxel_size: Sequence[float],
           heatmap: Optional[np.ndarray] = None, valley_ratio: float = 0.0) -> np.ndarray:
     """Indices of peaks kept by greedy thinning: highest first, dropping any closer than ``min_distance_um``.
@@ -475,7 +498,7 @@ def refine_peaks(heatmap: np.ndarray, coords: np.ndarray) -> np.ndarray:
 
 def find_peaks(
     heatmap: np.ndarray, threshold: float, min_distance_um: float, voxel_size: Sequence[float],
-    max_peaks: int = MAX_PEAKS, valley_ratio: float = 0.0,
+    max_peaks: int = MAX_PEAKS, valley_ratio: float = 0.0, maxima: Optional["LocalMaxima"] = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Centroid peaks of a ``(Z, Y, X)`` heatmap.
 
@@ -494,6 +517,9 @@ def find_peaks(
     valley_ratio : float
         0: plain minimum distance. r > 0: a nearer peak is kept where a valley deeper than r × its height
         separates it from the higher ones (:func:`_thin`).
+    maxima : LocalMaxima, optional
+        The heatmap's local maxima found beforehand (:func:`device_local_maxima`, on a GPU); used when
+        ``threshold`` is at or above their floor, else they are searched here.
 
     Returns
     -------
@@ -507,7 +533,10 @@ def find_peaks(
     heatmap = np.asarray(heatmap)
     if heatmap.ndim != 3:
         raise ValueError(f"find_peaks expects a (Z, Y, X) heatmap, got shape {heatmap.shape}.")
-    coords = _local_maxima(heatmap, float(threshold))
+    if maxima is not None and threshold >= maxima.floor:
+        coords = maxima.coords[maxima.values > threshold]
+    else:
+        coords = _local_maxima(heatmap, float(threshold))
     values = heatmap[tuple(coords.T)].astype(np.float64) if len(coords) else np.zeros(0)
     if len(coords) > 20 * max_peaks:  # thinning keeps the highest anyway; skip hopeless candidates
         top = np.argpartition(-values, 20 * max_peaks)[: 20 * max_peaks]
@@ -670,6 +699,8 @@ class NetworkOutput:
     image_voxel_size: tuple[float, float, float]
     batch: int
     timings: dict[str, float] = field(default_factory=dict)
+    #: Local maxima of (nucleus, Golgi) found on the GPU before the heatmaps came back (None on a CPU).
+    maxima: Optional[tuple[LocalMaxima, LocalMaxima]] = None
 
 
 def fuse_batchnorm(module: nn.Module, copy: bool = True) -> nn.Module:
@@ -760,6 +791,12 @@ def prepare_on_device(stacked: np.ndarray, voxel_size: Sequence[float], target_v
                 out[c].clamp_(0.0, 1.5)
         prepared[(low, high, clip)] = out
     return prepared, mapping
+
+
+def _maxima_on(staging: torch.device) -> bool:
+    """Whether heatmaps staged on ``staging`` get their local maxima there (on a CPU numpy's sparse search
+    is faster than a max-pool over the whole volume)."""
+    return staging.type != "cpu"
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -1163,6 +1200,8 @@ class Predictor:
                 for h in heat_sum:
                     h[z] /= plane
                     h[z] *= scale
+            # On a GPU the local maxima are found there (a max-pool) rather than on the host afterwards.
+            maxima = tuple(device_local_maxima(h) for h in heat_sum) if _maxima_on(staging) else None
             heat_np = tuple(h.cpu().numpy() for h in heat_sum)
             del heat_sum
             timings["stitch"] = timings.get("stitch", 0.0) + time.perf_counter() - t0
@@ -1175,7 +1214,7 @@ class Predictor:
         _check_cancel(cancel)
         timings["network_total"] = time.perf_counter() - t_start
         return NetworkOutput(heat_np[0], heat_np[1], member_embeddings, grid, mapping,
-                             tuple(volume.spatial_shape), tuple(volume.voxel_size), batch, timings)
+                             tuple(volume.spatial_shape), tuple(volume.voxel_size), batch, timings, maxima)
 
     def decode(self, output: NetworkOutput, decoding: Optional[DecodingSpec] = None) -> PairSet:
         """Peaks, pairing and mapping back to the input's voxels, with ``decoding`` (default: the model's)."""
@@ -1227,10 +1266,11 @@ class Predictor:
         (``output.resampling.to_input`` maps positions to the input's voxels), as :func:`find_peaks`.
         """
         dec = decoding if decoding is not None else self.decoding
+        maxima = output.maxima or (None, None)
         return (find_peaks(output.heatmap_nucleus, dec.peak_threshold_nucleus, dec.min_distance_nucleus_um,
-                           self.voxel_size, valley_ratio=dec.peak_valley_nucleus),
+                           self.voxel_size, valley_ratio=dec.peak_valley_nucleus, maxima=maxima[0]),
                 find_peaks(output.heatmap_golgi, dec.peak_threshold_golgi, dec.min_distance_golgi_um,
-                           self.voxel_size, valley_ratio=dec.peak_valley_golgi))
+                           self.voxel_size, valley_ratio=dec.peak_valley_golgi, maxima=maxima[1]))
 
     def _pair(self, grid: WindowGrid, member_embeddings: list[dict[int, np.ndarray]],
               pos_n: np.ndarray, vox_n: np.ndarray, pos_g: np.ndarray, vox_g: np.ndarray,
