@@ -1311,7 +1311,8 @@ class Predictor:
         extra = {
             "pairing": "embedding, max-weight matching" + (f", distance weight {weight:g}" if weight > 0 else "")
                        + (f", peak-height weight {height_weight:g}" if height_weight > 0 else "")
-                       + (f", ridge weight {ridge_weight:g} at {dec.ridge_radius_um:g} µm" if ridge_weight > 0 else ""),
+                       + (f", ridge weight {ridge_weight:g} at {dec.ridge_radius_um:g} µm"
+                          if ridge_weight > 0 else ""),
             "candidate_edges": int(len(ei)),
             "edges_without_common_window": int((~has_window).sum()),
         }

@@ -121,8 +121,9 @@ class DecodingSpec:
     peak_valley_golgi: float = 0.0
     #: How much a Golgi peak on a *ridge* of the Golgi heatmap counts against it in pairing: the edge cost
     #: above gains ``ρ · ridge`` with ``ridge`` the heatmap ``ridge_radius_um`` away on *both* sides of the
-    #: peak along its most ridge-like in-plane axis, as a fraction of the peak (:func:`app.core.inference.ridge_scores`): about
-    #: 0 for a compact Golgi, near 1 for a peak on a tube (a vessel). 0 = off.
+    #: peak along its most ridge-like in-plane axis, as a fraction of the peak
+    #: (:func:`app.core.inference.ridge_scores`): about 0 for a compact Golgi, near 1 for a peak on a tube
+    #: (a vessel). 0 = off.
     pairing_ridge_weight: float = 0.0
     ridge_radius_um: float = 3.5
 

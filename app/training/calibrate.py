@@ -50,10 +50,10 @@ def calibrate_decoding(predictor, validation: Sequence[tuple[Volume, PairSet]], 
     The pairing rule (:attr:`DecodingSpec.pairing_distance_weight` and ``pairing_height_weight``, jointly)
     is chosen first, at the current thresholds; then how much a tube-like Golgi peak counts against it
     (:attr:`DecodingSpec.pairing_ridge_weight` with ``ridge_radius_um``); then the thresholds jointly (at
-    the current minimum distances); then the minimum distances at the best thresholds; then how deep a valley keeps two close
-    peaks apart (:attr:`DecodingSpec.peak_valley_golgi`, ``_nucleus``). Up to ``rounds`` such passes run,
-    stopping when one changes nothing (each choice is then made knowing the others); no setting is
-    scored twice. The score is the mean over images of TPR − FDR at ``level``.
+    the current minimum distances); then the minimum distances at the best thresholds; then how deep a
+    valley keeps two close peaks apart (:attr:`DecodingSpec.peak_valley_golgi`, ``_nucleus``). Up to
+    ``rounds`` such passes run, stopping when one changes nothing (each choice is then made knowing the
+    others); no setting is scored twice. The score is the mean over images of TPR − FDR at ``level``.
     """
     if not validation:
         raise CellPolError("Calibration needs at least one validation image with vectors.")
