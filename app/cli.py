@@ -419,7 +419,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                     m = event.metrics
                     say(f"Calibrated decoding: peak thresholds nucleus {m['peak_threshold_nucleus']:g}, Golgi "
                         f"{m['peak_threshold_golgi']:g}; minimum distances {m['min_distance_nucleus_um']:g} / "
-                        f"{m['min_distance_golgi_um']:g} µm (TPR − FDR at τL=5: {_fmt_rate(m.get('j'))})")
+                        f"{m['min_distance_golgi_um']:g} µm; vessel (ridge) weight {m.get('pairing_ridge_weight', 0.0):g} "
+                        f"(TPR − FDR at τL=5: {_fmt_rate(m.get('j'))})")
                 elif kind == "done":
                     if bar is not None:
                         bar.close()

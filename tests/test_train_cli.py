@@ -225,7 +225,7 @@ def test_cli_fine_tunes_a_given_model(train_dir, val_dir, tmp_path, capsys, monk
     assert main(["train", "--images", str(train_dir), "--out", str(out), "--steps", "2", "--init",
                  str(tmp_path / "init.json"), "--calibrate", "always", "--keep", "best", "--overwrite"]) == EXIT_OK
     err = capsys.readouterr().err
-    assert "Calibrated decoding" in err and "Keeping the last weights" not in err
+    assert "Calibrated decoding" in err and "vessel (ridge) weight" in err and "Keeping the last weights" not in err
     again = load_model(out.with_suffix(".json"))[1].provenance
     assert again["calibration"]["method"].startswith("grid search") and again["weights_from"] == "best"
     assert tuned.provenance["synthetic"]["volumes"] == 3 and tuned.provenance["synthetic"]["fraction"] == 0.25
