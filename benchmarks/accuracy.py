@@ -117,7 +117,7 @@ FOUND_NUCLEUS_UM, FOUND_GOLGI_UM = 3.0, 2.0
 SAME_POINT_UM = 0.5
 
 
-def failure_modes(predictor, volumes: list[tuple[Volume, PairSet]]) -> dict[str, int]:
+def failure_modes(predictor, volumes: list[tuple[Volume, PairSet]], outputs: Optional[list] = None) -> dict[str, int]:
     """Why a model misses cells and where its false vectors end, at τL = 0, inside the border margin.
 
     Missed cells split into: no nucleus peak, no Golgi peak, neither, or both found but not paired together
@@ -125,15 +125,15 @@ def failure_modes(predictor, volumes: list[tuple[Volume, PairSet]]) -> dict[str,
     :data:`FOUND_GOLGI_UM` from every annotated Golgi, ``..._closer`` / ``..._stronger``: that peak was nearer
     the nucleus / higher than the cell's own Golgi peak, ``own_golgi_unpaired``: the cell's Golgi peak went
     to no nucleus). False vectors: ``fp_non_golgi`` (ending on such a peak), ``fp_non_nucleus`` (starting
-    on a peak far from every annotated nucleus).
+    on a peak far from every annotated nucleus). ``outputs``: the volumes' network outputs, if already run.
     """
     from collections import Counter
 
     from scipy.spatial.distance import cdist
 
     counts: Counter = Counter()
-    for volume, gt in volumes:
-        output = predictor.run_network(volume)
+    for k, (volume, gt) in enumerate(volumes):
+        output = outputs[k] if outputs is not None else predictor.run_network(volume)
         pred = predictor.decode(output)
         score = evaluate.score_pairs(gt, pred, image_shape=volume.spatial_shape)
         scale = np.asarray(gt.voxel_size, dtype=np.float64)
@@ -242,11 +242,18 @@ def main() -> None:
         methods["ensemble(" + "+".join(label(p, members) for p in members) + ")"] = Predictor.from_files(members, args.device)
     print(f"{source}, presets {args.presets}, {sum(len(p) for _, p in volumes)} GT pairs")
     print(f"{'method':28s} {'TPR@0':>7s} {'FDR@0':>7s} {'TPR@5':>7s} {'FDR@5':>7s} {'cos@0':>7s} {'s/vol':>7s}")
+    outputs: dict[str, list] = {}  # network outputs kept for --failures, so it does not run them again
     for name, method in methods.items():
         scores, seconds = [], []
+        keep = args.failures and getattr(method, "architecture", None) == "cellpol"
         for volume, gt in volumes:
             started = time.perf_counter()
-            pred = method(volume)
+            if keep:
+                output = method.run_network(volume)
+                outputs.setdefault(name, []).append(output)
+                pred = method.decode(output)
+            else:
+                pred = method(volume)
             seconds.append(time.perf_counter() - started)
             scores.append(evaluate.score_pairs(gt, pred, image_shape=volume.spatial_shape))
         result = evaluate.aggregate(scores)
@@ -255,9 +262,9 @@ def main() -> None:
               f"{cos:7.3f} {np.median(seconds):7.2f}")
     if args.failures:
         for path in args.model:
-            predictor = methods[label(path, args.model)]
-            if predictor.architecture == "cellpol":
-                print(f"failure modes at τL = 0, {label(path, args.model)}: {failure_modes(predictor, volumes)}")
+            name = label(path, args.model)
+            if name in outputs:
+                print(f"failure modes at τL = 0, {name}: {failure_modes(methods[name], volumes, outputs[name])}")
 
 
 if __name__ == "__main__":

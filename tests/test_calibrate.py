@@ -103,6 +103,13 @@ def test_pairing_distance_weight_decides_crossed_cells_and_is_calibrated():
     assert table[0]["j"] < 0 and max(row["j"] for row in table) == 1.0
 
 
+def golgi_y_of_the_one_pair(predictor, output, decoding):
+    """Golgi y (µm) of the single vector ``output`` decodes to with ``decoding``."""
+    pairs = predictor.decode(output, decoding)
+    assert len(pairs) == 1
+    return pairs.golgi[0, 1] * VOXEL[1]
+
+
 def test_pairing_height_weight_prefers_a_strong_golgi_to_a_faint_nearer_one():
     """A nucleus (1.0) with a faint Golgi-channel peak (0.82, a vessel or speck; its embedding still admits
     it) 2.5 µm on one side and its strong Golgi (1.0) 3.5 µm on the other: by distance the faint peak wins
@@ -115,14 +122,9 @@ def test_pairing_height_weight_prefers_a_strong_golgi_to_a_faint_nearer_one():
     volume = render((9, 80, 80), VOXEL, [(nucleus, None, 1.0), (None, faint, 0.82), (None, strong, 1.0)])
     output = predictor.run_network(volume)
 
-    def golgi_y(decoding):
-        pairs = predictor.decode(output, decoding)
-        assert len(pairs) == 1
-        return pairs.golgi[0, 1] * VOXEL[1]
-
-    assert abs(golgi_y(predictor.decoding) - 17.5) < 0.3
+    assert abs(golgi_y_of_the_one_pair(predictor, output, predictor.decoding) - 17.5) < 0.3
     with_height = dataclasses.replace(predictor.decoding, pairing_height_weight=0.6)
-    assert abs(golgi_y(with_height) - 23.5) < 0.3
+    assert abs(golgi_y_of_the_one_pair(predictor, output, with_height) - 23.5) < 0.3
     assert "peak-height weight 0.6" in predictor.decode(output, with_height).meta["pairing"]
 
 
@@ -134,23 +136,18 @@ def test_pairing_ridge_weight_prefers_a_compact_golgi_to_a_nearer_vessel():
 
     predictor, _ = oracle_predictor(VOXEL, window=(7, 80, 80), pairing_distance_weight=1.0)
     shape = (7, 60, 80)
-    nucleus_um, golgi_um = np.array([3.0, 15.0, 20.0]), np.array([3.0, 20.0, 20.0])
+    nucleus = um(3, 15, 20)
     vessel, _, golgi = tube_and_blob(shape, VOXEL, angle_deg=0.0, tube_centre=(3.0, 12.0, 20.0),
-                                     blob_centre=tuple(golgi_um))
-    nuclei = render(shape, VOXEL, [(nucleus_um / np.asarray(VOXEL), None, 1.0)]).data[0]
+                                     blob_centre=(3.0, 20.0, 20.0))
+    nuclei = render(shape, VOXEL, [(nucleus, None, 1.0)]).data[0]
     volume = Volume(np.stack([nuclei, vessel]), VOXEL, ("nuclei", "golgi"))
     output = predictor.run_network(volume)
 
-    def golgi_y(decoding):
-        pairs = predictor.decode(output, decoding)
-        assert len(pairs) == 1
-        return pairs.golgi[0, 1] * VOXEL[1]
-
-    assert abs(golgi_y(predictor.decoding) - 12.0) < 0.3
+    assert abs(golgi_y_of_the_one_pair(predictor, output, predictor.decoding) - 12.0) < 0.3
     with_ridge = dataclasses.replace(predictor.decoding, pairing_ridge_weight=0.2)
-    assert abs(golgi_y(with_ridge) - 20.0) < 0.3
+    assert abs(golgi_y_of_the_one_pair(predictor, output, with_ridge) - 20.0) < 0.3
     assert "ridge weight 0.2 at 3.5 µm" in predictor.decode(output, with_ridge).meta["pairing"]
-    truth = PairSet([nucleus_um / np.asarray(VOXEL)], [golgi], voxel_size=VOXEL)
+    truth = PairSet([nucleus], [golgi], voxel_size=VOXEL)
     best, _ = calibrate_decoding(predictor, [(volume, truth)], thresholds=(0.3,), min_distance_nucleus_um=(3.0,),
                                  min_distance_golgi_um=(1.5,), pairing_distance_weights=(1.0,),
                                  pairing_height_weights=(0.0,))

@@ -441,8 +441,10 @@ def test_an_image_too_large_for_the_device_is_staged_in_host_memory(monkeypatch)
     with pytest.raises(CellPolError, match="out of memory"):
         predictor(volume)
     # Anything else is not swallowed.
-    monkeypatch.setattr(inference.Predictor, "_prepare", lambda self, vol, where: (_ for _ in ()).throw(
-        RuntimeError("some other failure")))
+    def broken(self, vol, where):
+        raise RuntimeError("some other failure")
+
+    monkeypatch.setattr(inference.Predictor, "_prepare", broken)
     with pytest.raises(RuntimeError, match="some other failure"):
         predictor(volume)
 
