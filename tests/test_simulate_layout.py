@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import numpy as np
@@ -106,19 +105,26 @@ def test_layout_in_2d_keeps_y_x():
 def test_random_path_unchanged():
     # Recorded before layouts existed (commit 7c07a37); the trained models depend on these volumes.
     volume, pairs = simulate(SimConfig(shape=(6, 64, 64), voxel_size=(1, 0.5, 0.5), seed=3))
-    digest = hashlib.sha256(volume.data.tobytes()).hexdigest()
-    assert digest == "80381b8925c394a358a6559e8d980f39444d0061a828933b1c172dbb1ff029e9"
-    np.testing.assert_array_equal(
+    # Moments instead of a digest: any change of the random draws moves them by far more than 1e-6, while
+    # the last bits that differ between AVX2 and AVX-512 machines move them by less (issue 18, item 4).
+    data = volume.data.astype(np.float64)
+    z, y, x = np.indices(data.shape[1:])
+    moments = [[c.sum(), (c**2).sum(), (c * (x + 2 * y + 3 * z)).sum()] for c in data]
+    np.testing.assert_allclose(moments, [[7282951.0, 4874024541.0, 787684445.0],
+                                         [4038231.0, 734476701.0, 418575396.0]], rtol=1e-6)
+    np.testing.assert_allclose(
         pairs.nuclei,
         [[1.7542193632900418, 21.99657774544184, 9.211142533669161],
          [2.0865999966446074, 57.671020309643325, 17.63913985102875],
          [1.8558558542716947, 43.461550387793864, 44.88770726215988]],
+        rtol=1e-6,
     )
-    np.testing.assert_array_equal(
+    np.testing.assert_allclose(
         pairs.golgi,
         [[1.4776895307480682, 23.432006860605128, 1.0083703187716517],
          [2.1255792948484205, 56.640557832903575, 6.509085435264601],
          [0.9925814759371328, 41.75447886175368, 26.33715609012539]],
+        rtol=1e-6,
     )
     assert "layout_um" not in volume.metadata["config"]
 
