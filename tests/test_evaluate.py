@@ -234,6 +234,10 @@ def test_border_exclusion_is_strict_in_plane_only_and_needs_both_ends():
     expected = np.array([r[2] for r in rows])
     np.testing.assert_array_equal(inside_border(gt, shape[1:], 10), expected)
 
+    # Scoring refuses points outside the stack (the last two rows' z); within it, z is never checked.
+    with pytest.raises(CellPolError, match="3 point"):
+        score_pairs(gt, gt, image_shape=shape)
+    gt, expected, shape = gt.subset(np.arange(8)), expected[:8], (10, 100, 80)
     score = score_pairs(gt, gt, image_shape=shape)
     assert score.border_margin_voxels == 10 and score.border_excluded
     assert score.n_gt == score.n_pred == expected.sum()
@@ -253,9 +257,12 @@ def test_border_exclusion_disabled_skipped_or_from_sidecar_shape():
     gt = pairs([[2, 5, 5], [2, 50, 50]], [[2, 6, 6], [2, 52, 50]], voxel_size=(1.0, 0.5, 0.5))
     off = score_pairs(gt, gt, image_shape=(5, 100, 100), border_margin_um=0)
     assert off.n_gt == 2 and off.border_margin_voxels is None
-    unknown = score_pairs(gt, gt)
+    # Unknown image size: border exclusion cannot be applied, so scoring stops (it used to skip it).
+    with pytest.raises(CellPolError, match="Cannot apply the 7 µm border exclusion.*border margin of 0"):
+        score_pairs(gt, gt)
+    unknown = score_pairs(gt, gt, border_margin_um=0)
     assert unknown.n_gt == 2 and not unknown.border_excluded
-    assert any("border exclusion skipped" in w for w in unknown.warnings)
+    assert any("not checked against the image bounds" in w for w in unknown.warnings)
     gt.meta["image_shape_zyx"] = [5, 100, 100]
     from_sidecar = score_pairs(gt, gt)
     assert from_sidecar.border_margin_voxels == 14 and from_sidecar.n_gt == 1
@@ -325,8 +332,8 @@ def test_2d_protocol_from_z1_with_its_own_thresholds():
     assert forced.protocol == "3d" and forced.matches["cost"].tolist() == [CAPPED_COST]
     np.testing.assert_array_equal(forced.tp, 0)
     # Unknown Z: every z == 0 → 2D; any z != 0 → 3D.
-    assert score_pairs(gt, pred).protocol == "2d"
-    assert score_pairs(gt, pairs([[1, 50, 50]], [[1, 50, 60]])).protocol == "3d"
+    assert score_pairs(gt, pred, border_margin_um=0).protocol == "2d"
+    assert score_pairs(gt, pairs([[1, 50, 50]], [[1, 50, 60]]), border_margin_um=0).protocol == "3d"
     with pytest.raises(CellPolError):
         score_pairs(gt, pred, protocol="volumetric")
 
@@ -470,7 +477,7 @@ def test_write_evaluation_creates_tables_and_a_real_png(folders, tmp_path):
     result = evaluate_folders(*folders)
     out = tmp_path / "report" / "nested"
     paths = write_evaluation(result, out)
-    assert set(paths) == {"per_image", "summary", "per_tp", "curves"}
+    assert set(paths) == {"per_image", "summary", "per_tp", "curves", "warnings"}
     for path in paths.values():
         assert path.parent == out and path.is_file() and path.stat().st_size > 0
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in paths.values())  # no temp files

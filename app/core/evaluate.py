@@ -10,13 +10,21 @@ Protocol
 2. **Border exclusion.** ``margin = int(border_margin_um / voxel_x)`` voxels (paper: int(7 / 0.666) =
    10) in the two in-plane axes (y, x) only; z is not checked. A pair is kept only if *both* its
    nucleus and its Golgi satisfy ``margin < coord < dim - margin`` strictly. Applied to ground truth
-   and prediction alike. Needs the image size (Y, X); without it, exclusion is skipped and the score
-   records that.
-3. **Matching.** One global Hungarian assignment (:func:`scipy.optimize.linear_sum_assignment`) on
-   ``cost = dN + dG`` (µm). Entries above the cut-off (10 µm in 3D, 20 µm in 2D) are set to 2000, as
-   in the paper: such pairs can still be assigned, and still count as TP at a level whose thresholds
-   they pass, because that test uses the true distances. The assignment is computed once and
-   re-tested at every level.
+   and prediction alike. Needs the image size (Y, X): from the caller, the images, or the sidecars'
+   ``image_shape_zyx``; without it scoring stops with one error (a border margin of 0 keeps every
+   pair) rather than silently scoring border pairs the paper leaves out.
+3. **Matching.** One global Hungarian assignment on ``cost = dN + dG`` (µm). Entries above the
+   cut-off (10 µm in 3D, 20 µm in 2D) are set to 2000, as in the paper: such pairs can still be
+   assigned, and still count as TP at a level whose thresholds they pass, because that test uses the
+   true distances. The assignment is computed once and re-tested at every level. It is solved on the
+   pairs that can matter (:func:`match_within_radius`): pairs within the cut-off, found with a k-d
+   tree, split into connected components, each solved with
+   :func:`scipy.optimize.linear_sum_assignment`; what is left is paired in index order at the capped
+   cost. This is an optimum of the dense capped matrix (the same matches among the kept entries where
+   that optimum is unique), in memory proportional to the pairs within the cut-off. Among the capped
+   entries, all of equal cost 2000, any choice is optimal: the dense solver's came from its scan order,
+   and this one can differ from it only there (on cell-like test data the TP counts are the same at
+   every level; tests/test_evaluate_honest.py).
 4. **Levels.** ``MAF = 0.75, 0.70, ..., 0.10`` (14 levels, τL = 0..13). A matched pair is a TP at a
    level iff ``dN <= τ_n`` and ``dG <= τ_g`` with ``τ_n = 16·MAF`` µm and ``τ_g = 8·MAF`` µm (2D:
    ``22·MAF`` and ``14·MAF``). A tolerance of 1e-9 µm absorbs floating-point noise at exact ties.
@@ -33,7 +41,21 @@ Protocol
 7. **Per image and level**: mean and sample standard deviation (``ddof=1``, as the paper's pandas
    ``std``; NaN with fewer than two TPs) of each per-TP metric.
 8. **Across images**: TPR/FDR/FNR and the per-image means and stds are averaged (NaN skipped);
-   TP/FP/FN are summed.
+   TP/FP/FN are summed. An image whose prediction file is missing counts: all its ground truth is FN
+   (TPR 0), and the result lists it (:attr:`EvaluationResult.missing`).
+
+Checks
+------
+Points outside the image (a coordinate below -0.5 or above ``dim - 0.5`` voxels, the outer edges of
+the first and last voxel, as training and the app refuse them) are refused with one error whenever
+the image size is known: such vectors were made for another image or in other units.
+
+Files (:func:`evaluate_folders`)
+--------------------------------
+Ground truth: ``<stem>.vectors.csv``. Predictions: ``<stem>.pred.vectors.csv``, or, as older versions
+wrote them, ``<stem>.vectors.csv`` (the ``.pred`` file wins when both exist). Autosaves are never
+read. Images (optional, for their size): ``<stem>.tif`` etc., the stem rule of
+:func:`app.core.batch.image_stem`.
 
 Everything here is pure numpy/scipy; matplotlib (Agg, no pyplot) is imported only to draw the curves.
 """
@@ -50,12 +72,22 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
-from scipy.spatial.distance import cdist
+from scipy.sparse import coo_matrix, csr_matrix
+from scipy.sparse.csgraph import connected_components, min_weight_full_bipartite_matching
+from scipy.spatial import cKDTree
 
 from app.core.errors import CellPolError
-from app.core.fileutil import atomic_path, atomic_write_text
+from app.core.fileutil import atomic_path, atomic_write_text, ensure_folder
 from app.core.jobs import CancelToken, ProgressCallback, check_cancel
-from app.core.pairs import PairSet, read_pairs
+from app.core.pairs import (
+    PREDICTION_SUFFIX,
+    VECTORS_SUFFIX,
+    PairSet,
+    read_pairs,
+    read_sidecar,
+    vectors_content,
+    vectors_stem,
+)
 from app.core.volume import parse_voxel_size
 
 __all__ = [
@@ -71,6 +103,8 @@ __all__ = [
     "border_margin_voxels",
     "inside_border",
     "hungarian_match",
+    "match_within_radius",
+    "points_outside_image",
     "score_pairs",
     "aggregate",
     "evaluate_folders",
@@ -92,7 +126,21 @@ PER_TP_METRICS = ("cos", "cos_paper", "error", "nd", "gd")
 #: Absorbs floating-point noise when a distance equals a threshold (µm).
 _TIE_TOLERANCE_UM = 1e-9
 
-VECTORS_SUFFIX = ".vectors.csv"
+#: A point lies outside the image beyond this many voxels past the centre of the first or last voxel.
+OUTSIDE_TOLERANCE_VOXELS = 0.5
+
+#: Status of an image whose ground truth has no prediction file (its pairs are all FN).
+NO_PREDICTION = "no prediction file"
+
+#: Components of the candidate graph up to this many rows × columns are solved densely
+#: (:func:`scipy.optimize.linear_sum_assignment`); larger ones with the sparse LAPJVsp solver.
+_DENSE_COMPONENT_ENTRIES = 1_000_000
+
+#: Points per k-d tree query in :func:`match_within_radius` (bounds its working memory).
+_QUERY_CHUNK = 65_536
+
+#: Warnings :func:`format_table` prints before summarising the rest as a count.
+MAX_TABLE_WARNINGS = 20
 
 
 @dataclass(frozen=True)
@@ -161,7 +209,7 @@ class ImageScore:
     image_shape : tuple of int or None
         ``(Z, Y, X)`` (Z may be ``None`` when only ``(Y, X)`` was known); ``None`` if unknown.
     border_margin_voxels : int or None
-        In-plane margin applied, or ``None`` when border exclusion was skipped.
+        In-plane margin applied, or ``None`` when the border margin was 0.
     n_gt, n_pred : int
         Pairs scored (after border exclusion).
     n_gt_excluded, n_pred_excluded : int
@@ -180,7 +228,10 @@ class ImageScore:
     tp_mask : ndarray of bool, shape (14, M)
         Whether each match is a TP at each level.
     warnings : list of str
-        Things the user should know (border exclusion skipped, missing prediction, ...).
+        Things the user should know (no prediction file, no pairs left, ...).
+    status : str
+        ``"scored"``, or :data:`NO_PREDICTION` when the ground truth had no prediction file (scored
+        against an empty prediction: every ground-truth pair is a FN).
     """
 
     name: str
@@ -206,6 +257,7 @@ class ImageScore:
     matches: dict[str, np.ndarray]
     tp_mask: np.ndarray
     warnings: list[str] = field(default_factory=list)
+    status: str = "scored"
 
     @property
     def border_excluded(self) -> bool:
@@ -216,7 +268,7 @@ class ImageScore:
         """One dict per level (the rows of ``evaluation_per_image.csv``)."""
         rows = []
         for level in range(N_LEVELS):
-            row: dict[str, Any] = {"image": self.name}
+            row: dict[str, Any] = {"image": self.name, "status": self.status}
             row.update(_level_header(level, self.tau_nucleus, self.tau_golgi))
             row.update(n_gt=self.n_gt, n_pred=self.n_pred)
             row.update(_counts_and_metrics(self, level))
@@ -259,6 +311,10 @@ class EvaluationResult:
         Predictions that had no ground truth (not scored).
     warnings : list of str
         All warnings of the images, prefixed by the image name, plus folder-level ones.
+    missing : list of str
+        Images with ground truth but no prediction file. They are scored (every ground-truth pair is a
+        FN, TPR 0), so the rates are not inflated by leaving them out, and listed here so the user sees
+        why.
     """
 
     images: list[ImageScore]
@@ -275,6 +331,7 @@ class EvaluationResult:
     std: dict[str, np.ndarray]
     skipped: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
 
     @property
     def n_images(self) -> int:
@@ -286,6 +343,7 @@ class EvaluationResult:
         for level in range(N_LEVELS):
             row = _level_header(level, self.tau_nucleus, self.tau_golgi)
             row["n_images"] = self.n_images
+            row["n_images_without_prediction"] = len(self.missing)
             row.update(_counts_and_metrics(self, level))
             rows.append(row)
         return rows
@@ -383,6 +441,222 @@ def hungarian_match(cost_um: np.ndarray, cutoff_um: float) -> tuple[np.ndarray, 
     return rows.astype(np.int64), cols.astype(np.int64), capped[rows, cols]
 
 
+def points_outside_image(pairs: PairSet, image_shape: Sequence[Optional[int]]) -> np.ndarray:
+    """Boolean mask, shape ``(N, 2)``, of the nuclei (column 0) and Golgi (column 1) outside the image.
+
+    A point is outside when a coordinate is below -0.5 or above ``dim - 0.5`` voxels (beyond the outer
+    edge of the first or last voxel), the rule of training and of the app. ``image_shape`` is ``(Z, Y, X)``
+    or ``(Y, X)``; a ``None`` Z leaves z unchecked.
+    """
+    dims = [None if d is None else float(d) for d in image_shape]
+    if len(dims) == 2:
+        dims = [None] + dims
+    outside = np.zeros((len(pairs), 2), dtype=bool)
+    for column, points in enumerate((pairs.nuclei, pairs.golgi)):
+        for axis, dim in enumerate(dims):
+            if dim is None:
+                continue
+            coord = points[:, axis]
+            outside[:, column] |= (coord < -OUTSIDE_TOLERANCE_VOXELS) | (coord > dim - 1 + OUTSIDE_TOLERANCE_VOXELS)
+    return outside
+
+
+def _refuse_outside(pairs: PairSet, image_shape: Sequence[Optional[int]], label: str) -> None:
+    """One :class:`CellPolError` if any point of ``pairs`` (described by ``label``) lies outside the image."""
+    if not len(pairs):
+        return
+    outside = points_outside_image(pairs, image_shape)
+    n_outside = int(outside.sum())
+    if not n_outside:
+        return
+    row, column = (int(k) for k in np.argwhere(outside)[0])
+    z, y, x = (pairs.nuclei if column == 0 else pairs.golgi)[row]
+    raise CellPolError(
+        f"{label}: {n_outside} point(s) (of {2 * len(pairs)} nuclei and Golgi) lie outside the image of "
+        f"{_fmt_shape(image_shape)} voxels (z × y × x); e.g. pair {int(pairs.ids[row])} has its "
+        f"{'nucleus' if column == 0 else 'Golgi'} at x={x:g}, y={y:g}, z={z:g}. Were these vectors made for "
+        "another image, or with other units (coordinates are 0-based voxels)?"
+    )
+
+
+def _fmt_shape(shape: Sequence[Optional[int]]) -> str:
+    return "×".join("?" if d is None else str(int(d)) for d in shape)
+
+
+def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise Euclidean distances, summed in the order :func:`scipy.spatial.distance.cdist` uses,
+    so that a cost equal to the cut-off falls on the same side of it as in the dense matrix."""
+    d = a - b
+    return np.sqrt((d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1]) + d[:, 2] * d[:, 2])
+
+
+def match_within_radius(
+    pred_nuclei_um: np.ndarray,
+    pred_golgi_um: np.ndarray,
+    gt_nuclei_um: np.ndarray,
+    gt_golgi_um: np.ndarray,
+    cutoff_um: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The paper's capped Hungarian assignment without the dense cost matrix.
+
+    Gives an optimum of :func:`hungarian_match` on ``cost = dN + dG`` (the same capped total, and the
+    same matches among the entries the cap keeps wherever that optimum is unique, i.e. without exact
+    ties), in time and memory proportional to the number of pairs within the cut-off instead of
+    ``n_pred × n_gt``:
+
+    1. Candidates: the prediction/ground-truth pairs with ``dN + dG <= cutoff_um`` (the entries the
+       dense matrix keeps), found with a k-d tree on the 6-D points ``(nucleus, Golgi)``.
+    2. They are matched to maximise ``Σ (2000 - cost)``, which is what minimising the capped total
+       means. Their graph splits into connected components, each an independent assignment: solved
+       with :func:`scipy.optimize.linear_sum_assignment` on the component's own capped matrix (or, for
+       a component too large for that, the sparse LAPJVsp solver).
+    3. The rows and columns left over are assigned to each other at the capped cost 2000, in index
+       order, as the dense solver does for a block of equal entries (every choice gives the same
+       capped total; a leftover pair still counts as TP at a level whose thresholds it passes).
+
+    Parameters
+    ----------
+    pred_nuclei_um, pred_golgi_um : ndarray, shape (n_pred, 3)
+        Predicted positions in µm (rows of the assignment).
+    gt_nuclei_um, gt_golgi_um : ndarray, shape (n_gt, 3)
+        Ground-truth positions in µm (columns).
+    cutoff_um : float
+        Costs strictly above this are capped to :data:`CAPPED_COST`.
+
+    Returns
+    -------
+    rows, cols : ndarray of int, shape (min(n_pred, n_gt),)
+        Assigned prediction and ground-truth indices, sorted by row.
+    capped_cost : ndarray
+        The capped cost of each assignment (``dN + dG``, or 2000).
+    """
+    pred_n, pred_g = (np.asarray(a, dtype=np.float64).reshape(-1, 3) for a in (pred_nuclei_um, pred_golgi_um))
+    gt_n, gt_g = (np.asarray(a, dtype=np.float64).reshape(-1, 3) for a in (gt_nuclei_um, gt_golgi_um))
+    n_rows, n_cols = len(pred_n), len(gt_n)
+    n_assign = min(n_rows, n_cols)
+    if n_assign == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty.copy(), np.zeros(0)
+
+    # dN + dG <= cutoff implies sqrt(dN² + dG²) <= cutoff; the slack covers the tree's own rounding.
+    reach = float(cutoff_um) * (1 + 1e-9) + 1e-9
+    edge_row, edge_col = _pairs_within(np.hstack([pred_n, pred_g]), np.hstack([gt_n, gt_g]), reach)
+    cost = _distances(pred_n[edge_row], gt_n[edge_col]) + _distances(pred_g[edge_row], gt_g[edge_col])
+    kept = np.flatnonzero(cost <= cutoff_um)  # as cdist(N) + cdist(G) > cutoff: the same floats
+    edge_row, edge_col, cost = edge_row[kept], edge_col[kept], cost[kept]
+    del kept
+
+    chosen = _max_weight_matching(edge_row, edge_col, cost)
+    row_free = np.ones(n_rows, dtype=bool)
+    col_free = np.ones(n_cols, dtype=bool)
+    row_free[edge_row[chosen]] = False
+    col_free[edge_col[chosen]] = False
+    n_rest = n_assign - len(chosen)
+    rows = np.concatenate([edge_row[chosen], np.flatnonzero(row_free)[:n_rest]])
+    cols = np.concatenate([edge_col[chosen], np.flatnonzero(col_free)[:n_rest]])
+    capped = np.concatenate([cost[chosen], np.full(n_rest, CAPPED_COST)])
+    order = np.argsort(rows, kind="stable")
+    return rows[order], cols[order], capped[order]
+
+
+def _pairs_within(
+    points: np.ndarray, others: np.ndarray, radius: float, chunk: int = _QUERY_CHUNK
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every ``(i, j)`` with ``‖points[i] - others[j]‖ <= radius``, in memory proportional to their number.
+
+    Nearest-neighbour queries on a k-d tree of ``others`` (all cores for large sets), a chunk of points
+    at a time; a point whose k nearest are all within reach is asked again with a larger k, so none is
+    missed.
+    """
+    tree = cKDTree(others)
+    found_rows, found_cols = [], []
+    for start in range(0, len(points), chunk):
+        block = points[start : start + chunk]
+        todo = np.arange(len(block))
+        k = 8
+        while len(todo):
+            k_used = min(k, tree.n)
+            workers = -1 if len(todo) >= 16_384 else 1  # threads only pay off for many queries
+            dist, index = tree.query(block[todo], k=k_used, distance_upper_bound=radius, workers=workers)
+            dist, index = dist.reshape(len(todo), k_used), index.reshape(len(todo), k_used)
+            hit = np.isfinite(dist)
+            more = hit[:, -1] if k_used < tree.n else np.zeros(len(todo), dtype=bool)
+            sub_row, sub_col = np.nonzero(hit & ~more[:, None])
+            found_rows.append(start + todo[sub_row])
+            found_cols.append(index[sub_row, sub_col].astype(np.int64))
+            todo, k = todo[more], k * 4
+    if not found_rows:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(found_rows).astype(np.int64), np.concatenate(found_cols)
+
+
+def _max_weight_matching(edge_row: np.ndarray, edge_col: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    """Indices of the edges of a matching that maximises ``Σ (2000 - cost)`` (all costs below 2000).
+
+    This is the capped assignment restricted to these edges: every vertex left unmatched is a capped
+    entry of the dense problem. Each connected component is solved on its own: a star (one row or one
+    column) by its cheapest edge, others by :func:`scipy.optimize.linear_sum_assignment` on the
+    component's capped matrix or, above :data:`_DENSE_COMPONENT_ENTRIES`, by the sparse solver.
+    """
+    n_edges = len(edge_row)
+    if n_edges == 0:
+        return np.zeros(0, dtype=np.int64)
+    row_ids, local_row = np.unique(edge_row, return_inverse=True)
+    col_ids, local_col = np.unique(edge_col, return_inverse=True)
+    n_r, n_c = len(row_ids), len(col_ids)
+    graph = coo_matrix((np.ones(n_edges, dtype=np.int8), (local_row, n_r + local_col)), shape=(n_r + n_c,) * 2)
+    n_components, labels = connected_components(graph, directed=False)
+    del graph
+    component = labels[local_row]
+    rows_in = np.bincount(labels[:n_r], minlength=n_components)
+    cols_in = np.bincount(labels[n_r:], minlength=n_components)
+    star = (rows_in == 1) | (cols_in == 1)
+
+    picked = []
+    # Stars: one edge at most can be matched; the cheapest (then the lowest indices) wins.
+    edges = np.flatnonzero(star[component])
+    if len(edges):
+        edges = edges[np.lexsort((local_col[edges], local_row[edges], cost[edges], component[edges]))]
+        first = np.ones(len(edges), dtype=bool)
+        first[1:] = component[edges[1:]] != component[edges[:-1]]
+        picked.append(edges[first])
+    # The rest: one assignment per component.
+    edges = np.flatnonzero(~star[component])
+    if len(edges):
+        edges = edges[np.argsort(component[edges], kind="stable")]
+        for group in np.split(edges, np.flatnonzero(np.diff(component[edges])) + 1):
+            picked.append(_solve_component(local_row[group], local_col[group], cost[group], group))
+    return np.concatenate(picked) if picked else np.zeros(0, dtype=np.int64)
+
+
+def _solve_component(row: np.ndarray, col: np.ndarray, cost: np.ndarray, edge_ids: np.ndarray) -> np.ndarray:
+    """The matched ``edge_ids`` of one connected component (see :func:`_max_weight_matching`)."""
+    rows, r = np.unique(row, return_inverse=True)
+    cols, c = np.unique(col, return_inverse=True)
+    n_r, n_c = len(rows), len(cols)
+    if n_r * n_c <= _DENSE_COMPONENT_ENTRIES:
+        capped = np.full((n_r, n_c), CAPPED_COST)
+        capped[r, c] = cost
+        edge_at = np.full((n_r, n_c), -1, dtype=np.int64)
+        edge_at[r, c] = np.arange(len(cost))
+        assigned = edge_at[linear_sum_assignment(capped)]
+        return edge_ids[assigned[assigned >= 0]]
+    # Sparse: a full matching on rows + a stand-in per column × columns + a stand-in per row. Leaving a
+    # row or a column unmatched costs 1000 (half the cap, so a pair left out costs 2000, as capped);
+    # stand-ins meet along the transposed edges. Weights are shifted by 1: LAPJVsp needs non-zero ones.
+    n_e = len(cost)
+    half = CAPPED_COST / 2
+    src = np.concatenate([r, np.arange(n_r), n_r + np.arange(n_c), n_r + c])
+    dst = np.concatenate([c, n_c + np.arange(n_r), np.arange(n_c), n_c + r])
+    weight = np.concatenate([cost, np.full(n_r, half), np.full(n_c, half), np.zeros(n_e)]) + 1.0
+    graph = csr_matrix((weight, (src, dst)), shape=(n_r + n_c, n_r + n_c))
+    match_row, match_col = min_weight_full_bipartite_matching(graph)
+    real = (match_row < n_r) & (match_col < n_c)
+    lookup = csr_matrix((np.arange(1, n_e + 1), (r, c)), shape=(n_r, n_c))
+    assigned = np.asarray(lookup[match_row[real], match_col[real]]).ravel() - 1
+    return edge_ids[assigned]
+
+
 def _cosine_signed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise signed cosine; NaN where a vector has zero length."""
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
@@ -395,17 +669,34 @@ def _cosine_signed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _cosine_paper(a_vox: np.ndarray, b_vox: np.ndarray) -> np.ndarray:
     """The paper's |cos|: raw voxel differences, norms and result rounded to 3 decimals.
 
-    Summed in the paper's axis order (row, column, z) so that the rounding matches exactly.
+    Summed in the paper's axis order (row, column, z) so that the rounding matches exactly; the
+    rounding is Python's ``round(x, 3)`` (see :func:`_round3`).
     """
-    out = np.full(len(a_vox), np.nan)
-    for k, (a, b) in enumerate(zip(a_vox[:, [1, 2, 0]], b_vox[:, [1, 2, 0]])):
-        a_list, b_list = a.tolist(), b.tolist()
-        numerator = sum(p * q for p, q in zip(a_list, b_list))
-        denominator = round(math.sqrt(sum(p * p for p in a_list)), 3) * round(
-            math.sqrt(sum(q * q for q in b_list)), 3
-        )
-        if denominator > 0:
-            out[k] = abs(round(numerator / denominator, 3))
+    a, b = np.asarray(a_vox, dtype=np.float64)[:, [1, 2, 0]], np.asarray(b_vox, dtype=np.float64)[:, [1, 2, 0]]
+    numerator = (a[:, 0] * b[:, 0] + a[:, 1] * b[:, 1]) + a[:, 2] * b[:, 2]
+    norm_a = np.sqrt((a[:, 0] * a[:, 0] + a[:, 1] * a[:, 1]) + a[:, 2] * a[:, 2])
+    norm_b = np.sqrt((b[:, 0] * b[:, 0] + b[:, 1] * b[:, 1]) + b[:, 2] * b[:, 2])
+    denominator = _round3(norm_a) * _round3(norm_b)
+    out = np.full(len(a), np.nan)
+    ok = denominator > 0
+    out[ok] = np.abs(_round3(numerator[ok] / denominator[ok]))
+    return out
+
+
+def _round3(values: np.ndarray) -> np.ndarray:
+    """Python's ``round(x, 3)`` element-wise, exactly.
+
+    ``rint(x · 1000) / 1000`` is the same double (the one nearest to k / 1000) unless ``x · 1000`` lies
+    within rounding noise of a half-integer, where its product may round across; those few values go
+    through Python's ``round``.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    scaled = values * 1000.0
+    out = np.rint(scaled) / 1000.0
+    # Below 1e9 the product's rounding error (< 1.2e-7) cannot cross a half-integer 1e-6 away.
+    doubtful = ~(np.abs(np.abs(scaled - np.floor(scaled)) - 0.5) > 1e-6) | ~(np.abs(scaled) < 1e9)
+    for k in np.flatnonzero(doubtful):
+        out[k] = round(float(values[k]), 3) if math.isfinite(values[k]) else values[k]
     return out
 
 
@@ -468,13 +759,23 @@ def _shape_from(value: Any, what: str) -> Optional[tuple[Optional[int], int, int
     return (dims[0], dims[1], dims[2])
 
 
+def _check_border_margin(border_margin_um: Any) -> None:
+    if not (isinstance(border_margin_um, (int, float)) and math.isfinite(border_margin_um) and border_margin_um >= 0):
+        raise CellPolError(f"The border margin must be a non-negative number of µm, got {border_margin_um!r}.")
+
+
 def _resolve_shape(
     gt: PairSet, pred: PairSet, image_shape: Any
 ) -> Optional[tuple[Optional[int], int, int]]:
     if image_shape is not None:
         return _shape_from(image_shape, "image_shape")
-    shape_gt = _shape_from(gt.meta.get("image_shape_zyx"), "The ground truth's image_shape_zyx")
-    shape_pred = _shape_from(pred.meta.get("image_shape_zyx"), "The prediction's image_shape_zyx")
+    return _sidecar_shape(gt.meta, pred.meta)
+
+
+def _sidecar_shape(gt_meta: dict[str, Any], pred_meta: dict[str, Any]) -> Optional[tuple[Optional[int], int, int]]:
+    """The image size the sidecars record (ground truth first); an error if they disagree in Y × X."""
+    shape_gt = _shape_from(gt_meta.get("image_shape_zyx"), "The ground truth's image_shape_zyx")
+    shape_pred = _shape_from(pred_meta.get("image_shape_zyx"), "The prediction's image_shape_zyx")
     if shape_gt is not None and shape_pred is not None and shape_gt[1:] != shape_pred[1:]:
         raise CellPolError(
             f"Ground truth and prediction were made on images of different sizes "
@@ -517,11 +818,12 @@ def score_pairs(
     gt, pred : PairSet
         Ground-truth and predicted pairs in voxels ``(z, y, x)``. Not modified.
     image_shape : sequence of int, optional
-        ``(Z, Y, X)`` or ``(Y, X)`` (a ``(C, Z, Y, X)`` data shape is accepted too). Defaults to the
-        sets' sidecar ``image_shape_zyx``. Without it, border exclusion is skipped (recorded in
-        :attr:`ImageScore.warnings`).
+        ``(Z, Y, X)`` or ``(Y, X)`` (a ``(C, Z, Y, X)`` data shape is accepted too); when given it is
+        used as is. Defaults to the sets' sidecar ``image_shape_zyx``. Needed for border exclusion;
+        when it is known, every point must lie inside the image (:func:`points_outside_image`).
     border_margin_um : float
-        Border margin in µm (default 7, as the paper); 0 disables border exclusion.
+        Border margin in µm (default 7, as the paper); 0 disables border exclusion and is the only
+        way to score without knowing the image size.
     protocol : {"auto", "3d", "2d"}
         ``"auto"`` picks 2D when the image has ``Z == 1``. When Z is unknown it picks 2D only if
         every z coordinate is 0, else 3D; :attr:`ImageScore.protocol_reason` says which applied.
@@ -537,7 +839,8 @@ def score_pairs(
     Raises
     ------
     CellPolError
-        Unknown or mismatched voxel sizes, mismatched image sizes, unknown protocol.
+        Unknown or mismatched voxel sizes, mismatched image sizes, unknown protocol, points outside
+        the image, or a border margin with no image size to apply it to.
     """
     if not isinstance(gt, PairSet) or not isinstance(pred, PairSet):
         raise CellPolError("score_pairs expects two PairSet objects (ground truth, prediction).")
@@ -553,15 +856,22 @@ def score_pairs(
     gt_index = np.arange(len(gt))
     pred_index = np.arange(len(pred))
     margin: Optional[int] = None
-    if not (isinstance(border_margin_um, (int, float)) and math.isfinite(border_margin_um) and border_margin_um >= 0):
-        raise CellPolError(f"The border margin must be a non-negative number of µm, got {border_margin_um!r}.")
+    _check_border_margin(border_margin_um)
+    if shape is None:
+        if border_margin_um > 0:
+            raise CellPolError(
+                f"Cannot apply the {border_margin_um:g} µm border exclusion: the image size is unknown (the "
+                "vectors' sidecars record no image_shape_zyx and no image shape was given). Give the image "
+                "size (or the images; CLI: --images DIR), or a border margin of 0 to keep every pair."
+            )
+        warnings.append("image size unknown: points not checked against the image bounds")
+    else:
+        _refuse_outside(gt, shape, "The ground-truth vectors")
+        _refuse_outside(pred, shape, "The predicted vectors")
     if border_margin_um > 0:
-        if shape is None:
-            warnings.append("image size unknown: border exclusion skipped")
-        else:
-            margin = border_margin_voxels(border_margin_um, voxel[2])
-            gt_index = gt_index[inside_border(gt, shape[1:], margin)]
-            pred_index = pred_index[inside_border(pred, shape[1:], margin)]
+        margin = border_margin_voxels(border_margin_um, voxel[2])
+        gt_index = gt_index[inside_border(gt, shape[1:], margin)]
+        pred_index = pred_index[inside_border(pred, shape[1:], margin)]
 
     scale = np.asarray(voxel, dtype=np.float64)
     gt_n, gt_g = gt.nuclei[gt_index], gt.golgi[gt_index]
@@ -569,11 +879,9 @@ def score_pairs(
     n_gt, n_pred = len(gt_index), len(pred_index)
 
     # One global assignment: rows = predictions, columns = ground truth, cost in µm.
-    if n_gt and n_pred:
-        cost = cdist(pr_n * scale, gt_n * scale) + cdist(pr_g * scale, gt_g * scale)
-    else:
-        cost = np.zeros((n_pred, n_gt))
-    rows, cols, assigned_cost = hungarian_match(cost, chosen.cost_cutoff_um)
+    rows, cols, assigned_cost = match_within_radius(
+        pr_n * scale, pr_g * scale, gt_n * scale, gt_g * scale, chosen.cost_cutoff_um
+    )
 
     # Per-match metrics (true distances, not the capped cost).
     v_pred_vox = pr_g[rows] - pr_n[rows]
@@ -652,7 +960,8 @@ def aggregate(scores: Sequence[ImageScore], skipped: Sequence[str] = (), warning
     scores : sequence of ImageScore
         All scored with the same protocol.
     skipped, warnings : sequence of str
-        Recorded on the result (used by :func:`evaluate_folders`).
+        Recorded on the result (used by :func:`evaluate_folders`). :attr:`EvaluationResult.missing`
+        lists the scores whose status is :data:`NO_PREDICTION`.
 
     Raises
     ------
@@ -684,15 +993,120 @@ def aggregate(scores: Sequence[ImageScore], skipped: Sequence[str] = (), warning
         std={k: _quiet_mean(np.stack([s.std[k] for s in scores])) for k in PER_TP_METRICS},
         skipped=list(skipped),
         warnings=all_warnings,
+        missing=[s.name for s in scores if s.status == NO_PREDICTION],
     )
 
 
-def _vector_files(folder: Path) -> dict[str, Path]:
-    files = {}
+def _vector_files(folder: Path, kinds: Sequence[str]) -> dict[str, dict[str, Path]]:
+    """``{stem: {kind: path}}`` of the vectors files of ``folder`` whose kind (see
+    :func:`app.core.pairs.vectors_stem`) is in ``kinds``."""
+    files: dict[str, dict[str, Path]] = {}
     for path in sorted(folder.iterdir()):
-        if path.is_file() and path.name.lower().endswith(VECTORS_SUFFIX) and not path.name.startswith("."):
-            files[path.name[: -len(VECTORS_SUFFIX)]] = path
+        stem, kind = vectors_stem(path.name)
+        if stem is not None and kind in kinds and path.is_file():
+            files.setdefault(stem, {})[kind] = path
     return files
+
+
+def _prediction_files(pred_dir: Path, same_folder: bool) -> tuple[dict[str, Path], list[str]]:
+    """``{stem: path}`` of the predictions: ``<stem>.pred.vectors.csv``, else (older versions)
+    ``<stem>.vectors.csv`` unless the folder is also the ground truth's; notes on the choices made."""
+    kinds = ("prediction",) if same_folder else ("prediction", "annotation")
+    chosen, notes = {}, []
+    for stem, by_kind in _vector_files(pred_dir, kinds).items():
+        chosen[stem] = by_kind.get("prediction", by_kind.get("annotation"))
+        if len(by_kind) == 2:
+            notes.append(
+                f"{stem}: both {by_kind['prediction'].name} and {by_kind['annotation'].name} are in {pred_dir}; "
+                f"scored {by_kind['prediction'].name}"
+            )
+    return chosen, notes
+
+
+#: What :func:`_image_size` returns: the size (or None), why it is unknown, warnings.
+_ShapeResult = tuple[Optional[tuple[Optional[int], int, int]], str, list[str]]
+
+
+def _images_by_stem(images_dir: Path) -> dict[str, list[Path]]:
+    """``{stem: [image paths]}`` of the images in ``images_dir`` (those :func:`find_images` lists).
+
+    Each image is listed under its stem (:func:`app.core.batch.image_stem`) and under its whole file
+    name, the name batch prediction gives the outputs of images that share a stem (``x.tif`` and
+    ``x.npy`` give ``x.tif.pred.vectors.csv`` and ``x.npy.pred.vectors.csv``).
+    """
+    from app.core.batch import image_stem
+    from app.core.imageio import find_images
+
+    by_stem: dict[str, list[Path]] = {}
+    for path in find_images([images_dir]):
+        by_stem.setdefault(image_stem(path), []).append(path)
+        if path.name != image_stem(path):
+            by_stem.setdefault(path.name, []).append(path)
+    return by_stem
+
+
+def _read_image_shape(path: Path, axes: Optional[str]) -> tuple[Optional[tuple[int, int, int]], str]:
+    """``(Z, Y, X)`` of an image, from its header (or, when ``axes`` is given, by reading it as the batch
+    prediction does); ``(None, why)`` when its axes are ambiguous."""
+    from app.core.imageio import read_image_info, read_volume
+
+    if axes is not None:
+        volume = read_volume(path, voxel_size=(1.0, 1.0, 1.0), axes=axes)  # the voxel size is not used
+        return tuple(int(d) for d in volume.spatial_shape), ""  # type: ignore[return-value]
+    info = read_image_info(path)
+    if info["czyx_shape"] is None:
+        return None, f"cannot tell the axes of {path.name} (give the image axes; CLI: --axes)"
+    return tuple(int(d) for d in info["czyx_shape"][1:]), ""  # type: ignore[return-value]
+
+
+def _image_size(
+    stem: str,
+    gt_path: Path,
+    pred_path: Optional[Path],
+    images: Optional[dict[str, list[Path]]],
+    images_dir: Optional[Path],
+    axes: Optional[str],
+) -> _ShapeResult:
+    """The size of the image ``stem`` (its file's, else the sidecars'), why it is unknown, and warnings.
+
+    Raises
+    ------
+    CellPolError
+        Ground-truth and prediction sidecars disagree, or the image's size differs from the one the
+        vectors were made on, or several images share the stem.
+    """
+    sidecar = _sidecar_shape(read_sidecar(gt_path), read_sidecar(pred_path) if pred_path is not None else {})
+    notes: list[str] = []
+    if images is None:
+        why = "" if sidecar is not None else "no image_shape_zyx in the vectors' sidecars and no images folder given"
+        return sidecar, why, notes
+    candidates = images.get(stem, [])
+    if len(candidates) > 1:
+        raise CellPolError(
+            f"Several images in {images_dir} are named {stem}: {', '.join(p.name for p in candidates)}; "
+            f"name the vectors after the whole file name ({candidates[0].name}{VECTORS_SUFFIX}, as batch "
+            "prediction does) or keep one image per name, so they are checked against the right image."
+        )
+    if not candidates:
+        if sidecar is not None:
+            notes.append(f"no image named {stem} in {images_dir}: used the image size the vectors record")
+            return sidecar, "", notes
+        return None, f"no image_shape_zyx in the vectors' sidecars and no image named {stem} in {images_dir}", notes
+    image_path = candidates[0]
+    shape, why = _read_image_shape(image_path, axes)
+    if shape is None:
+        if sidecar is not None:
+            notes.append(f"{why}: used the image size the vectors record")
+            return sidecar, "", notes
+        return None, why, notes
+    if sidecar is not None and (
+        sidecar[1:] != shape[1:] or (sidecar[0] is not None and sidecar[0] != shape[0])
+    ):
+        raise CellPolError(
+            f"The image {image_path} is {_fmt_shape(shape)} voxels (z × y × x) but the vectors were made on an "
+            f"image of {_fmt_shape(sidecar)} (their sidecars' image_shape_zyx): is it the image they belong to?"
+        )
+    return shape, "", notes
 
 
 def evaluate_folders(
@@ -704,17 +1118,27 @@ def evaluate_folders(
     border_margin_um: float = 7.0,
     protocol: str = "auto",
     cancel: Optional[CancelToken] = None,
+    images_dir: Optional[str | os.PathLike] = None,
+    image_axes: Optional[str] = None,
 ) -> EvaluationResult:
-    """Score every ``<stem>.vectors.csv`` of ``pred_dir`` against the same stem in ``gt_dir``.
+    """Score the predictions of ``pred_dir`` against the ground truth of ``gt_dir``, matched by stem.
 
-    Ground truth without a prediction is scored as all-FN (with a warning); predictions without
-    ground truth are listed in :attr:`EvaluationResult.skipped`. Image sizes for border exclusion come
-    from the sidecars' ``image_shape_zyx``.
+    Ground truth is ``<stem>.vectors.csv``; a prediction is ``<stem>.pred.vectors.csv`` or, as older
+    versions wrote them, ``<stem>.vectors.csv`` (the ``.pred`` file wins when both exist, with a
+    warning). Autosaves are never read. Both may live in one folder; then only ``.pred`` files are
+    predictions. Ground truth without a prediction is scored as all-FN and listed in
+    :attr:`EvaluationResult.missing`; predictions without ground truth are listed in
+    :attr:`EvaluationResult.skipped`. Nothing is left only in memory: every such case is also a warning.
+
+    The image size (for border exclusion and for refusing points outside the image) comes from the
+    image ``<stem>.<tif|tiff|ome.tif|ome.tiff|npy|czi>`` in ``images_dir`` when given, else from the
+    vectors' sidecars (``image_shape_zyx``). Every size is settled before any scoring, so a missing one
+    stops the run at once with one message listing the images concerned.
 
     Parameters
     ----------
     gt_dir, pred_dir : path
-        Folders of project vectors CSVs (with JSON sidecars).
+        Folders of project vectors CSVs (with JSON sidecars). May be the same folder.
     voxel_size : sequence of float, optional
         ``(z, y, x)`` µm overriding the sidecars'.
     progress : callable, optional
@@ -723,50 +1147,113 @@ def evaluate_folders(
         As for :func:`score_pairs`.
     cancel : CancelToken, optional
         Polled between images.
+    images_dir : path, optional
+        Folder of the images the vectors were made on. For each stem, the image whose name without its
+        image suffix is the stem (the rule of :func:`app.core.batch.image_stem`, among the files
+        :func:`app.core.imageio.find_images` lists; not recursive) gives the size; only its header is
+        read. Its size must agree with the sidecars' where they record one. A stem without an image
+        falls back to the sidecars (with a warning).
+    image_axes : str, optional
+        Axes of the images (as ``cellpol predict --axes``), for images whose header does not tell them
+        (e.g. the authors' RGB layout ``"YXZC"``); each image is then read in full.
 
     Raises
     ------
     CellPolError
         Missing folders, no vectors files, no stem in common, unreadable files, mismatched voxel sizes
-        (the message names the image).
+        or image sizes, points outside the image (the message names the image), or a border margin
+        > 0 for images whose size is unknown.
     """
+    _check_border_margin(border_margin_um)
     gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
     for what, folder in (("ground-truth", gt_dir), ("prediction", pred_dir)):
         if not folder.is_dir():
             raise CellPolError(f"The {what} folder {folder} does not exist (or is not a folder).")
-    if gt_dir.resolve() == pred_dir.resolve():
-        raise CellPolError(f"The ground-truth and prediction folders are the same ({gt_dir}).")
-    gt_files, pred_files = _vector_files(gt_dir), _vector_files(pred_dir)
+    same_folder = gt_dir.resolve() == pred_dir.resolve()
+    gt_files = {stem: kinds["annotation"] for stem, kinds in _vector_files(gt_dir, ("annotation",)).items()}
+    pred_files, folder_warnings = _prediction_files(pred_dir, same_folder)
+    if same_folder and not pred_files:
+        raise CellPolError(
+            f"The ground-truth and prediction folders are the same ({gt_dir}) and it holds no predictions "
+            f"(*{PREDICTION_SUFFIX}); in one folder, <name>{VECTORS_SUFFIX} is the ground truth."
+        )
     if not gt_files:
-        raise CellPolError(f"No ground-truth vectors (*{VECTORS_SUFFIX}) in {gt_dir}.")
+        raise CellPolError(
+            f"No ground-truth vectors (*{VECTORS_SUFFIX}) in {gt_dir} (predictions, *{PREDICTION_SUFFIX}, and "
+            "autosaves are not ground truth)."
+        )
     if not pred_files:
-        raise CellPolError(f"No predicted vectors (*{VECTORS_SUFFIX}) in {pred_dir}.")
+        raise CellPolError(f"No predicted vectors (*{PREDICTION_SUFFIX}, or *{VECTORS_SUFFIX} from older versions) "
+                           f"in {pred_dir}.")
     common = sorted(set(gt_files) & set(pred_files))
     if not common:
         raise CellPolError(
-            f"No file names in common between {gt_dir} and {pred_dir}: ground truth and prediction are "
-            f"matched by name (<name>{VECTORS_SUFFIX})."
+            f"No file names in common between {gt_dir} and {pred_dir}: ground truth <name>{VECTORS_SUFFIX} is "
+            f"matched with the prediction <name>{PREDICTION_SUFFIX} (or <name>{VECTORS_SUFFIX})."
         )
     skipped = sorted(set(pred_files) - set(gt_files))
-    folder_warnings = [f"{stem}: prediction without ground truth, skipped" for stem in skipped]
+    folder_warnings += [f"{stem}: prediction without ground truth, skipped" for stem in skipped]
     stems = sorted(gt_files)
+
+    # Image sizes first: a missing one stops the run before any work, with every image concerned named.
+    images, images_path = None, None
+    if images_dir is not None:
+        images_path = Path(images_dir)
+        if not images_path.is_dir():
+            raise CellPolError(f"The images folder {images_path} does not exist (or is not a folder).")
+        images = _images_by_stem(images_path)
+    shapes: dict[str, Optional[tuple[Optional[int], int, int]]] = {}
+    shape_notes: dict[str, list[str]] = {}
+    unknown: list[str] = []
+    for stem in stems:
+        check_cancel(cancel)
+        try:
+            shape, why, notes = _image_size(stem, gt_files[stem], pred_files.get(stem), images, images_path,
+                                            image_axes)
+        except CellPolError as exc:
+            raise CellPolError(f"{stem}: {exc}") from None
+        if shape is None:
+            unknown.append(f"{stem} ({why})")
+            if images is not None:
+                notes.append(why)
+        shapes[stem], shape_notes[stem] = shape, notes
+    if unknown and border_margin_um > 0:
+        listed = "; ".join(unknown[:5]) + (f"; and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise CellPolError(
+            f"Cannot apply the {border_margin_um:g} µm border exclusion to {len(unknown)} image(s) whose size is "
+            f"unknown: {listed}. Give the folder of the images (CLI: --images DIR) so their sizes can be read, "
+            "or a border margin of 0 (--border-margin 0) to keep every pair."
+        )
+
     scores: list[ImageScore] = []
     for done, stem in enumerate(stems):
         check_cancel(cancel)
         if progress is not None:
             progress(done, len(stems), f"Scoring {stem}")
-        gt = read_pairs(gt_files[stem], voxel_size=voxel_size)
-        if stem in pred_files:
-            pred = read_pairs(pred_files[stem], voxel_size=voxel_size)
-        else:
-            pred = PairSet.empty(voxel_size=gt.voxel_size)
+        shape = shapes[stem]
         try:
+            gt = read_pairs(gt_files[stem], voxel_size=voxel_size)
+            if stem in pred_files:
+                pred = read_pairs(pred_files[stem], voxel_size=voxel_size)
+            else:
+                pred = PairSet.empty(voxel_size=gt.voxel_size)
+            if shape is not None:
+                _refuse_outside(gt, shape, f"The ground truth {gt_files[stem]}")
+                if stem in pred_files:
+                    _refuse_outside(pred, shape, f"The prediction {pred_files[stem]}")
             score = score_pairs(
-                gt, pred, border_margin_um=border_margin_um, protocol=protocol, voxel_size=voxel_size, name=stem
+                gt, pred, image_shape=shape, border_margin_um=border_margin_um, protocol=protocol,
+                voxel_size=voxel_size, name=stem,
             )
         except CellPolError as exc:
             raise CellPolError(f"{stem}: {exc}") from None
-        if stem not in pred_files:
+        score.warnings[:0] = shape_notes[stem]
+        if vectors_content(gt.meta, gt.sources) == "prediction":
+            score.warnings.insert(0, f"the ground truth {gt_files[stem].name} holds a model's predictions "
+                                     "(by its sidecar or sources): is this the right ground-truth folder?")
+        if stem not in pred_files:  # says it all: no "no predicted pairs" besides
+            score.status = NO_PREDICTION
+            score.warnings[:] = [w for w in score.warnings if not w.startswith("no predicted pairs")]
             score.warnings.insert(0, "no prediction file: every ground-truth pair counts as FN")
         scores.append(score)
     if progress is not None:
@@ -781,16 +1268,22 @@ def _fmt(value: float, digits: int) -> str:
     return "—" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
-def format_table(result: EvaluationResult | ImageScore) -> str:
+def format_table(result: EvaluationResult | ImageScore, max_warnings: int = MAX_TABLE_WARNINGS) -> str:
     """A fixed-width text table of the per-level metrics (aggregated, or of one image).
 
     Columns: level, MAF, τ_n, τ_g (µm), TP, FP, FN, TPR, FDR, mean signed cosine, mean vector error,
-    ND and GD (µm). Undefined values print as "—".
+    ND and GD (µm). Undefined values print as "—". Below the table, when there is anything to say: the
+    images without predictions (counted as FN), the predictions without ground truth, and the
+    warnings (the first ``max_warnings``, then how many more; :func:`write_evaluation` saves them all).
     """
     if isinstance(result, EvaluationResult):
         title = f"{result.n_images} image(s), {result.protocol.upper()} protocol"
+        if result.missing:
+            title += f"; {len(result.missing)} without predictions (their ground truth counted as FN)"
     else:
         title = f"{result.name}, {result.protocol.upper()} protocol"
+        if result.status == NO_PREDICTION:
+            title += f"; {NO_PREDICTION} (its ground truth counted as FN)"
     columns = [
         ("level", 5), ("MAF", 5), ("τ_n", 6), ("τ_g", 6), ("TP", 6), ("FP", 6), ("FN", 6),
         ("TPR", 6), ("FDR", 6), ("cos", 6), ("error", 7), ("ND", 6), ("GD", 6),
@@ -808,7 +1301,37 @@ def format_table(result: EvaluationResult | ImageScore) -> str:
             _fmt(result.mean["nd"][level], 2), _fmt(result.mean["gd"][level], 2),
         ]
         lines.append(" ".join(cell.rjust(width) for cell, (_, width) in zip(cells, columns)))
+    lines += _report_lines(result, max_warnings)
     return "\n".join(lines) + "\n"
+
+
+def _name_list(names: Sequence[str], limit: int = 10) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", … ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def _report_lines(result: EvaluationResult | ImageScore, max_warnings: int) -> list[str]:
+    """What the table's numbers do not show: missing and skipped files, then the warnings."""
+    lines: list[str] = []
+    if isinstance(result, EvaluationResult):
+        if result.missing:
+            n_fn = sum(s.n_gt for s in result.images if s.status == NO_PREDICTION)
+            lines.append(
+                f"Images without predictions: {len(result.missing)} of {result.n_images} "
+                f"({_name_list(result.missing)}); their {n_fn} ground-truth pair(s) count as misses (FN)."
+            )
+        if result.skipped:
+            lines.append(
+                f"Predictions without ground truth (not scored): {len(result.skipped)} ({_name_list(result.skipped)})."
+            )
+    warnings = result.warnings
+    if warnings:
+        shown = warnings[: max(int(max_warnings), 0)]
+        lines.append(f"Warnings ({len(warnings)}):")
+        lines += [f"  - {w}" for w in shown]
+        if len(warnings) > len(shown):
+            lines.append(f"  … and {len(warnings) - len(shown)} more (all in {WARNINGS_FILE} when written).")
+    return [""] + lines if lines else []
 
 
 def _csv_cell(value: Any) -> str:
@@ -846,8 +1369,10 @@ def _metric_columns() -> list[str]:
 
 
 _LEVEL_COLUMNS = ["level", "maf", "tau_nucleus_um", "tau_golgi_um"]
-PER_IMAGE_COLUMNS = ["image"] + _LEVEL_COLUMNS + ["n_gt", "n_pred"] + _metric_columns()
-SUMMARY_COLUMNS = _LEVEL_COLUMNS + ["n_images"] + _metric_columns()
+PER_IMAGE_COLUMNS = ["image", "status"] + _LEVEL_COLUMNS + ["n_gt", "n_pred"] + _metric_columns()
+SUMMARY_COLUMNS = _LEVEL_COLUMNS + ["n_images", "n_images_without_prediction"] + _metric_columns()
+#: Written by :func:`write_evaluation`: every warning, one a line.
+WARNINGS_FILE = "evaluation_warnings.txt"
 PER_TP_COLUMNS = (
     ["image"] + _LEVEL_COLUMNS + ["gt_index", "pred_index", "gt_id", "pred_id"]
     + [_metric_column(k) for k in PER_TP_METRICS]
@@ -857,33 +1382,33 @@ PER_TP_COLUMNS = (
 def write_evaluation(result: EvaluationResult, out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write the evaluation tables and curves into ``out_dir`` (created if needed), atomically.
 
-    Files: ``evaluation_per_image.csv`` (image × level), ``evaluation_summary.csv`` (aggregate per
-    level), ``evaluation_per_tp.csv`` (one row per TP and level) and ``evaluation_curves.png`` (TPR,
-    FDR, cosine similarity, error norm, ND and GD vs level τL; shaded bands are ± the image-averaged
-    standard deviation, thin grey lines the individual images). Undefined values are empty cells.
+    Files: ``evaluation_per_image.csv`` (image × level, with each image's ``status``: ``scored`` or
+    ``no prediction file``), ``evaluation_summary.csv`` (aggregate per level, with
+    ``n_images_without_prediction``), ``evaluation_per_tp.csv`` (one row per TP and level),
+    ``evaluation_curves.png`` (TPR, FDR, cosine similarity, error norm, ND and GD vs level τL; shaded
+    bands are ± the image-averaged standard deviation, thin grey lines the individual images) and
+    ``evaluation_warnings.txt`` (every warning, one a line; "No warnings." when there are none, so a
+    report from an earlier run in the same folder is never left behind). Undefined values are empty
+    cells.
 
     Returns
     -------
     dict
-        ``{"per_image", "summary", "per_tp", "curves"}`` → path.
+        ``{"per_image", "summary", "per_tp", "curves", "warnings"}`` → path.
     """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise CellPolError(f"{out} exists and is not a folder.")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CellPolError(f"Cannot create the folder {out} ({exc.strerror}).") from None
+    out = ensure_folder(out_dir)
     paths = {
         "per_image": out / "evaluation_per_image.csv",
         "summary": out / "evaluation_summary.csv",
         "per_tp": out / "evaluation_per_tp.csv",
         "curves": out / "evaluation_curves.png",
+        "warnings": out / WARNINGS_FILE,
     }
     atomic_write_text(paths["per_image"], _rows_to_csv(result.per_image_rows(), PER_IMAGE_COLUMNS))
     atomic_write_text(paths["summary"], _rows_to_csv(result.summary_rows(), SUMMARY_COLUMNS))
     atomic_write_text(paths["per_tp"], _rows_to_csv(result.per_tp_rows(), PER_TP_COLUMNS))
     _write_curves(result, paths["curves"])
+    atomic_write_text(paths["warnings"], "".join(f"{w}\n" for w in result.warnings) or "No warnings.\n")
     return paths
 
 
