@@ -219,9 +219,10 @@ def test_imagej_layouts(tmp_path: Path, axes: str, shape: tuple, to_czyx) -> Non
     [("um", 1.0), ("micron", 1.0), ("microns", 1.0), ("\\u00B5m", 1.0), ("nm", 1e-3), ("mm", 1e3)],
 )
 def test_imagej_unit_spellings(tmp_path: Path, unit: str, factor: float) -> None:
+    # The same plausible voxel size (0.5, 0.25, 0.25) µm written in each unit.
     data = np.zeros((3, 8, 8), np.uint8)
-    path = _write_imagej(tmp_path / "u.tif", data, "ZYX", unit=unit, spacing=0.004, pixel=0.0005)
-    assert read_volume(path).voxel_size == pytest.approx((0.004 * factor, 0.0005 * factor, 0.0005 * factor))
+    path = _write_imagej(tmp_path / "u.tif", data, "ZYX", unit=unit, spacing=0.5 / factor, pixel=0.25 / factor)
+    assert read_volume(path).voxel_size == pytest.approx((0.5, 0.25, 0.25))
 
 
 def test_implausible_file_calibration_is_reported(tmp_path: Path) -> None:
@@ -247,8 +248,9 @@ def test_unit_spellings_unicode() -> None:
 
 def test_imagej_missing_spacing_means_one_unit(tmp_path: Path) -> None:
     # ImageJ leaves 'spacing' out of the description when the z step is exactly 1 unit.
-    path = _write_imagej(tmp_path / "s.tif", np.zeros((3, 8, 8), np.uint8), "ZYX", unit="nm", spacing=None, pixel=100)
-    assert read_volume(path).voxel_size == pytest.approx((1e-3, 0.1, 0.1))
+    path = _write_imagej(tmp_path / "s.tif", np.zeros((3, 8, 8), np.uint8), "ZYX", unit="micron", spacing=None,
+                         pixel=0.1)
+    assert read_volume(path).voxel_size == pytest.approx((1.0, 0.1, 0.1))
 
 
 def test_imagej_resolution_tags() -> None:

@@ -449,6 +449,42 @@ def test_an_image_too_large_for_the_device_is_staged_in_host_memory(monkeypatch)
         predictor(volume)
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                     "you tried to allocate 40000000000000 bytes. Error code 12 (Cannot allocate memory)"),
+        RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 40000000000000 bytes."),
+        MemoryError(),
+    ],
+)
+def test_running_out_of_memory_on_a_cpu_names_the_computers_memory(monkeypatch, error):
+    # The old message, "out of memory: reduce --window or use CPU", told a CPU run to use the CPU.
+    voxel = (1.0, 0.5, 0.5)
+    volume = render((8, 40, 60), voxel, [(np.array([4.0, 20.0, 20.0]), np.array([4.0, 26.0, 24.0]), 0.9)])
+    predictor, net = oracle_predictor(voxel)
+
+    def forward(x):
+        raise error
+
+    monkeypatch.setattr(net, "forward", forward)
+    with pytest.raises(CellPolError) as info:
+        predictor(volume)
+    message = str(info.value)
+    assert message.startswith("out of memory: running the network on 1 window of ")
+    assert "does not fit in the computer's memory (RAM)" in message and "--window" in message
+    assert "GPU" not in message and "--device cpu" not in message and "use CPU" not in message
+
+
+def test_running_out_of_gpu_memory_suggests_the_cpu():
+    from app.core.inference import _out_of_memory
+
+    message = str(_out_of_memory("running the network on 8 windows of 64×256×256 voxels at a time",
+                                 [torch.device("cuda", 0)], "a smaller --window (Z Y X) or --batch-size"))
+    assert "GPU" in message and "(cuda:0" in message and "--device cpu" in message
+    assert "computer with more memory" not in message
+
+
 def test_pairs_straddling_window_borders_are_found_exactly_once():
     voxel = (1.0, 0.5, 0.5)
     shape = (8, 40, 260)
@@ -663,7 +699,7 @@ def test_cli_predict_with_model_file(tmp_path, capsys):
     args = ["predict", str(image), "--out", str(out), "--model", str(model), "--axes", "ZCYX",
             "--voxel-size", "1.0", "0.5", "0.5", "--nucleus-channel", "0", "--golgi-channel", "1"]
     assert main(args + ["--device", "cpu"]) == EXIT_OK
-    pairs = read_pairs(out / "img.vectors.csv")
+    pairs = read_pairs(out / "img.pred.vectors.csv")
     assert pairs.meta["method"] == "cellpol" and pairs.meta["models"][0]["name"] == "cli_model"
     assert pairs.meta["image_shape_zyx"] == [6, 40, 40]
     assert math.isclose(pairs.meta["decoding"]["max_pair_distance_um"], 5.0)

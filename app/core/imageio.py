@@ -34,6 +34,7 @@ import math
 import os
 import re
 import threading
+import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,11 +44,20 @@ import numpy as np
 
 from app.core.errors import CellPolError, ChannelError, FileFormatError, MissingVoxelSizeError
 from app.core.fileutil import atomic_path
-from app.core.volume import Volume, parse_voxel_size
+from app.core.volume import (
+    ImplausibleInputWarning,
+    Volume,
+    implausible_voxel_size,
+    large_z_step_warning,
+    parse_voxel_size,
+)
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "ImplausibleInputWarning",
+    "ImplausibleVoxelSizeError",
     "LEGACY_RGB_AXES",
+    "MAX_CHANNELS",
     "NGMIC_PATCH_SHAPE",
     "find_images",
     "read_image_info",
@@ -63,6 +73,10 @@ LEGACY_RGB_AXES = "YXZC"
 
 #: Shape of a 3DNGMic ``.npy`` patch, ``(row, column, Z, channel)``.
 NGMIC_PATCH_SHAPE = (128, 128, 64, 2)
+
+#: Most channels an ``axes`` string given by the caller may produce. Nucleus, Golgi and a few other stains
+#: fit; more means the string put C on a stack axis (e.g. 'CZYX' for a ZCYX file gives one channel per slice).
+MAX_CHANNELS = 8
 
 _LAYOUTS = {"legacy-rgb": LEGACY_RGB_AXES}
 _AUTHORS_CHANNEL_NAMES = ("golgi", "nucleus", "vessels")
@@ -93,6 +107,18 @@ _KIND_NAMES = {"tiff": "TIFF", "czi": "CZI", "npy": "NumPy .npy"}
 _SUFFIX_KINDS = {".tif": "tiff", ".tiff": "tiff", ".czi": "czi", ".npy": "npy"}
 
 
+class ImplausibleVoxelSizeError(MissingVoxelSizeError):
+    """The file's metadata gives a voxel size that no light microscope has (typically a wrong unit).
+
+    A :class:`~app.core.errors.MissingVoxelSizeError`, so that a caller that asks the user for a voxel size
+    when the file has none does the same here; the message says what the file gives and how to override it.
+    """
+
+    def __init__(self, path: str | os.PathLike, message: str) -> None:
+        self.path = str(path)
+        CellPolError.__init__(self, message)
+
+
 # --------------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------------
@@ -118,9 +144,12 @@ def read_volume(
     axes : str, optional
         Meaning of each dimension of the stored array, one letter per dimension from ``Z C Y X T S Q``
         (``S`` = RGB samples, counted as channels; ``T``/``Q`` must have length 1 unless a single ``Q`` is the
-        only stack axis, then it is Z). Overrides the axes in the file's metadata; the length must match the
-        shape that :func:`read_image_info` reports. ``"YXZC"`` is the authors' layout, whose channels are named
-        golgi, nucleus (and vessels). Not accepted for CZI files, which describe their own axes.
+        only stack axis, then it is Z). Overrides the axes in the file's metadata (with an
+        :class:`ImplausibleInputWarning` where that changes which axis is C or Z); the length must match the
+        shape that :func:`read_image_info` reports. At most :data:`MAX_CHANNELS` channels: a string that makes
+        more is refused, with the likely right string in the message. ``"YXZC"`` is the authors' layout, whose
+        channels are named golgi, nucleus (and vessels). Not accepted for CZI files, which describe their own
+        axes.
     nucleus_channel, golgi_channel : int, optional
         Channel roles. If not given they come from channel roles stored by :func:`write_imagej_tiff`, then
         from channel names (DAPI/Hoechst/nuc/DNA/H2B; Golgi/GM130/giantin/TGN46/GalT), then default to the
@@ -135,19 +164,29 @@ def read_volume(
     Volume
         ``data`` may be a view of the array read from the file (transposed, not copied). ``metadata`` holds
         ``format``, ``original_shape``, ``original_axes``, ``axes_source``, ``original_dtype``, ``scene``,
-        ``n_scenes``, ``is_2d``, ``voxel_size_source``, ``file_voxel_size`` and ``channel_roles_source``.
+        ``n_scenes``, ``is_2d``, ``voxel_size_source``, ``file_voxel_size``, ``channel_roles_source`` and
+        ``warnings`` (the messages of the :class:`ImplausibleInputWarning` issued while reading, usually empty).
 
     Raises
     ------
     FileFormatError
-        The file is missing, unreadable, damaged, of an unsupported type or layout, a time series, has an
-        ambiguous axis order (pass ``axes``), or holds NaN/infinite values.
+        The file is missing, unreadable, damaged or truncated, of an unsupported type or layout, a time series,
+        has an ambiguous axis order (pass ``axes``), ``axes`` that do not fit it or make more than
+        :data:`MAX_CHANNELS` channels, or holds NaN/infinite values.
     MissingVoxelSizeError
-        Neither the file nor the caller gives a voxel size.
+        Neither the file nor the caller gives a voxel size. :class:`ImplausibleVoxelSizeError` (a subclass):
+        the file's calibration is implausible (:func:`~app.core.volume.implausible_voxel_size`, e.g. a pixel
+        size of 200 µm from a wrong unit) and the caller gives none.
     ChannelError
         A requested channel does not exist, or nucleus and Golgi are the same channel.
     CellPolError
-        ``voxel_size``, ``axes``, ``layout`` or ``scene`` is malformed.
+        ``voxel_size``, ``axes``, ``layout`` or ``scene`` is malformed, or ``voxel_size`` is implausible.
+
+    Warns
+    -----
+    ImplausibleInputWarning
+        A 3D image's z step is above 50 µm (possible, but larger than a cell), or ``axes`` read the file
+        otherwise than its own metadata does.
 
     Notes
     -----
@@ -159,12 +198,16 @@ def read_volume(
     user_voxel_size = parse_voxel_size(voxel_size)
     axes = _resolve_axes_argument(axes, layout)
     scene = _check_scene_argument(scene)
+    notes: list[str] = []  # warnings: possible but unusual input
     with contextlib.ExitStack() as stack:
         raw = _open_image(path, scene, stack)
         if axes is not None and raw.format == "czi":
             raise CellPolError(f"{path}: 'axes' applies to TIFF and .npy files; a CZI file describes its own axes.")
         used_axes = axes if axes is not None else raw.axes
-        plan = _plan_axes(raw.shape, used_axes, "Q" if axes is not None else raw.stack_axes, path)
+        if axes is not None:
+            plan = _plan_user_axes(raw, axes, path, notes)
+        else:
+            plan = _plan_axes(raw.shape, raw.axes, raw.stack_axes, path)
         n_channels = plan.czyx_shape[0]
         if layout == "legacy-rgb" and n_channels != 3:
             raise FileFormatError(
@@ -175,13 +218,26 @@ def read_volume(
         nucleus, golgi, role_sources = _channel_roles(
             n_channels, names, {"nucleus": nucleus_channel, "golgi": golgi_channel}, raw.stored_roles, path
         )
-        file_voxel_size, voxel_problem = _voxel_size_from(raw.calibration, plan.is_2d)
+        file_voxel_size, voxel_problem, implausible = _voxel_size_from(raw.calibration, plan.is_2d)
         if user_voxel_size is None and file_voxel_size is None:
+            if implausible:
+                raise ImplausibleVoxelSizeError(
+                    path,
+                    f"{path}: the voxel size in the file's metadata is unusable: {voxel_problem}. The file's "
+                    "calibration is probably wrong (e.g. saved with a wrong unit); give the voxel size "
+                    "explicitly (CLI: --voxel-size Z Y X in µm), which overrides the file's.",
+                )
             raise MissingVoxelSizeError(str(path), f" ({voxel_problem})")
         data = raw.load()
-    if data.shape != raw.shape:  # the file changed between reading its header and its pixels
-        raise FileFormatError(f"{path}: expected an array of shape {raw.shape} but read {data.shape}.")
+    if data.shape != raw.shape:
+        raise FileFormatError(_shape_mismatch_message(path, raw, data))
     data = _convert_dtype(plan.apply(data), path)
+    voxel = user_voxel_size if user_voxel_size is not None else file_voxel_size
+    if not plan.is_2d and large_z_step_warning(voxel):
+        source = "given" if user_voxel_size is not None else "from the file's metadata"
+        notes.append(f"{path}: {large_z_step_warning(voxel)} (voxel size {source}).")
+    for note in notes:
+        warnings.warn(note, ImplausibleInputWarning, stacklevel=2)
     metadata: dict[str, Any] = {
         "format": raw.format,
         "original_shape": tuple(raw.shape),
@@ -194,10 +250,11 @@ def read_volume(
         "voxel_size_source": "user" if user_voxel_size is not None else "file",
         "file_voxel_size": file_voxel_size,
         "channel_roles_source": role_sources,
+        "warnings": notes,
     }
     return Volume(
         data=data,
-        voxel_size=user_voxel_size if user_voxel_size is not None else file_voxel_size,
+        voxel_size=voxel,
         channel_names=names or (),
         nucleus_channel=nucleus,
         golgi_channel=golgi,
@@ -243,7 +300,7 @@ def read_image_info(path: str | os.PathLike, scene: int = 0) -> dict[str, Any]:
         voxel_size, voxel_problem = None, "axes unknown"
         names = raw.channel_names
     else:
-        voxel_size, voxel_problem = _voxel_size_from(raw.calibration, plan.is_2d)
+        voxel_size, voxel_problem, _ = _voxel_size_from(raw.calibration, plan.is_2d)
         names = _channel_names(raw.channel_names, raw.axes, plan.czyx_shape[0])
     return {
         "path": str(path),
@@ -332,8 +389,13 @@ def write_imagej_tiff(path: str | os.PathLike, volume: Volume, compress: bool = 
     if data.dtype not in (np.uint8, np.uint16, np.float32):
         data = data.astype(np.float32)
     roles = {"nucleus": volume.nucleus_channel, "golgi": volume.golgi_channel}
+    axes = "ZCYX"
+    if data.shape[-1] == 1:
+        # tifffile's ImageJ writer drops a trailing axis of length 1 as if it were RGB samples, which would
+        # store an image 1 pixel wide with its description and pages at odds: give it that samples axis.
+        data, axes = data[..., np.newaxis], "ZCYXS"
     metadata = {
-        "axes": "ZCYX",
+        "axes": axes,
         "spacing": vz,
         "unit": "um",
         "Labels": list(volume.channel_names) * volume.spatial_shape[0],
@@ -364,6 +426,7 @@ class _Calibration:
     y: Optional[float] = None
     z: Optional[float] = None
     problem: str = ""
+    source: str = ""  # where the values come from, for messages (e.g. "ImageJ unit 'mm' and resolution tags")
 
 
 @dataclass
@@ -437,6 +500,16 @@ def _reading(path: Path, kind: str) -> Iterator[None]:
         ) from exc
 
 
+def _size_text(n_bytes: int) -> str:
+    """``"512 bytes"``, ``"40.5 kB"``, ``"2.1 GB"`` (decimal units)."""
+    if n_bytes < 1000:
+        return f"{n_bytes} byte{'s' if n_bytes != 1 else ''}"
+    for unit, factor in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= factor:
+            return f"{n_bytes / factor:.1f} {unit}"
+    return f"{n_bytes} bytes"  # pragma: no cover
+
+
 def _check_scene(path: Path, scene: int, n_scenes: int) -> None:
     if scene >= n_scenes:
         raise FileFormatError(f"{path}: scene {scene} does not exist; the file has {n_scenes} scene(s) (0-based).")
@@ -475,9 +548,65 @@ def _collect_tifffile_errors() -> Iterator[_TifffileErrors]:
         logger.removeHandler(handler)
 
 
-def _raise_if_damaged(path: Path, errors: _TifffileErrors) -> None:
-    if errors.messages:
-        raise FileFormatError(f"{path}: the TIFF file is damaged or truncated ({errors.messages[0]}).")
+def _raise_if_damaged(path: Path, errors: _TifffileErrors, tif: Any = None) -> None:
+    if not errors.messages:
+        return
+    # Only that complaint, with every page intact: the description and the pages disagree (no damage).
+    imagej_mismatch = all("ImageJ series metadata invalid" in message for message in errors.messages)
+    if tif is not None and tif.is_imagej and imagej_mismatch and not _cut_short(path, tif):
+        raise FileFormatError(_imagej_mismatch_message(path, tif))
+    raise FileFormatError(f"{path}: the TIFF file is damaged or truncated ({errors.messages[0]}).")
+
+
+def _cut_short(path: Path, tif: Any) -> bool:
+    """Whether the chain of pages is broken or a page's pixel data run past the end of the file."""
+    try:
+        size = path.stat().st_size
+        with _collect_tifffile_errors() as errors:
+            ends = [
+                max((o + c for o, c in zip(page.dataoffsets, page.databytecounts)), default=0) for page in tif.pages
+            ]
+    except Exception:  # noqa: BLE001 - a page that cannot even be parsed is damage
+        return True
+    return bool(errors.messages) or any(end > size for end in ends)
+
+
+def _imagej_mismatch_message(path: Path, tif: Any) -> str:
+    """The ImageJ description declares other planes than the complete pages hold: say what each says.
+
+    Not damage: tifffile's ImageJ writer (2026.3) stores an image 1 pixel wide this way.
+    """
+    meta = dict(tif.imagej_metadata or {})
+    counts = [
+        f"{meta[key]} {label}{'s' if meta[key] != 1 else ''}"
+        for key, label in (("channels", "channel"), ("slices", "slice"), ("frames", "time point"))
+        if isinstance(meta.get(key), int) and meta[key] > 1
+    ]
+    pages = tif.pages
+    n_pages = len(pages)
+    page_shape = "×".join(str(n) for n in pages[0].shape) if n_pages else "?"
+    declared = meta.get("images", 1)
+    return (
+        f"{path}: the file's ImageJ description does not match the image data stored in it: it declares "
+        f"{declared} plane{'s' if declared != 1 else ''}" + (f" ({' × '.join(counts)})" if counts else "")
+        + f", but the file holds {n_pages} complete page{'s' if n_pages != 1 else ''} of {page_shape} pixels, so "
+        "it cannot be read as an ImageJ hyperstack (tifffile's ImageJ writer, for one, writes images 1 pixel wide "
+        "this way). Save the image again, e.g. from Fiji, or as OME-TIFF."
+    )
+
+
+def _shape_mismatch_message(path: Path, raw: "_RawImage", data: np.ndarray) -> str:
+    declared = math.prod(raw.shape)
+    if data.size != declared:
+        return (
+            f"{path}: the file's metadata describes an image of shape {raw.shape} (axes '{raw.axes}', {declared} "
+            f"values) but its data hold {data.size} values (shape {data.shape}); the metadata does not match the "
+            "data: the file was written inconsistently or is damaged."
+        )
+    return (
+        f"{path}: expected an array of shape {raw.shape} but read {data.shape}; did the file change while it was "
+        "being read?"
+    )
 
 
 def _open_tiff(path: Path, scene: int, stack: contextlib.ExitStack) -> _RawImage:
@@ -496,7 +625,7 @@ def _open_tiff(path: Path, scene: int, stack: contextlib.ExitStack) -> _RawImage
         ij_meta = dict(tif.imagej_metadata or {}) if tif.is_imagej else None
         tags = tif.pages[0].tags
         resolution = (_tag_value(tags, "XResolution"), _tag_value(tags, "YResolution"))
-    _raise_if_damaged(path, errors)
+    _raise_if_damaged(path, errors, tif)
 
     stored_roles: dict[str, Optional[int]] = {}
     if ome_root is not None:
@@ -514,7 +643,7 @@ def _open_tiff(path: Path, scene: int, stack: contextlib.ExitStack) -> _RawImage
     def load() -> np.ndarray:
         with _reading(path, "TIFF"):
             data = series.asarray()
-        _raise_if_damaged(path, errors)
+        _raise_if_damaged(path, errors, tif)
         return data
 
     return _RawImage(
@@ -550,7 +679,8 @@ def _imagej_calibration(ij_meta: dict[str, Any], resolution: tuple[Any, Any]) ->
     x, y = (factor / v for v in pixels_per_unit)  # type: ignore[operator]
     # ImageJ leaves 'spacing' out when the z step is exactly 1 unit.
     spacing = _positive_float(ij_meta.get("spacing", 1.0))
-    return _Calibration(x=x, y=y, z=None if spacing is None else spacing * factor)
+    source = f"ImageJ unit {unit!r}, XResolution/YResolution tags and 'spacing'"
+    return _Calibration(x=x, y=y, z=None if spacing is None else spacing * factor, source=source)
 
 
 def _imagej_channel_names(ij_meta: dict[str, Any]) -> Optional[tuple[str, ...]]:
@@ -604,7 +734,9 @@ def _ome_metadata(root: ET.Element, scene: int) -> tuple[_Calibration, Optional[
     if not problem and sizes["Z"] is None:
         problem = "no usable OME PhysicalSizeZ"
     names = tuple(el.get("Name", "") for el in pixels if _local_name(el.tag) == "Channel")
-    return _Calibration(x=sizes["X"], y=sizes["Y"], z=sizes["Z"], problem=problem), names if all(names) else None
+    calibration = _Calibration(x=sizes["X"], y=sizes["Y"], z=sizes["Z"], problem=problem,
+                               source="OME PhysicalSizeX/Y/Z and their units")
+    return calibration, names if all(names) else None
 
 
 def _local_name(tag: str) -> str:
@@ -668,7 +800,8 @@ def _czi_calibration(root: ET.Element) -> _Calibration:
     if "X" not in sizes or "Y" not in sizes:
         return _Calibration(problem="no X/Y scaling in the CZI metadata")
     problem = "" if "Z" in sizes else "no Z scaling in the CZI metadata"
-    return _Calibration(x=sizes["X"], y=sizes["Y"], z=sizes.get("Z"), problem=problem)
+    return _Calibration(x=sizes["X"], y=sizes["Y"], z=sizes.get("Z"), problem=problem,
+                        source="CZI Scaling/Items/Distance")
 
 
 def _czi_channel_names(root: ET.Element) -> Optional[tuple[str, ...]]:
@@ -690,8 +823,20 @@ def _open_npy(path: Path, scene: int, stack: contextlib.ExitStack) -> _RawImage:
                 shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
             else:
                 raise FileFormatError(f"{path}: unsupported .npy format version {version}.")
+            data_offset = handle.tell()
+            file_size = os.fstat(handle.fileno()).st_size
     if dtype.hasobject:
         raise FileFormatError(f"{path}: the .npy file holds Python objects, not an image; it is not loaded.")
+    # Checked before loading: numpy would first allocate the whole declared array, so a truncated file whose
+    # header declares a large array fails as "out of memory" instead of as truncated.
+    expected = math.prod(int(s) for s in shape) * np.dtype(dtype).itemsize
+    if file_size - data_offset < expected:
+        raise FileFormatError(
+            f"{path}: the .npy file is truncated: its header declares a {np.dtype(dtype)} array of shape "
+            f"{tuple(int(s) for s in shape)}, {_size_text(expected)} of data, but only "
+            f"{_size_text(file_size - data_offset)} follow the header. It was not completely written or copied; "
+            "save or copy it again."
+        )
     if tuple(shape) == NGMIC_PATCH_SHAPE:
         axes = LEGACY_RGB_AXES
     else:
@@ -724,6 +869,7 @@ class _AxesPlan:
     kept_shape: tuple[int, ...]  # stored shape without the dropped length-1 axes
     kept_axes: str  # the kept axes, renamed to letters of "CZYX"
     czyx_shape: tuple[int, int, int, int]
+    roles: str = ""  # role of every stored axis: a letter of "CZYX", or "-" where dropped
 
     @property
     def is_2d(self) -> bool:
@@ -783,7 +929,7 @@ def _plan_axes(shape: Sequence[int], axes: str, stack_axes: str, path: Path) -> 
                 f"Give one letter per dimension, e.g. 'ZYXC' for a stack of colour images.{hint}"
             )
         z_index = stacks[0]
-    kept_shape, kept_axes = [], ""
+    kept_shape, kept_axes, roles = [], "", ""
     for i, (letter, size) in enumerate(zip(axes, shape)):
         if i == z_index:
             role = "Z"
@@ -792,6 +938,7 @@ def _plan_axes(shape: Sequence[int], axes: str, stack_axes: str, path: Path) -> 
         elif letter == channel_letter:
             role = "C"
         elif size == 1:
+            roles += "-"
             continue
         else:
             raise FileFormatError(
@@ -800,11 +947,102 @@ def _plan_axes(shape: Sequence[int], axes: str, stack_axes: str, path: Path) -> 
             )
         kept_shape.append(size)
         kept_axes += role
+        roles += role
     full = dict(zip(kept_axes, kept_shape))
     czyx = (full.get("C", 1), full.get("Z", 1), full["Y"], full["X"])
     if min(czyx) < 1:
         raise FileFormatError(f"{path}: the image is empty (shape {shape}).")
-    return _AxesPlan(kept_shape=tuple(kept_shape), kept_axes=kept_axes, czyx_shape=czyx)
+    return _AxesPlan(kept_shape=tuple(kept_shape), kept_axes=kept_axes, czyx_shape=czyx, roles=roles)
+
+
+def _plan_user_axes(raw: _RawImage, axes: str, path: Path, notes: list[str]) -> _AxesPlan:
+    """Plan the caller's ``axes`` for ``raw`` and check that the reading is plausible.
+
+    This is the one rule for an axes string given by the user (CLI ``--axes``, the app's axes field, a
+    batch's read options):
+
+    - one letter per stored dimension; where the file names its own axes, the message says which;
+    - at most :data:`MAX_CHANNELS` channels: more is refused, naming the axis lengths and the likely string
+      (the file's own axes when they are plausible, else ``axes`` with C moved to a short axis);
+    - where the file names its own axes and ``axes`` give another role to an axis longer than 1, a warning
+      (appended to ``notes``) says how the two readings differ: the caller's wins, as documented.
+    """
+    file_axes = raw.axes if _names_own_axes(raw) else None
+    file_plan: Optional[_AxesPlan] = None
+    if file_axes is not None:
+        try:
+            file_plan = _plan_axes(raw.shape, file_axes, raw.stack_axes, path)
+        except FileFormatError:
+            file_plan = None
+    if len(axes) != len(raw.shape) and file_axes is not None:
+        advice = "; leave the axes out for this file" if file_plan is not None else ""
+        raise FileFormatError(
+            f"{path}: axes '{axes}' has {len(axes)} letters but the image has {len(raw.shape)} dimensions "
+            f"{raw.shape}, which the file's own metadata names '{file_axes}'{advice}."
+        )
+    plan = _plan_axes(raw.shape, axes, "Q", path)
+    if plan.czyx_shape[0] > MAX_CHANNELS:
+        lengths = ", ".join(f"{letter}={size}" for letter, size in zip(axes, raw.shape))
+        message = (
+            f"{path}: axes '{axes}' read the stored shape {raw.shape} ({lengths}) as {_describe_plan(plan)}; "
+            f"an image has at most {MAX_CHANNELS} channels here, so the channel axis is probably another one."
+        )
+        if file_plan is not None and file_plan.czyx_shape[0] <= MAX_CHANNELS:
+            message += (
+                f" The file's own metadata says '{file_axes}' ({_describe_plan(file_plan)}): leave the axes out "
+                "to use it."
+            )
+        else:
+            suggestion = _suggest_axes(raw.shape, axes, path)
+            if suggestion is not None:
+                message += f" Likely right: axes '{suggestion[0]}' ({_describe_plan(suggestion[1])})."
+        raise FileFormatError(message)
+    if file_plan is not None and _differs(plan, file_plan, raw.shape):
+        notes.append(
+            f"{path}: axes '{axes}' override the file's own axes '{file_axes}': the image is read as "
+            f"{_describe_plan(plan)} instead of {_describe_plan(file_plan)}."
+        )
+    return plan
+
+
+def _names_own_axes(raw: _RawImage) -> bool:
+    """Whether the file's metadata names every stored axis (not a ``.npy`` array or a plain page stack)."""
+    return "?" not in raw.axes and not set(raw.axes) & set(raw.stack_axes)
+
+
+def _differs(plan: _AxesPlan, other: _AxesPlan, shape: Sequence[int]) -> bool:
+    """Whether two plans of the same stored array give an axis longer than 1 a different role."""
+    return any(a != b for a, b, n in zip(plan.roles, other.roles, shape) if n > 1)
+
+
+def _describe_plan(plan: _AxesPlan) -> str:
+    c, z, y, x = plan.czyx_shape
+    return f"{c} channel{'s' if c != 1 else ''} × {z} slice{'s' if z != 1 else ''} of {y}×{x} pixels"
+
+
+def _suggest_axes(shape: Sequence[int], axes: str, path: Path) -> Optional[tuple[str, _AxesPlan]]:
+    """The caller's axes with the channel letter moved to a short axis (or a single-channel reading), if any
+    such string gives a plausible image: the likely intended one."""
+    channel_letter = "S" if "S" in axes and shape[axes.index("S")] > 1 else "C"
+    c = axes.index(channel_letter)
+    others = [i for i, letter in enumerate(axes) if i != c and letter not in "YX"]
+    ranked = sorted((i for i in others if 2 <= shape[i] <= MAX_CHANNELS), key=lambda i: shape[i])
+    ranked += [i for i in others if shape[i] == 1]  # a single-channel stack
+    candidates = []
+    for i in ranked:
+        letters = list(axes)
+        letters[c], letters[i] = letters[i], letters[c]
+        candidates.append("".join(letters))
+    if "Z" not in axes:
+        candidates.append(axes.replace(channel_letter, "Z"))  # a single-channel stack
+    for candidate in candidates:
+        try:
+            plan = _plan_axes(shape, candidate, "Q", path)
+        except FileFormatError:
+            continue
+        if plan.czyx_shape[0] <= MAX_CHANNELS:
+            return candidate, plan
+    return None
 
 
 def _resolve_axes_argument(axes: Optional[str], layout: Optional[str]) -> Optional[str]:
@@ -841,17 +1079,31 @@ def _check_scene_argument(scene: Any) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
-def _voxel_size_from(calibration: _Calibration, is_2d: bool) -> tuple[Optional[tuple[float, float, float]], str]:
-    """``((z, y, x), "")`` in µm, or ``(None, reason)``. 2D images get z = 1.0 by convention."""
+def _voxel_size_from(
+    calibration: _Calibration, is_2d: bool
+) -> tuple[Optional[tuple[float, float, float]], str, bool]:
+    """``((z, y, x), "", False)`` in µm, or ``(None, reason, implausible)``. 2D images get z = 1.0 by convention.
+
+    ``implausible`` is true when the file does give a voxel size but no light microscope has it (the rule of
+    :func:`~app.core.volume.implausible_voxel_size`); ``reason`` then says where the value came from.
+    """
     if calibration.x is None or calibration.y is None:
-        return None, calibration.problem or "no pixel size"
+        return None, calibration.problem or "no pixel size", False
     z = 1.0 if is_2d else calibration.z
     if z is None:
-        return None, calibration.problem or "no z spacing"
+        return None, calibration.problem or "no z spacing", False
+    values = (z, calibration.y, calibration.x)
+    problem = implausible_voxel_size(values)
+    if problem:
+        where = f" ({calibration.source})" if calibration.source else ""
+        return None, (
+            f"its calibration{where} gives {z:g} × {calibration.y:g} × {calibration.x:g} µm (z, y, x), which is "
+            f"{problem}"
+        ), True
     try:
-        return parse_voxel_size((z, calibration.y, calibration.x)), ""
+        return parse_voxel_size(values), "", False
     except CellPolError as exc:
-        return None, f"the file's calibration is unusable: {str(exc).rstrip('.')}"
+        return None, f"the file's calibration is unusable: {str(exc).rstrip('.')}", False
 
 
 def _unit_key(unit: Any) -> str:

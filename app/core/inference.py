@@ -113,7 +113,6 @@ CUDA_FREE_MEMORY_FRACTION = 0.4
 DEFAULT_BATCH_SIZE = {"cpu": 4, "cuda": 8, "mps": 2}
 #: Relative weight of distance in the pairing tie-break.
 _DISTANCE_TIE_BREAK = 0.01
-OUT_OF_MEMORY_MESSAGE = "out of memory: reduce --window or use CPU"
 
 ProgressLike = Optional[ProgressCallback]
 CancelLike = Union[CancelToken, Callable[[], bool], None]
@@ -802,7 +801,54 @@ def _is_oom(exc: BaseException) -> bool:
     if oom_type is not None and isinstance(exc, oom_type):
         return True
     text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+    return isinstance(exc, RuntimeError) and any(
+        words in text for words in ("out of memory", "can't allocate memory", "not enough memory")
+    )
+
+
+def _oom_device(exc: BaseException, default: torch.device) -> torch.device:
+    """The device whose memory ran out, as far as the error tells (else ``default``, where it happened)."""
+    text = str(exc).lower()
+    if isinstance(exc, MemoryError) or "cpuallocator" in text or "can't allocate memory" in text:
+        return torch.device("cpu")  # numpy's and torch's host allocations
+    if "mps" in text:
+        return torch.device("mps")
+    if "cuda" in text and default.type != "cuda":
+        return torch.device("cuda")
+    return default
+
+
+def _memory_name(device: torch.device) -> str:
+    """Whose memory: the computer's (CPU) or the named GPU's."""
+    if device.type == "cpu":
+        return "the computer's memory (RAM)"
+    if device.type == "cuda":
+        try:
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            name = torch.cuda.get_device_name(index)
+            total = torch.cuda.get_device_properties(index).total_memory
+            return f"the memory of the GPU {name} ({device}, {total / 1e9:.0f} GB)"
+        except Exception:  # noqa: BLE001 - only for the message
+            return f"the GPU's memory ({device})"
+    if device.type == "mps":
+        return "the Apple GPU's memory (mps)"
+    return f"the memory of {device}"
+
+
+def _out_of_memory(what: str, devices: Sequence[torch.device], smaller: str) -> CellPolError:
+    """One clear message for running out of the memory of ``devices`` (in the order tried) while doing
+    ``what``; the advice fits the memory that ran out (no "use the CPU" on a CPU run).
+
+    ``smaller`` is what to make smaller, e.g. ``"a smaller --window (Z Y X) or --batch-size"``.
+    """
+    names = list(dict.fromkeys(_memory_name(d) for d in devices))
+    advice = [smaller]
+    if all(d.type != "cpu" for d in devices):
+        advice.append("run on the CPU (--device cpu), which uses the computer's memory")
+    else:
+        advice += ["close other programs", "use a computer with more memory"]
+    advice_text = ", ".join(advice[:-1]) + ", or " + advice[-1]
+    return CellPolError(f"out of memory: {what} does not fit in {' nor in '.join(names)}. Use {advice_text}.")
 
 
 def _check_cancel(cancel: CancelLike) -> None:
@@ -1061,15 +1107,18 @@ class Predictor:
 
     def _prepare_staged(self, volume: Volume) -> tuple[dict[tuple, torch.Tensor], Resampling]:
         """:meth:`_prepare` on the first of :meth:`_staging_devices` with room for the image."""
+        failed: list[torch.device] = []
         for where in self._staging_devices():
             try:
                 return self._prepare(volume, where)
             except (MemoryError, RuntimeError) as exc:
                 if not _is_oom(exc):
                     raise
+                failed.append(_oom_device(exc, where))
                 if where.type == "cuda":
                     torch.cuda.empty_cache()
-        raise CellPolError(f"{OUT_OF_MEMORY_MESSAGE} (while preparing a {volume.describe()} image).")
+        raise _out_of_memory(f"preparing the image ({volume.describe()}) for the network", failed,
+                             "a smaller image (crop it)")
 
     def _run_member(self, member: Member, image: torch.Tensor, grid: WindowGrid, batch: int,
                     heat_sum: tuple[torch.Tensor, torch.Tensor], weights: list[list[torch.Tensor]],
@@ -1110,9 +1159,11 @@ class Predictor:
                     out = {k: v[:, :, None] for k, v in out.items()}  # (B, 1, 1, Y, X) like 3D
             except Exception as exc:  # noqa: BLE001 - only memory errors are translated
                 if _is_oom(exc):
-                    raise CellPolError(
-                        f"{OUT_OF_MEMORY_MESSAGE} (windows of {'×'.join(map(str, grid.window))} voxels, "
-                        f"batch {len(chunk)} on {self.device})."
+                    raise _out_of_memory(
+                        f"running the network on {len(chunk)} window{'s' if len(chunk) != 1 else ''} of "
+                        f"{'×'.join(map(str, grid.window))} voxels at a time",
+                        [_oom_device(exc, self.device)],
+                        "a smaller --window (Z Y X) or --batch-size",
                     ) from None
                 raise
             del tensor
@@ -1202,10 +1253,12 @@ class Predictor:
             del heat_sum
             timings["stitch"] = timings.get("stitch", 0.0) + time.perf_counter() - t0
         except MemoryError:
-            raise CellPolError(f"{OUT_OF_MEMORY_MESSAGE} (image {volume.describe()}).") from None
+            raise _out_of_memory(f"stitching the network's output for the image ({volume.describe()})",
+                                 [torch.device("cpu")], "a smaller image (crop it)") from None
         except RuntimeError as exc:
             if _is_oom(exc):
-                raise CellPolError(f"{OUT_OF_MEMORY_MESSAGE} (image {volume.describe()} on {self.device}).") from None
+                raise _out_of_memory(f"stitching the network's output for the image ({volume.describe()})",
+                                     [_oom_device(exc, staging)], "a smaller image (crop it)") from None
             raise
         _check_cancel(cancel)
         timings["network_total"] = time.perf_counter() - t_start

@@ -21,13 +21,103 @@ ROLES = ("nucleus", "golgi", "other")
 SUPPORTED_DTYPES = (np.uint8, np.uint16, np.float32)
 
 
+#: Smallest plausible voxel size in µm along any axis: finer than 10 nm is beyond light microscopy (a value
+#: in mm or m looks like this).
+MIN_VOXEL_SIZE_UM = 0.01
+#: Largest plausible pixel size in µm in y and x: a pixel larger than a whole cell (a value in nm looks like
+#: this).
+MAX_VOXEL_SIZE_YX_UM = 50.0
+#: Largest plausible z step in µm. Steps above :data:`LARGE_Z_STEP_UM` are accepted with a warning.
+MAX_VOXEL_SIZE_Z_UM = 100.0
+#: A z step above this is larger than a cell: possible (a coarse survey stack) but 3D vectors are then coarse.
+LARGE_Z_STEP_UM = 50.0
+
+
+class ImplausibleInputWarning(UserWarning):
+    """An input is possible but unusual enough that the result may be wrong (e.g. a z step above 50 µm).
+
+    Readers also list the message in ``Volume.metadata["warnings"]`` so that an app can show it.
+    """
+
+
+def implausible_voxel_size(voxel_size: Sequence[float]) -> str:
+    """Why a voxel size ``(z, y, x)`` in µm cannot be a light-microscopy voxel size, or ``""`` if it can.
+
+    Parameters
+    ----------
+    voxel_size : sequence of 3 float
+        Positive, finite values in µm.
+
+    Returns
+    -------
+    str
+        ``""`` when every axis is within :data:`MIN_VOXEL_SIZE_UM` … :data:`MAX_VOXEL_SIZE_YX_UM` (y, x) or
+        :data:`MAX_VOXEL_SIZE_Z_UM` (z); otherwise what is wrong, naming the axes, e.g.
+        ``"implausibly large: y = 200 µm and x = 200 µm are above 50 µm (more than a whole cell)"``.
+    """
+    small = [f"{axis} = {value:g} µm" for axis, value in zip("zyx", voxel_size) if value < MIN_VOXEL_SIZE_UM]
+    large_yx = [f"{axis} = {value:g} µm" for axis, value in zip("yx", voxel_size[1:]) if value > MAX_VOXEL_SIZE_YX_UM]
+    reasons = []
+    if small:
+        verb = "is" if len(small) == 1 else "are"
+        reasons.append(f"{_and(small)} {verb} below {MIN_VOXEL_SIZE_UM:g} µm (10 nm), finer than light "
+                       "microscopy resolves")
+    if large_yx:
+        verb = "is" if len(large_yx) == 1 else "are"
+        reasons.append(f"{_and(large_yx)} {verb} above {MAX_VOXEL_SIZE_YX_UM:g} µm (more than a whole cell)")
+    large_z = voxel_size[0] > MAX_VOXEL_SIZE_Z_UM
+    if large_z:
+        reasons.append(f"z = {voxel_size[0]:g} µm is above {MAX_VOXEL_SIZE_Z_UM:g} µm (several cells deep)")
+    if not reasons:
+        return ""
+    kind = "implausible" if small and (large_yx or large_z) else "implausibly small" if small else "implausibly large"
+    return f"{kind}: " + "; ".join(reasons)
+
+
+def _and(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def large_z_step_warning(voxel_size: Sequence[float]) -> str:
+    """A warning for a plausible but very coarse z step (above :data:`LARGE_Z_STEP_UM`), or ``""``."""
+    z = voxel_size[0]
+    if LARGE_Z_STEP_UM < z <= MAX_VOXEL_SIZE_Z_UM:
+        return (f"the z step of {z:g} µm is larger than a cell (above {LARGE_Z_STEP_UM:g} µm), so each cell "
+                "is seen in one slice at most and the z part of its vector is coarse; check that the voxel size "
+                "is z y x in µm")
+    return ""
+
+
+def _unit_hint(voxel_size: Sequence[float]) -> str:
+    """What the numbers would be in µm if they were typed in nm (too large) or mm (too small)."""
+    too_small = [v for v in voxel_size if v < MIN_VOXEL_SIZE_UM]
+    too_large = [v for v, limit in zip(voxel_size, (MAX_VOXEL_SIZE_Z_UM,) + (MAX_VOXEL_SIZE_YX_UM,) * 2) if v > limit]
+    hints = []
+    if too_large:
+        hints.append(f"If it was given in nm, give µm instead ({too_large[0]:g} nm = {too_large[0] / 1000:g} µm).")
+    if too_small:
+        hints.append(f"If it was given in mm, give µm instead ({too_small[0]:g} mm = {too_small[0] * 1000:g} µm).")
+    return " ".join(hints)
+
+
 def parse_voxel_size(values: Optional[Sequence[float]]) -> Optional[tuple[float, float, float]]:
-    """Validate a user-given voxel size ``(z, y, x)`` in µm; ``None`` passes through.
+    """Validate a voxel size ``(z, y, x)`` in µm; ``None`` passes through.
+
+    Parameters
+    ----------
+    values : sequence of 3 float or None
+        ``(z, y, x)`` in µm.
+
+    Returns
+    -------
+    tuple of 3 float or None
 
     Raises
     ------
     CellPolError
-        If there are not three finite, positive numbers.
+        If there are not three finite, positive numbers, or if they are implausible for light microscopy
+        (:func:`implausible_voxel_size`: below 0.01 µm, above 50 µm in y or x, above 100 µm in z), which
+        almost always means nm or mm were given instead of µm.
     """
     if values is None:
         return None
@@ -39,8 +129,10 @@ def parse_voxel_size(values: Optional[Sequence[float]]) -> Optional[tuple[float,
         raise CellPolError(f"Voxel size must be three numbers Z Y X in µm, got {len(vs)} values.")
     if not all(math.isfinite(v) and v > 0 for v in vs):
         raise CellPolError(f"Voxel size must be positive and finite (µm), got {vs}.")
-    if any(v > 1000 for v in vs):
-        raise CellPolError(f"Voxel size {vs} µm is implausibly large; give it in µm, not nm.")
+    problem = implausible_voxel_size(vs)
+    if problem:
+        shown = f"{vs[0]:g} × {vs[1]:g} × {vs[2]:g} µm (z, y, x)"
+        raise CellPolError(f"Voxel size {shown} is {problem}. {_unit_hint(vs)}")
     return vs  # type: ignore[return-value]
 
 

@@ -7,7 +7,7 @@ from typing import Any, Optional, Sequence
 from PySide6 import QtCore, QtGui, QtWidgets
 
 from app.core.errors import CellPolError
-from app.core.volume import parse_voxel_size
+from app.core.volume import MAX_VOXEL_SIZE_YX_UM, MAX_VOXEL_SIZE_Z_UM, MIN_VOXEL_SIZE_UM, parse_voxel_size
 
 
 class VoxelSizeDialog(QtWidgets.QDialog):
@@ -33,9 +33,10 @@ class VoxelSizeDialog(QtWidgets.QDialog):
         values = list(initial) if initial else [1.0, 1.0, 1.0]
         self.spins = []
         form = QtWidgets.QFormLayout()
-        for label, value in zip(("z (slice spacing)", "y (row)", "x (column)"), values):
+        limits = (MAX_VOXEL_SIZE_Z_UM, MAX_VOXEL_SIZE_YX_UM, MAX_VOXEL_SIZE_YX_UM)  # the range core accepts
+        for label, value, limit in zip(("z (slice spacing)", "y (row)", "x (column)"), values, limits):
             spin = QtWidgets.QDoubleSpinBox()
-            spin.setRange(0.0001, 1000.0)
+            spin.setRange(MIN_VOXEL_SIZE_UM, limit)
             spin.setDecimals(4)
             spin.setSingleStep(0.01)
             spin.setSuffix(" µm")
