@@ -25,7 +25,13 @@ def test_project_folder(tmp_path):
     image = project.folder("images") / "a.tif"
     image.write_bytes(b"")
     assert project.vectors_path(image) == project.folder("annotations") / "a.vectors.csv"
-    assert project.predictions_path(image) == project.folder("results") / "a.vectors.csv"
+    assert project.predictions_path(image) == project.folder("results") / "a.pred.vectors.csv"
+    # A project of an earlier version: its predictions under the annotations' name are still found.
+    older = project.folder("results") / "a.vectors.csv"
+    older.write_text("nucleus_x,nucleus_y,nucleus_z,golgi_x,golgi_y,golgi_z\n")
+    assert project.predictions_path(image) == older
+    (project.folder("results") / "a.pred.vectors.csv").write_text(older.read_text())
+    assert project.predictions_path(image) == project.folder("results") / "a.pred.vectors.csv"
     project.remember_voxel_size(image, (0.3, 0.1, 0.1))
     again = Project.open(tmp_path / "proj" / "cellpol-project.json")
     assert again.name == "Retina" and again.voxel_size_for(image) == (0.3, 0.1, 0.1)

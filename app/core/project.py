@@ -6,7 +6,7 @@ Layout::
     <root>/images/                  the images (any format app.core.imageio reads)
     <root>/annotations/<stem>.vectors.csv   manual annotations (+ .vectors.json sidecar, + autosave)
     <root>/models/                  trained models
-    <root>/results/<stem>.vectors.csv       predictions (what ``cellpol predict images/ --out results/`` writes)
+    <root>/results/<stem>.pred.vectors.csv  predictions (what ``cellpol predict images/ --out results/`` writes)
 
 The project file is JSON, ``"format": "cellpol-project"``, ``"version": 1``; keys this version does not know are
 kept when the file is rewritten (atomically), so an older app does not drop a newer one's entries.
@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from app.core.annotation import find_recovery, vectors_path_for
+from app.core.batch import image_stem
 from app.core.errors import CellPolError, FileFormatError
 from app.core.fileutil import atomic_write_json
-from app.core.pairs import read_pairs
+from app.core.pairs import prediction_name, read_pairs
 from app.core.volume import parse_voxel_size
 
 PROJECT_FILE = "cellpol-project.json"
@@ -59,7 +60,7 @@ class ImageStatus:
         Pairs in the annotations (the autosave when it is newer), and how many are the user's own
         (``manual`` or ``corrected``).
     has_predictions : bool
-        ``results/<stem>.vectors.csv`` exists.
+        The image's predictions exist (:meth:`Project.predictions_path`).
     state : str
         :data:`NOT_STARTED`, :data:`SAVED`, :data:`UNSAVED` or :data:`UNREADABLE`.
     problem : str
@@ -119,7 +120,14 @@ class Project:
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "Project":
-        """Open a project from its folder or its project file."""
+        """Open a project from its folder or its project file.
+
+        Raises
+        ------
+        FileFormatError
+            No project file, not valid JSON, not a CellPol project file, or a field of the wrong type
+            (the message names the file and the field). Unknown fields are kept, whatever they hold.
+        """
         path = Path(path)
         root = path.parent if path.name == PROJECT_FILE else path
         file = root / PROJECT_FILE
@@ -131,11 +139,11 @@ class Project:
             raise FileFormatError(f"{file}: the project file is not valid JSON ({exc}).") from None
         if not isinstance(data, dict) or data.get("format") != PROJECT_FORMAT:
             raise FileFormatError(f"{file}: not a CellPol project file.")
+        name, created, voxel_sizes, settings = _checked_fields(file, data, root.name)
         for kind in PROJECT_FOLDERS:
             (root / kind).mkdir(exist_ok=True)
         extra = {k: v for k, v in data.items() if k not in _KNOWN_KEYS}
-        return cls(root, str(data.get("name", root.name)), dict(data.get("voxel_sizes", {})),
-                   dict(data.get("settings", {})), str(data.get("created", "")), extra)
+        return cls(root, name, voxel_sizes, settings, created, extra)
 
     def save(self) -> None:
         """Rewrite the project file atomically."""
@@ -170,8 +178,15 @@ class Project:
         return vectors_path_for(image_path, self.folder("annotations"))
 
     def predictions_path(self, image_path: str | os.PathLike) -> Path:
-        """Predictions of an image live in ``results/<stem>.vectors.csv``."""
-        return vectors_path_for(image_path, self.folder("results"))
+        """Predictions of an image live in ``results/<stem>.pred.vectors.csv``.
+
+        A project made by an earlier version keeps them in ``results/<stem>.vectors.csv``; that file is
+        returned while no new one exists (read as predictions, never renamed).
+        """
+        results = self.folder("results")
+        path = results / prediction_name(image_stem(image_path))
+        older = vectors_path_for(image_path, results)
+        return older if not path.exists() and older.is_file() else path
 
     def neighbour(self, image_path: Optional[str | os.PathLike], step: int) -> Optional[Path]:
         """The image ``step`` places after ``image_path`` in :meth:`images` (before, if negative).
@@ -198,8 +213,16 @@ class Project:
         return str(path.resolve())
 
     def voxel_size_for(self, image_path: str | os.PathLike) -> Optional[tuple[float, float, float]]:
+        """The voxel size remembered for an image, or ``None``.
+
+        A remembered value that is not a plausible voxel size (e.g. typed in nm by hand) counts as none, so
+        the user is asked again and the new value replaces it.
+        """
         value = self.voxel_sizes.get(self._key(image_path))
-        return parse_voxel_size(value) if value else None
+        try:
+            return parse_voxel_size(value) if value else None
+        except CellPolError:
+            return None
 
     def remember_voxel_size(self, image_path: str | os.PathLike, voxel_size: Sequence[float]) -> None:
         self.voxel_sizes[self._key(image_path)] = list(parse_voxel_size(voxel_size))
@@ -209,7 +232,7 @@ class Project:
     def last_image(self) -> Optional[Path]:
         """The image last opened in the app (``None`` if unknown or gone)."""
         value = self.settings.get("last_image")
-        if not value:
+        if not value or not isinstance(value, str):
             return None
         path = self.root / value if not Path(value).is_absolute() else Path(value)
         return path if path.exists() else None
@@ -262,3 +285,67 @@ class Project:
     def statuses(self, read_header: bool = True) -> list[ImageStatus]:
         """:meth:`image_status` of every image, in :meth:`images` order."""
         return [self.image_status(path, read_header) for path in self.images()]
+
+
+def _json_type(value: Any) -> str:
+    """How JSON calls the type of ``value`` (for messages about a hand-edited project file)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"
+
+
+def _checked_fields(
+    file: Path, data: dict[str, Any], default_name: str
+) -> tuple[str, str, dict[str, list[float]], dict[str, Any]]:
+    """``name``, ``created``, ``voxel_sizes`` and ``settings`` of a project file, each of the right type.
+
+    Raises
+    ------
+    FileFormatError
+        A field has the wrong type; the message names the file, the field and what it should hold.
+    """
+
+    def wrong(field_name: str, expected: str, value: Any) -> FileFormatError:
+        shown = json.dumps(value, ensure_ascii=False)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return FileFormatError(
+            f"{file}: the field '{field_name}' must be {expected}, but it is {_json_type(value)} ({shown}). "
+            "Correct or remove that field (the file is JSON)."
+        )
+
+    def field(key: str, default: Any) -> Any:
+        value = data.get(key)
+        return default if value is None else value  # null = absent
+
+    texts = []
+    for key, default in (("name", default_name), ("created", "")):
+        value = field(key, default)
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise wrong(key, "a string", value)
+        texts.append(str(value))
+    name, created = texts
+    voxel_sizes = field("voxel_sizes", {})
+    if not isinstance(voxel_sizes, dict):
+        expected = 'an object mapping image paths to [z, y, x] in µm, e.g. {"images/a.tif": [1, 0.2, 0.2]}'
+        raise wrong("voxel_sizes", expected, voxel_sizes)
+    for key, value in voxel_sizes.items():
+        numbers = isinstance(value, list) and len(value) == 3 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        )
+        if not numbers:
+            raise wrong(f"voxel_sizes[{json.dumps(key, ensure_ascii=False)}]", "three numbers [z, y, x] in µm", value)
+    settings = field("settings", {})
+    if not isinstance(settings, dict):
+        raise wrong("settings", "an object", settings)
+    last_image = settings.get("last_image")
+    if last_image is not None and not isinstance(last_image, str):
+        raise wrong('settings["last_image"]', "an image path as a string", last_image)
+    return name, created, {k: list(v) for k, v in voxel_sizes.items()}, dict(settings)
