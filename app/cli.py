@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="predict polarity vectors for images or folders of images")
     p.add_argument("inputs", nargs="+", help="image files and/or folders")
-    p.add_argument("--out", required=True, help="output folder for <stem>.vectors.csv files")
+    p.add_argument("--out", required=True,
+                   help="output folder for <stem>.pred.vectors.csv files (never taken for annotations)")
     p.add_argument("--method", choices=("auto", "cellpol", "classic"), default="auto",
                    help="cellpol = learned model, classic = Otsu peer; auto = the learned model when one is "
                         "available, otherwise classic")
@@ -185,8 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
 
     p = sub.add_parser("evaluate", help="score predictions against ground truth (the paper's protocol)")
-    p.add_argument("--gt", required=True, help="folder of ground-truth <stem>.vectors.csv")
-    p.add_argument("--pred", required=True, help="folder of predicted <stem>.vectors.csv")
+    p.add_argument("--gt", required=True, help="folder of ground-truth <stem>.vectors.csv (annotations)")
+    p.add_argument("--pred", required=True,
+                   help="folder of predicted <stem>.pred.vectors.csv (or <stem>.vectors.csv from older versions)")
+    p.add_argument("--images", metavar="DIR",
+                   help="folder of the images: their sizes for the border exclusion where the vectors' sidecars "
+                        "do not record them")
+    p.add_argument("--axes", metavar="AXES", help="axis order of those images where their files do not say it")
     p.add_argument("--out", help="folder for the CSV tables and the curves PNG (default: PRED/evaluation)")
     p.add_argument("--border-margin", type=float, default=7.0, metavar="UM",
                    help="leave out pairs within this many µm of the image border in x/y (0 = keep all)")
@@ -214,13 +220,44 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "evaluate": _cmd_evaluate, "train": _cmd_train, "vox2vox": _cmd_vox2vox, "import-legacy": _cmd_import_legacy, "info": _cmd_info,
     }
     try:
-        return handlers[args.command](args)
+        with _warnings_as_lines():
+            return handlers[args.command](args)
     except CellPolError as exc:
         print(f"cellpol: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:  # a read or write the job did not expect to fail: still one clear line
+        from app.core.fileutil import describe_os_error
+
+        print(f"cellpol: error: {describe_os_error(exc, action='read or write')}", file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError:
+        print("cellpol: error: out of memory: the computer's memory is too small for this job. Use smaller "
+              "images or settings, or a machine with more memory.", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("cellpol: interrupted", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """The app's own warnings (implausible input) as one ``cellpol: warning:`` line each, not Python's
+    file:line form; other warnings as usual."""
+    import warnings
+
+    from app.core.volume import ImplausibleInputWarning
+
+    with warnings.catch_warnings():
+        default = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, ImplausibleInputWarning):
+                print(f"cellpol: warning: {message}", file=sys.stderr)
+            else:
+                default(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
 
 
 def _progress_bar(total: int, desc: str):
@@ -307,7 +344,9 @@ def _starter_model_available() -> bool:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from app.core.batch import ReadOptions, predict_batch, write_summary
+    from app.core.batch import SUMMARY_NAME, ReadOptions, predict_batch
+    from app.core.errors import OutputError
+    from app.core.fileutil import ensure_folder
     from app.core.imageio import find_images
     from app.core.volume import parse_voxel_size
 
@@ -315,15 +354,21 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     images = find_images(args.inputs)
     if not images:
         raise CellPolError("No images found in the given inputs (looked for .tif, .tiff, .ome.tif, .npy, .czi).")
+    ensure_folder(args.out)  # before loading a model
     predictor, provenance = _make_predictor(args)
     records = []
+    summary = Path(args.out) / SUMMARY_NAME
     with _progress_bar(len(images), "predict") as bar:
-        for record in predict_batch(images, args.out, predictor, options, provenance, overwrite=args.overwrite):
-            records.append(record)
-            bar.update(1)
-            if record.status == "failed":
-                bar.write(f"FAILED {record.image}: {record.error}", file=sys.stderr)
-    summary = write_summary(records, Path(args.out) / "predict_summary.csv")
+        try:
+            for record in predict_batch(images, args.out, predictor, options, provenance, overwrite=args.overwrite):
+                records.append(record)
+                bar.update(1)
+                if record.status == "failed":
+                    bar.write(f"FAILED {record.image}: {record.error}", file=sys.stderr)
+        except OutputError:
+            done = sum(r.status in ("ok", "skipped") for r in records)
+            bar.write(f"Stopped: {done} image(s) done are listed in {summary}.", file=sys.stderr)
+            raise
     done = sum(r.status == "ok" for r in records)
     skipped = sum(r.status == "skipped" for r in records)
     failed = sum(r.status == "failed" for r in records)
@@ -337,7 +382,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from app.core.volume import parse_voxel_size
 
     result = evaluate.evaluate_folders(
-        args.gt, args.pred, voxel_size=parse_voxel_size(args.voxel_size), border_margin_um=args.border_margin
+        args.gt, args.pred, voxel_size=parse_voxel_size(args.voxel_size), border_margin_um=args.border_margin,
+        images_dir=args.images, image_axes=args.axes,
     )
     print(evaluate.format_table(result))
     out = Path(args.out) if args.out else Path(args.pred) / "evaluation"

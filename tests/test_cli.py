@@ -40,7 +40,9 @@ def test_predict_evaluate_round_trip(synth_dir, tmp_path, capsys):
     preds = tmp_path / "preds"
     assert main(["predict", str(synth_dir), "--out", str(preds), "--method", "classic"]) == EXIT_OK
     outputs = sorted(preds.glob("*.vectors.csv"))
-    assert [p.name for p in outputs] == [p.name for p in sorted(synth_dir.glob("*.vectors.csv"))]
+    # Predictions have a name of their own: <stem>.pred.vectors.csv, never taken for annotations.
+    assert [p.name for p in outputs] == [p.name.replace(".vectors.csv", ".pred.vectors.csv")
+                                         for p in sorted(synth_dir.glob("*.vectors.csv"))]
     pred = read_pairs(outputs[0])
     assert pred.meta["method"] == "classic" and pred.meta["image_shape_zyx"] == [16, 128, 128]
     with open(preds / "predict_summary.csv") as handle:
@@ -145,7 +147,7 @@ def test_predict_uses_the_bundled_starters_for_stacks_and_planes(synth_dir, tmp_
     err = capsys.readouterr().err
     assert "Method: cellpol" in err and "(3D images)" in err and "(2D images)" in err
     for name, shape in (("stack", [16, 128, 128]), ("plane", [1, 160, 160])):
-        pairs = read_pairs(preds / f"{name}.vectors.csv")
+        pairs = read_pairs(preds / f"{name}.pred.vectors.csv")
         assert pairs.meta["method"] == "cellpol" and pairs.meta["image_shape_zyx"] == shape
         assert {m["images"] for m in pairs.meta["models"]} == {"2D", "3D"}
         assert pairs.voxel_size is not None and len(pairs) > 0

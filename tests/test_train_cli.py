@@ -168,7 +168,7 @@ def test_cli_one_image_with_a_dozen_pairs_then_predict(train_dir, tmp_path, caps
     # The result is a model `cellpol predict --model` uses.
     preds = tmp_path / "preds"
     assert main(["predict", str(one), "--out", str(preds), "--model", str(out.with_suffix(".json"))]) == EXIT_OK
-    assert read_pairs(preds / "synth_0000.vectors.csv").meta["models"][0]["name"] == "mine"
+    assert read_pairs(preds / "synth_0000.pred.vectors.csv").meta["models"][0]["name"] == "mine"
 
     # An existing model is not overwritten by accident.
     capsys.readouterr()

@@ -37,6 +37,7 @@ import numpy as np
 
 from app.core.batch import image_stem
 from app.core.errors import CellPolError
+from app.core.fileutil import clean_stale_temporaries
 from app.core.pairs import PairSet, read_pairs, sidecar_path, write_pairs
 from app.core.volume import parse_voxel_size
 
@@ -438,7 +439,7 @@ class AnnotationModel:
         self._drag = None
         if pairs.voxel_size is not None:
             self.voxel_size = pairs.voxel_size
-        self.meta = {k: v for k, v in pairs.meta.items() if k not in ("pending_nucleus", "autosave")}
+        self.meta = {k: v for k, v in pairs.meta.items() if k not in ("pending_nucleus", "autosave", "content")}
         shape = pairs.meta.get("image_shape_zyx")
         if shape is not None and self.image_shape is None:
             self.image_shape = tuple(int(s) for s in shape)
@@ -864,6 +865,7 @@ class Autosaver:
         self.failed = Signal()  # (message)
         self.last_error: Optional[str] = None
         self.count = 0
+        clean_stale_temporaries(self.path.parent)  # left by a session that was killed mid-write
         model.edited.connect(self._on_edited)
 
     def detach(self) -> None:
@@ -879,7 +881,7 @@ class Autosaver:
         pending = self.model.pending_nucleus
         extra["pending_nucleus"] = list(pending) if pending is not None else None
         try:
-            path = write_pairs(self.path, self.model.to_pairset(), provenance=extra)
+            path = write_pairs(self.path, self.model.to_pairset(), provenance=extra, content="autosave")
         except OSError as exc:
             self.last_error = f"Autosave to {self.path} failed: {exc.strerror or exc}"
             self.failed.emit(self.last_error)

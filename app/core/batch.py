@@ -1,12 +1,22 @@
-"""Batch prediction: many images in, one ``<stem>.vectors.csv`` (+ sidecar) per image out.
+"""Batch prediction: many images in, one ``<stem>.pred.vectors.csv`` (+ sidecar) per image out.
 
-A bad file is reported and skipped while the rest of the batch goes on. Images whose output
-already exists are skipped unless ``overwrite`` is set, so an interrupted batch resumes.
+Predictions have a name of their own, so they never pass for annotations (``<stem>.vectors.csv``), and
+a file that holds annotations is never written over, even when overwriting is asked for. Every input
+gets its own output: images whose names would give the same output name (``a/x.tif`` and ``b/x.tif``,
+``x.tif`` and ``x.ome.tif``) are told apart by a stable rule (:func:`plan_outputs`).
+
+A bad file is reported and skipped while the rest of the batch goes on. An image whose output exists,
+is complete (its CSV agrees with its sidecar) and was made from the same image (path and size recorded
+in the sidecar) is skipped unless ``overwrite`` is set, so an interrupted batch resumes. The summary CSV
+is rewritten after every image, so it lists every image done even when the batch stops early (a kill,
+a full disk).
 """
 
 from __future__ import annotations
 
 import csv
+import errno
+import hashlib
 import io
 import math
 import os
@@ -17,16 +27,19 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from app.core.errors import CellPolError
-from app.core.fileutil import atomic_write_text
+from app.core.errors import CellPolError, OutputError
+from app.core.fileutil import atomic_write_text, clean_stale_temporaries, ensure_folder
 from app.core.jobs import CancelToken, check_cancel
-from app.core.pairs import PairSet, read_pairs, write_pairs
+from app.core.pairs import HUMAN_SOURCES, PairSet, prediction_name, read_pairs, vectors_content, write_pairs
 from app.core.volume import Volume
 
 #: A predictor turns a volume into pairs; ``describe`` goes into each output's provenance.
 Predictor = Callable[[Volume], PairSet]
 
 SUMMARY_NAME = "predict_summary.csv"
+#: Errors after which no later image of the batch could be written either: the batch stops.
+_FOLDER_WIDE_ERRORS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS, errno.EACCES,
+                       errno.EPERM}
 
 
 def image_stem(path: str | os.PathLike) -> str:
@@ -41,7 +54,41 @@ def image_stem(path: str | os.PathLike) -> str:
 
 
 def output_path(image: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    return Path(out_dir) / f"{image_stem(image)}.vectors.csv"
+    """Where the predictions for ``image`` go when no other input of the batch shares its name."""
+    return Path(out_dir) / prediction_name(image_stem(image))
+
+
+def plan_outputs(images: Sequence[Path], out_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
+    """One distinct output per distinct input: ``[(image, output), ...]`` in input order.
+
+    The same file given twice is predicted once. Names are compared without case (two names that differ
+    only in case are one file on Windows and macOS). Where stems collide, each image of the collision is
+    named by its whole file name (``x.ome.tif.pred.vectors.csv``); where that still collides (the same
+    name in two folders), by its stem and the first 8 hex digits of the SHA-1 of its absolute path
+    (``x-1a2b3c4d.pred.vectors.csv``). The rule depends only on the inputs, so a rerun finds its outputs.
+    """
+    unique: list[Path] = []
+    seen: set[str] = set()
+    for image in images:
+        key = os.path.normcase(str(Path(image).resolve()))
+        if key not in seen:
+            seen.add(key)
+            unique.append(Path(image))
+    names = [image_stem(image) for image in unique]
+    for rule in (lambda image: image.name, _hashed_name):
+        counts: dict[str, int] = {}
+        for name in names:
+            counts[name.lower()] = counts.get(name.lower(), 0) + 1
+        clashing = {name for name, count in counts.items() if count > 1}
+        if not clashing:
+            break
+        names = [rule(image) if name.lower() in clashing else name for image, name in zip(unique, names)]
+    return [(image, Path(out_dir) / prediction_name(name)) for image, name in zip(unique, names)]
+
+
+def _hashed_name(image: Path) -> str:
+    digest = hashlib.sha1(str(Path(image).resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{image_stem(image)}-{digest}"
 
 
 @dataclass
@@ -82,6 +129,16 @@ class ReadOptions:
         return volume.with_roles(self.nucleus_channel, self.golgi_channel)
 
 
+def image_identity(image: Path) -> dict[str, Any]:
+    """What a prediction's sidecar records of its image, for the resume check: absolute path and size."""
+    image = Path(image)
+    try:
+        size = image.stat().st_size
+    except OSError:
+        size = None
+    return {"image": str(image.resolve()), "image_size_bytes": size}
+
+
 def predict_batch(
     images: Sequence[Path],
     out_dir: str | os.PathLike,
@@ -90,41 +147,109 @@ def predict_batch(
     provenance: Optional[dict[str, Any]] = None,
     overwrite: bool = False,
     cancel: Optional[CancelToken] = None,
+    summary: Optional[str | os.PathLike] = SUMMARY_NAME,
 ) -> Iterator[BatchRecord]:
     """Predict every image; yield one :class:`BatchRecord` per image as it finishes.
 
     Only :class:`CellPolError` (a problem with that image) and ``MemoryError`` mark an image as
-    failed; anything else is a bug and propagates.
+    failed; anything else is a bug and propagates. A write that fails for a reason no later image
+    escapes (full disk, read-only or forbidden folder) stops the batch with that
+    :class:`~app.core.errors.OutputError`, after the summary of the images done.
+
+    Parameters
+    ----------
+    summary : path, optional
+        The summary CSV, relative to ``out_dir`` unless absolute; rewritten after every image. ``None``:
+        none is written.
     """
     read_options = read_options or ReadOptions()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for image in images:
+    out_dir = ensure_folder(out_dir)
+    clean_stale_temporaries(out_dir)
+    summary_path = (out_dir / summary) if summary is not None else None
+    records: list[BatchRecord] = []
+
+    def finish(record: BatchRecord) -> BatchRecord:
+        records.append(record)
+        if summary_path is not None:
+            write_summary(records, summary_path)
+        return record
+
+    for image, target in plan_outputs(images, out_dir):
         check_cancel(cancel)
-        target = output_path(image, out_dir)
-        if target.exists() and not overwrite:
-            yield _record_existing(image, target)
-            continue
         started = time.perf_counter()
+        if target.exists() or target.is_symlink():
+            existing = _existing_output(image, target, overwrite)
+            if existing is not None:
+                yield finish(existing)
+                continue
         try:
             volume = read_options.read(image)
             pairs = predictor(volume)
         except CellPolError as exc:
-            yield BatchRecord(image, None, "failed", seconds=time.perf_counter() - started, error=str(exc))
+            yield finish(BatchRecord(image, None, "failed", seconds=time.perf_counter() - started, error=str(exc)))
             continue
         except MemoryError:
-            yield BatchRecord(image, None, "failed", seconds=time.perf_counter() - started,
-                              error=f"{image}: out of memory. Try a smaller image or a machine with more memory.")
+            yield finish(BatchRecord(
+                image, None, "failed", seconds=time.perf_counter() - started,
+                error=f"{image}: out of memory. Try a smaller image or a machine with more memory."))
             continue
         info = {
-            "image": str(Path(image).resolve()),
+            **image_identity(image),
             "image_shape_zyx": list(volume.spatial_shape),
             "channels": {"nucleus": volume.nucleus_channel, "golgi": volume.golgi_channel},
             "voxel_size_source": volume.metadata.get("voxel_size_source", "file"),
         }
         info.update(provenance or {})
-        write_pairs(target, pairs, provenance=info)
-        yield _record_done(image, target, pairs, time.perf_counter() - started)
+        try:
+            write_pairs(target, pairs, provenance=info, content="prediction")
+        except OutputError as exc:
+            record = BatchRecord(image, None, "failed", seconds=time.perf_counter() - started, error=str(exc))
+            if exc.errno in _FOLDER_WIDE_ERRORS:
+                records.append(record)
+                if summary_path is not None:
+                    try:
+                        write_summary(records, summary_path)
+                    except OutputError:
+                        pass  # the summary written after the previous image stands
+                yield record
+                raise
+            yield finish(record)
+            continue
+        yield finish(_record_done(image, target, pairs, time.perf_counter() - started))
+
+
+def _existing_output(image: Path, target: Path, overwrite: bool) -> Optional[BatchRecord]:
+    """The record for an image whose output exists, or ``None`` when it is to be (re)computed."""
+    try:
+        pairs = read_pairs(target)
+    except CellPolError as exc:
+        if overwrite:
+            return None
+        return BatchRecord(image, target, "failed",
+                           error=f"{target} exists but cannot be read ({exc}); overwrite it to recompute.")
+    content = vectors_content(pairs.meta, pairs.sources)
+    human = {str(s) for s in pairs.sources} & set(HUMAN_SOURCES)
+    if content in ("annotation", "ground-truth", "autosave") or human:
+        return BatchRecord(
+            image, target, "failed",
+            error=f"{target} holds {'annotations' if content != 'ground-truth' else 'ground truth'}, not "
+                  "predictions, and is never written over: choose another output folder.")
+    if overwrite:
+        return None
+    recorded, current = pairs.meta.get("image"), image_identity(image)
+    recorded_size = pairs.meta.get("image_size_bytes")
+    if recorded is None or content != "prediction":
+        return BatchRecord(image, target, "failed",
+                           error=f"{target} exists but does not say which image it was predicted from; "
+                                 "overwrite it to recompute, or choose another output folder.")
+    if (os.path.normcase(str(recorded)) != os.path.normcase(current["image"])
+            or (recorded_size is not None and recorded_size != current["image_size_bytes"])):
+        changed = "was predicted from" if os.path.normcase(str(recorded)) != os.path.normcase(current["image"]) \
+            else "was predicted from an earlier version of"
+        return BatchRecord(image, target, "failed",
+                           error=f"{target} {changed} {recorded}, not this image ({image}); overwrite it to "
+                                 "recompute, or choose another output folder.")
+    return BatchRecord(image, target, "skipped", len(pairs), _mean_length(pairs))
 
 
 def _mean_length(pairs: PairSet) -> float:
@@ -137,21 +262,17 @@ def _record_done(image: Path, target: Path, pairs: PairSet, seconds: float) -> B
     return BatchRecord(image, target, "ok", len(pairs), _mean_length(pairs), seconds)
 
 
-def _record_existing(image: Path, target: Path) -> BatchRecord:
-    try:
-        pairs = read_pairs(target)
-    except CellPolError as exc:
-        return BatchRecord(image, target, "failed", error=f"existing output unreadable ({exc}); use --overwrite")
-    return BatchRecord(image, target, "skipped", len(pairs), _mean_length(pairs))
+SUMMARY_COLUMNS = ("image", "output", "vectors", "mean_length_um", "seconds", "status", "error")
 
 
 def write_summary(records: Sequence[BatchRecord], path: str | os.PathLike) -> Path:
-    """Write the batch summary CSV (image, vectors, mean length µm, seconds, status, error)."""
+    """Write the batch summary CSV (image, output, vectors, mean length µm, seconds, status, error)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["image", "vectors", "mean_length_um", "seconds", "status", "error"])
+    writer.writerow(SUMMARY_COLUMNS)
     for r in records:
         length = "" if math.isnan(r.mean_length_um) else f"{r.mean_length_um:.3f}"
-        writer.writerow([str(r.image), r.n_vectors, length, f"{r.seconds:.2f}", r.status, r.error])
+        writer.writerow([str(r.image), str(r.output) if r.output else "", r.n_vectors, length, f"{r.seconds:.2f}",
+                         r.status, r.error])
     atomic_write_text(path, buffer.getvalue())
     return Path(path)

@@ -6,6 +6,8 @@ The CLI prints ``str(error)`` and exits non-zero; the GUI shows it in one dialog
 
 from __future__ import annotations
 
+from typing import Optional
+
 
 class CellPolError(Exception):
     """Base class for problems with the user's input, files or environment."""
@@ -36,3 +38,19 @@ class ChannelError(CellPolError):
 
 class CancelledError(CellPolError):
     """A long job was cancelled by the user."""
+
+
+class OutputError(CellPolError, OSError):
+    """A result cannot be written: full disk, no permission, read-only folder, a file or folder in the way.
+
+    Also an ``OSError`` (with ``errno`` and ``filename``), so code that handles write failures as such
+    (the autosave) keeps working; ``str()`` is the one clear message.
+    """
+
+    def __init__(self, message: str, errno_: Optional[int] = None, filename: Optional[str] = None) -> None:
+        OSError.__init__(self, message)
+        self.errno = errno_
+        self.filename = filename
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from app.core.errors import CellPolError, FileFormatError
-from app.core.fileutil import atomic_path, atomic_write_json
+from app.core.fileutil import atomic_path, atomic_write_json, sha256_file
 from app.core.network import NetworkConfig, build_network
 from app.core.volume import parse_voxel_size
 
@@ -295,9 +295,8 @@ def compare_state(
 def save_model(path: PathLike, module: nn.Module, spec: ModelSpec) -> Path:
     """Write ``<name>.safetensors`` and ``<name>.json`` atomically; return the JSON path.
 
-    ``path`` may be the stem, the ``.json`` or the ``.safetensors`` path. The weights are written first,
-    so the JSON (the file users open) never points at half-written weights; its checksum catches a pair
-    left mismatched by a crash between the two writes.
+    ``path`` may be the stem, the ``.json`` or the ``.safetensors`` path. A kill at any step leaves a
+    loadable model, the old or the new one (:func:`write_model_files`), never a mismatched pair.
 
     Raises
     ------
@@ -318,7 +317,11 @@ def save_model(path: PathLike, module: nn.Module, spec: ModelSpec) -> Path:
 
 def write_model_files(json_path: Path, weights_path: Path, tensors: Mapping[str, torch.Tensor],
                       document: Mapping[str, Any]) -> Path:
-    """Write ``tensors`` (safetensors) then ``document`` (JSON) atomically; return the JSON path.
+    """Write ``tensors`` (safetensors) and ``document`` (JSON) atomically; return the JSON path.
+
+    A new model: the weights, then the JSON. Replacing one: the new JSON carrying the old one (``previous``),
+    the weights, then the new JSON alone; :func:`read_document` takes the old JSON while the old weights
+    are still in place.
 
     The JSON gets the weights' file name and SHA-256 after its ``format``/``version``/``name``/
     ``description`` entries, and the app version and time at the end. Shared by every model kind (the
@@ -330,18 +333,33 @@ def write_model_files(json_path: Path, weights_path: Path, tensors: Mapping[str,
     head_keys = ("format", "version", "name", "description")
     payload = st_save(dict(tensors), metadata={"format": str(document.get("format", "")),
                                                "version": str(document.get("version", ""))})
-    with atomic_path(weights_path) as tmp:
-        tmp.write_bytes(payload)
     document = {
         **{k: document[k] for k in head_keys if k in document},
         "weights": weights_path.name,
         "weights_sha256": _sha256(payload),
-        **{k: v for k, v in document.items() if k not in head_keys},
+        **{k: v for k, v in document.items() if k not in head_keys and k != "previous"},
         "app_version": __version__,
         "saved": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    # Replacing a model: the new JSON goes first and keeps the old one, whose checksum still matches the old
+    # weights, so a kill before the new weights are in leaves a loadable old model (read_document).
+    old = _committed_document(json_path, weights_path)
+    if old is not None:
+        atomic_write_json(json_path, {**document, "previous": old})
+    with atomic_path(weights_path) as tmp:
+        tmp.write_bytes(payload)
     atomic_write_json(json_path, document)
     return json_path
+
+
+def _committed_document(json_path: Path, weights_path: Path) -> Optional[dict[str, Any]]:
+    """The model JSON at ``json_path`` if it matches the weights at ``weights_path`` now, else ``None``."""
+    try:
+        document = read_document(json_path)
+        matches = document.get("weights_sha256") == sha256_file(weights_path)
+    except (CellPolError, OSError):
+        return None
+    return document if matches else None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -365,6 +383,16 @@ def read_document(json_path: Path) -> dict[str, Any]:
         ) from None
     if not isinstance(document, dict):
         raise FileFormatError(f"The model file {json_path} is damaged: the top level is not a JSON object.")
+    previous = document.pop("previous", None)
+    if isinstance(previous, dict):  # a replacement was cut short: the old JSON fits whichever weights are in
+        named = document.get("weights")
+        weights = json_path.parent / named if isinstance(named, str) and Path(named).name == named else None
+        try:
+            actual = sha256_file(weights) if weights is not None else None
+        except OSError:
+            actual = None
+        if actual is not None and actual != document.get("weights_sha256") and actual == previous.get("weights_sha256"):
+            return previous
     return document
 
 

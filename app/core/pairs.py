@@ -32,15 +32,28 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
-from app.core.errors import CellPolError, FileFormatError
-from app.core.fileutil import atomic_path, atomic_write_json, atomic_write_text
+from app.core.errors import CellPolError, FileFormatError, OutputError
+from app.core.fileutil import atomic_path, atomic_write_json, atomic_write_text, sha256_bytes
 from app.core.volume import parse_voxel_size
+
+#: Annotations (manual or corrected) and simulated ground truth: ``<stem>.vectors.csv``.
+VECTORS_SUFFIX = ".vectors.csv"
+#: Predictions: ``<stem>.pred.vectors.csv``, a name no reader of annotations takes.
+PREDICTION_SUFFIX = ".pred.vectors.csv"
+#: The annotation autosave: ``<stem>.vectors.autosave.csv``.
+AUTOSAVE_SUFFIX = ".vectors.autosave.csv"
+#: What a vectors file holds (the sidecar's ``content``): human work, a model's output, a simulator's
+#: exact vectors, or an autosave of work in progress.
+CONTENTS = ("annotation", "prediction", "ground-truth", "autosave")
+HUMAN_SOURCES = ("manual", "corrected")
 
 CSV_COLUMNS = ("nucleus_x", "nucleus_y", "nucleus_z", "golgi_x", "golgi_y", "golgi_z")
 OPTIONAL_COLUMNS = ("score", "id", "source")
 SOURCES = ("manual", "predicted", "corrected", "simulated", "imported")
 SIDECAR_FORMAT = "cellpol-vectors"
 SIDECAR_VERSION = 1
+#: Pair ids are stored as 64-bit integers; these are the ones a file may hold.
+ID_MIN, ID_MAX = -(2**53), 2**53  # exactly representable as the float they are parsed through
 
 
 @dataclass
@@ -209,20 +222,36 @@ def write_pairs(
     path: str | os.PathLike,
     pairs: PairSet,
     provenance: Optional[dict[str, Any]] = None,
+    content: Optional[str] = None,
 ) -> Path:
-    """Write the project CSV and its JSON sidecar, both atomically. Returns the CSV path.
+    """Write the project CSV and its JSON sidecar so that a reader never sees one without the other.
 
-    ``provenance`` entries are merged over ``pairs.meta`` into the sidecar.
+    The sidecar is written first and carries the SHA-256 of the CSV it belongs to, plus the sidecar of
+    the CSV being replaced (``previous``); the CSV is renamed into place last. A kill at any step leaves
+    either the old pair or the new one, which :func:`read_sidecar` tells apart by the hash. Returns the
+    CSV path.
+
+    ``provenance`` entries are merged over ``pairs.meta`` into the sidecar. ``content`` (one of
+    :data:`CONTENTS`) says what the file holds; default: from the sources (only ``predicted``: a
+    prediction; only ``simulated``: ground truth; else an annotation).
     """
     from app import __version__
 
     path = Path(path)
-    atomic_write_text(path, pairs_to_csv_text(pairs))
-    meta = dict(pairs.meta)
-    meta.update(provenance or {})
+    if path.is_dir():
+        raise OutputError(f"Cannot write {path}: a folder of that name is in the way (give a file name).",
+                          filename=str(path))
+    text = pairs_to_csv_text(pairs)
+    meta = {k: v for k, v in pairs.meta.items() if k not in _INTEGRITY_KEYS}
+    meta.update({k: v for k, v in (provenance or {}).items() if k not in _INTEGRITY_KEYS})
+    meta.pop("content", None)  # what a file held when read says nothing about what is written now
+    content = content or _content_from_sources(pairs.sources)
+    if content not in CONTENTS:
+        raise CellPolError(f"Unknown vectors content {content!r}; expected one of {', '.join(CONTENTS)}.")
     sidecar = {
         "format": SIDECAR_FORMAT,
         "version": SIDECAR_VERSION,
+        "content": content,
         "voxel_size_zyx_um": list(pairs.voxel_size) if pairs.voxel_size else None,
         "n_pairs": len(pairs),
         "coordinates": "voxels, 0-based; x = column, y = row, z = slice",
@@ -231,12 +260,51 @@ def write_pairs(
     }
     for key, value in meta.items():
         sidecar.setdefault(key, value)
+    sidecar["csv_sha256"] = sha256_bytes(text.encode("utf-8"))
+    previous = _committed_sidecar(path)
+    if previous is not None:
+        sidecar["previous"] = previous
     atomic_write_json(sidecar_path(path), sidecar)
+    atomic_write_text(path, text)  # the commit: from here on the CSV matches the new hash
     return path
 
 
-def read_sidecar(csv_path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON sidecar of a vectors CSV, or ``{}`` if there is none. A corrupt one is an error."""
+#: Sidecar keys that describe one write, not provenance to carry into the next.
+_INTEGRITY_KEYS = ("csv_sha256", "previous", "integrity")
+
+
+def _content_from_sources(sources: Any) -> str:
+    values = {str(s) for s in (sources if sources is not None else [])}
+    if values and values <= {"predicted"}:
+        return "prediction"
+    if values and values <= {"simulated"}:
+        return "ground-truth"
+    return "annotation"
+
+
+def _committed_sidecar(csv_path: Path) -> Optional[dict[str, Any]]:
+    """The sidecar that agrees with the CSV now at ``csv_path`` (without its own ``previous``), if any."""
+    if not csv_path.is_file():
+        return None
+    try:
+        data = read_sidecar(csv_path)
+    except CellPolError:
+        return None
+    if data.get("integrity") not in ("ok", "unverified"):
+        return None
+    return {k: v for k, v in data.items() if k not in ("previous", "integrity")}
+
+
+def read_sidecar(csv_path: str | os.PathLike, csv_bytes: Optional[bytes] = None) -> dict[str, Any]:
+    """The JSON sidecar that belongs to the vectors CSV at ``csv_path``, or ``{}`` if there is none.
+
+    A write killed after the new sidecar but before the new CSV leaves the old CSV beside the new
+    sidecar: the old CSV's own sidecar (kept under ``previous``) is returned then. The result's
+    ``integrity`` says how it was matched: ``"ok"`` (the CSV's recorded hash), ``"unverified"`` (a
+    sidecar from before hashes were recorded), ``"edited"`` (the CSV was changed after it was written,
+    by hand or by another program: the sidecar is returned as it is) or ``"no-csv"`` (the sidecar of a
+    CSV not yet in place). A corrupt sidecar is an error.
+    """
     side = sidecar_path(csv_path)
     if not side.exists():
         return {}
@@ -246,7 +314,76 @@ def read_sidecar(csv_path: str | os.PathLike) -> dict[str, Any]:
         raise FileFormatError(f"{side}: the vectors sidecar is not valid JSON ({exc}).") from None
     if not isinstance(data, dict):
         raise FileFormatError(f"{side}: the vectors sidecar must hold a JSON object.")
-    return data
+    recorded = data.get("csv_sha256")
+    if recorded is None:
+        return {**data, "integrity": "unverified"}
+    if csv_bytes is None:
+        try:
+            csv_bytes = Path(csv_path).read_bytes()
+        except OSError:
+            return {**data, "integrity": "no-csv"}
+    actual = sha256_bytes(csv_bytes)
+    if actual == recorded:
+        return {**data, "integrity": "ok"}
+    previous = data.get("previous")
+    if isinstance(previous, dict) and previous.get("csv_sha256") == actual:
+        return {**previous, "integrity": "ok"}
+    return {**data, "integrity": "edited"}
+
+
+def vectors_content(meta: dict[str, Any], sources: Any = None) -> str:
+    """What a vectors file holds (one of :data:`CONTENTS`, or ``"unknown"``), from its sidecar.
+
+    Sidecars written before ``content`` existed are read by what they carry: an autosave flag, a
+    prediction's method or models with only predicted pairs; else by the pairs' sources. A CSV with
+    neither sidecar nor sources is ``"unknown"``.
+    """
+    content = meta.get("content")
+    if content in CONTENTS:
+        return content
+    if meta.get("autosave"):
+        return "autosave"
+    values = {str(s) for s in (sources if sources is not None else [])}
+    if values & set(HUMAN_SOURCES):
+        return "annotation"
+    if values <= {"predicted"} and ("method" in meta or "models" in meta or values):
+        return "prediction"
+    if values and values <= {"simulated"}:
+        return "ground-truth"
+    return "unknown"
+
+
+def read_vectors_content(path: str | os.PathLike) -> str:
+    """:func:`vectors_content` of the file at ``path`` (``"unknown"`` where it cannot be read)."""
+    try:
+        pairs = read_pairs(path)
+    except CellPolError:
+        return "unknown"
+    return vectors_content(pairs.meta, pairs.sources)
+
+
+def annotation_name(stem: str) -> str:
+    """``<stem>.vectors.csv``: where the annotations (or ground truth) of an image live."""
+    return stem + VECTORS_SUFFIX
+
+
+def prediction_name(stem: str) -> str:
+    """``<stem>.pred.vectors.csv``: where the predictions for an image go."""
+    return stem + PREDICTION_SUFFIX
+
+
+def vectors_stem(name: str) -> tuple[Optional[str], str]:
+    """``(stem, kind)`` of a vectors file name: ``"prediction"`` for ``<stem>.pred.vectors.csv``,
+    ``"autosave"`` for ``<stem>.vectors.autosave.csv``, ``"annotation"`` for ``<stem>.vectors.csv``;
+    ``(None, "")`` for anything else, hidden files included."""
+    lower = name.lower()
+    if name.startswith("."):
+        return None, ""
+    for suffix, kind in ((PREDICTION_SUFFIX, "prediction"), (AUTOSAVE_SUFFIX, "autosave"),
+                         (VECTORS_SUFFIX, "annotation")):
+        if lower.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)], kind
+    return None, ""
 
 
 def read_pairs(path: str | os.PathLike, voxel_size: Optional[Sequence[float]] = None) -> PairSet:
@@ -260,7 +397,8 @@ def read_pairs(path: str | os.PathLike, voxel_size: Optional[Sequence[float]] = 
         Missing file, no header, missing columns, non-numeric or non-finite values.
     """
     path = Path(path)
-    text = _read_text(path)
+    raw = _read_bytes(path)
+    text = _decode(raw)
     rows = [row for row in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in row)]
     if not rows:
         raise FileFormatError(f"{path}: the file is empty (expected a header {','.join(CSV_COLUMNS)}).")
@@ -288,14 +426,16 @@ def read_pairs(path: str | os.PathLike, voxel_size: Optional[Sequence[float]] = 
             scores[r] = _parse_float(row, col["score"], path, line, "score")
         if "id" in col and col["id"] < len(row) and row[col["id"]].strip():
             value = _parse_float(row, col["id"], path, line, "id")
-            if value != int(value):
-                raise FileFormatError(f"{path}, line {line}: id must be an integer, got {row[col['id']]!r}.")
+            if value != int(value) or not ID_MIN <= value <= ID_MAX:
+                raise FileFormatError(
+                    f"{path}, line {line}: id must be a whole number between {ID_MIN} and {ID_MAX}, "
+                    f"got {row[col['id']].strip()!r}.")
             ids[r] = int(value)
         if "source" in col and col["source"] < len(row) and row[col["source"]].strip():
             sources[r] = row[col["source"]].strip()
     if len(set(ids.tolist())) != n:
         raise FileFormatError(f"{path}: the id column has duplicates.")
-    meta = read_sidecar(path)
+    meta = read_sidecar(path, csv_bytes=raw)
     if voxel_size is None and meta.get("voxel_size_zyx_um"):
         try:
             voxel_size = parse_voxel_size(meta["voxel_size_zyx_um"])
@@ -308,6 +448,10 @@ def read_pairs(path: str | os.PathLike, voxel_size: Optional[Sequence[float]] = 
 
 
 def _read_text(path: Path) -> str:
+    return _decode(_read_bytes(path))
+
+
+def _read_bytes(path: Path) -> bytes:
     if not path.exists():
         raise FileFormatError(f"{path}: no such file.")
     if path.is_dir():
@@ -318,6 +462,10 @@ def _read_text(path: Path) -> str:
         raise FileFormatError(f"{path}: cannot read ({exc.strerror}).") from None
     if b"\x00" in raw[:4096]:
         raise FileFormatError(f"{path}: this is a binary file, not a CSV.")
+    return raw
+
+
+def _decode(raw: bytes) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -386,6 +534,13 @@ def read_legacy_csv(
         for k in range(6):
             values[r, k] = _parse_float(cells, k, path, r + 1, "coordinate")
     offset = 1.0 if one_based else 0.0
+    if one_based and np.any(values < 1.0):
+        line, column = (int(i) for i in np.argwhere(values < 1.0)[0])
+        names = ("YN", "XN", "YG", "XG", "ZN", "ZG")
+        raise FileFormatError(
+            f"{path}, line {line + 1}: {names[column]} = {values[line, column]:g}, which 1-based coordinates never "
+            "hold (it would lie outside the image). The file is probably 0-based, as the annotation tool saves: "
+            "import it as 0-based (command line: --zero-based).")
     col_n, row_n, col_g, row_g, z_n, z_g = (values[:, k] - offset for k in range(6))
     nuclei = np.stack([z_n, row_n, col_n], axis=1)
     golgi = np.stack([z_g, row_g, col_g], axis=1)

@@ -24,11 +24,10 @@ import numpy as np
 
 from app.core.errors import CellPolError
 from app.core.jobs import CancelToken, check_cancel
-from app.core.pairs import PairSet, read_pairs
+from app.core.pairs import PREDICTION_SUFFIX, VECTORS_SUFFIX, PairSet, read_pairs, vectors_content, vectors_stem
 from app.core.volume import Volume
 
 PathLike = Union[str, os.PathLike]
-VECTORS_SUFFIX = ".vectors.csv"
 #: Positions may reach this far (voxels) past the first/last voxel centre: the edge of the voxel itself.
 OUTSIDE_TOLERANCE_VOXELS = 0.5
 #: Sidecar voxel sizes that differ from the image's by more than this (relative) earn a warning.
@@ -157,9 +156,8 @@ def match_files(images: Union[PathLike, Sequence[PathLike]], vectors: Optional[P
     orphans = []
     for folder in folders:
         for path in sorted(folder.iterdir()):
-            name = path.name
-            if (path.is_file() and not name.startswith(".") and name.lower().endswith(VECTORS_SUFFIX)
-                    and name[: -len(VECTORS_SUFFIX)] not in by_stem):
+            stem, kind = vectors_stem(path.name)
+            if path.is_file() and kind == "annotation" and stem not in by_stem:  # predictions, autosaves aside
                 orphans.append(path)
     if orphans:
         raise CellPolError(
@@ -195,6 +193,22 @@ def match_project(project: PathLike) -> tuple[list[AnnotatedFile], int]:
         raise CellPolError(f"The project {opened.root} has no annotated images yet (annotations/<name>{VECTORS_SUFFIX}); "
                            "annotate at least one image.")
     return files, unannotated
+
+
+def check_annotations(pairs: PairSet, vectors_path: Path | str) -> None:
+    """Raise :class:`CellPolError` if the file at ``vectors_path`` holds predictions, not annotations.
+
+    Predictions written by older versions share the annotations' name ``<stem>.vectors.csv``; their sidecar
+    says what they are. Training on them would teach a model its own mistakes.
+    """
+    content = vectors_content(pairs.meta, pairs.sources)
+    if content in ("prediction", "autosave"):
+        what = "predictions of a model" if content == "prediction" else "an autosave of unsaved work"
+        raise CellPolError(
+            f"{vectors_path} holds {what}, not annotations, so it cannot be trained on. Review and correct it in "
+            "the app and save it as annotations, or move it out of the folder (predictions are named "
+            f"<name>{PREDICTION_SUFFIX})."
+        )
 
 
 def check_inside(volume: Volume, pairs: PairSet, vectors_path: Path | str, image_path: Path | str) -> None:
@@ -238,6 +252,7 @@ def load_annotated(file: AnnotatedFile, voxel_size: Optional[Sequence[float]] = 
             raise
         raise CellPolError(f"{file.image}: {exc}") from None
     pairs = read_pairs(file.vectors)
+    check_annotations(pairs, file.vectors)
     if pairs.voxel_size is not None and warnings is not None:
         given, image = np.asarray(pairs.voxel_size), np.asarray(volume.voxel_size)
         axes_checked = slice(1, 3) if volume.is_2d else slice(0, 3)

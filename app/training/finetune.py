@@ -65,7 +65,7 @@ import torch
 
 from app.core import evaluate
 from app.core.errors import CellPolError
-from app.core.fileutil import atomic_write_text, sha256_file
+from app.core.fileutil import atomic_write_text, clean_stale_temporaries, ensure_folder, sha256_file
 from app.core.jobs import CancelToken, check_cancel
 from app.core.modelfile import DecodingSpec, ModelSpec, load_model, model_paths, save_model
 from app.core.network import NetworkConfig, required_multiple
@@ -486,6 +486,9 @@ def run_training(options: TrainingOptions, cancel: Optional[CancelToken] = None,
     steps = opts.steps
     if paths["model"].exists() and not opts.overwrite:
         raise CellPolError(f"{paths['model']} already exists; choose another output, or replace it (--overwrite).")
+    ensure_folder(paths["model"].parent)  # a read-only or misplaced output is said before any work
+    for folder in (paths["model"].parent, paths["checkpoints"]):
+        clean_stale_temporaries(folder)
     init_path, init_is_starter = resolve_init(opts.init)
 
     # --- data ---------------------------------------------------------------------------------

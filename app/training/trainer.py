@@ -369,6 +369,9 @@ def train(spec: ModelSpec, sampler: PatchSampler, config: TrainConfig, checkpoin
         best = state.get("best")
         elapsed_before = float(state.get("elapsed_s", 0.0))
         scaler_state = state.get("grad_scaler")
+        # The checkpoint is the authority; ``last.json`` is its loadable copy, written after it, so a kill
+        # between the two leaves the copy one checkpoint behind: bring it up to date before going on.
+        save_model(checkpoint_dir / LAST, model, saved_spec)
     elif init is not None:
         model, init_spec = load_model(init, device)
         if init_spec.network != spec.network:

@@ -51,7 +51,7 @@ from torch.nn import functional as F
 
 from app.core import masks as masks_mod
 from app.core.errors import CellPolError, FileFormatError
-from app.core.fileutil import atomic_path
+from app.core.fileutil import atomic_path, clean_stale_temporaries, ensure_folder
 from app.core.jobs import CancelToken, check_cancel
 from app.core.masks import GOLGI_BOX_UM, NUCLEUS_BOX_UM, LayoutParams, ShapeLibrary
 from app.core.modelfile import compare_state, model_paths, read_document, read_model_weights, write_model_files
@@ -647,6 +647,9 @@ def train_vox2vox(options: Vox2VoxOptions, cancel: Optional[CancelToken] = None,
     paths = output_paths(opts.out)
     if paths["model"].exists() and not opts.overwrite:
         raise CellPolError(f"{paths['model']} already exists; choose another output, or replace it (--overwrite).")
+    ensure_folder(paths["model"].parent)  # a read-only or misplaced output is said before any work
+    for folder in (paths["model"].parent, paths["checkpoints"]):
+        clean_stale_temporaries(folder)
     boxes = {"nucleus": [float(v) for v in masks_mod.check_box(opts.nucleus_box_um, "nucleus")],
              "golgi": [float(v) for v in masks_mod.check_box(opts.golgi_box_um, "Golgi")]}
     device = select_device(opts.device)
@@ -907,9 +910,10 @@ def generate(model: PathLike, n: int, out: PathLike, seed: int = 0, shape: Optio
     library.check()
     size = check_shape(shape, spec.config.multiple, "shape") if shape is not None else spec.shape
     generator.generation_dropout = bool(dropout)
-    out_dir = Path(out)
+    out_dir = ensure_folder(out)
     for folder in NGMIC_FOLDERS:
-        (out_dir / folder).mkdir(parents=True, exist_ok=True)
+        ensure_folder(out_dir / folder)
+    clean_stale_temporaries(out_dir, recursive=True)
     json_path, _ = model_paths(model)
     written = []
     for k in range(start_index, start_index + n):
