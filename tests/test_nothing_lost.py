@@ -349,3 +349,39 @@ def test_predict_batch_output_is_readable_by_the_group(stacks, tmp_path):
     assert records[0].status == "ok"
     for path in (records[0].output, sidecar_path(records[0].output), tmp_path / "p" / "predict_summary.csv"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o664, path
+
+
+# ------------------------------------------------------------------------------------------
+# 6 and 7: implausible vectors files (the image readers' cases are in test_implausible_input.py)
+# ------------------------------------------------------------------------------------------
+def test_a_one_based_legacy_file_holding_a_zero_is_questioned(tmp_path, capsys):
+    from app.core.pairs import read_legacy_csv
+
+    legacy = tmp_path / "Crop1.csv"
+    legacy.write_text("10,12,14,13,2,3\n10,12,14,13,0,3\n")
+    with pytest.raises(CellPolError, match=r"line 2: ZN = 0.*probably 0-based"):
+        read_legacy_csv(legacy, one_based=True)
+    assert read_legacy_csv(legacy, one_based=False).nuclei[1, 0] == 0  # as 0-based it is fine
+    assert main(["import-legacy", str(legacy), "--out", str(tmp_path / "c.vectors.csv")]) == EXIT_USAGE
+    assert "--zero-based" in capsys.readouterr().err
+    assert main(["import-legacy", str(legacy), "--out", str(tmp_path / "c.vectors.csv"), "--zero-based"]) == EXIT_OK
+
+
+def test_an_id_too_large_for_the_file_format_is_one_clear_message(tmp_path):
+    path = tmp_path / "a.vectors.csv"
+    path.write_text("nucleus_x,nucleus_y,nucleus_z,golgi_x,golgi_y,golgi_z,id\n1,2,3,4,5,6,12345678901234567890\n")
+    with pytest.raises(CellPolError, match=r"line 2: id must be a whole number between"):
+        read_pairs(path)
+    path.write_text("nucleus_x,nucleus_y,nucleus_z,golgi_x,golgi_y,golgi_z,id\n1,2,3,4,5,6,9007199254740992\n")
+    assert read_pairs(path).ids[0] == 2**53
+
+
+def test_the_command_line_prints_implausible_input_warnings_as_one_line(tmp_path, capsys):
+    import tifffile
+
+    path = tmp_path / "coarse.tif"
+    tifffile.imwrite(path, np.zeros((3, 2, 8, 8), np.uint8), imagej=True, resolution=(4.0, 4.0),
+                     metadata={"axes": "ZCYX", "spacing": 60, "unit": "um"})
+    assert main(["info", str(path)]) == EXIT_OK
+    err = capsys.readouterr().err
+    assert "cellpol: warning: " in err and "z step of 60 µm" in err and "Warning:" not in err
