@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 import time
 import tracemalloc
 
@@ -27,6 +28,10 @@ from app.core.evaluate import (
     write_evaluation,
 )
 from app.core.pairs import PairSet, write_pairs
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import evaluate_scale  # noqa: E402  (the benchmark's cell layout, one generator for both)
 
 ISO = (1.0, 1.0, 1.0)
 SHAPE = (40, 200, 200)
@@ -440,21 +445,9 @@ def test_radius_matching_handles_empty_and_unequal_sides():
 
 def cell_grid(n, seed, voxel=(1.0, 0.666, 0.666), spacing=12.0):
     """n cells on a jittered 12 µm grid; predictions: 90 % found with 1–1.5 µm noise, 10 % strays."""
-    rng = np.random.default_rng(seed)
-    side = int(math.ceil(n ** (1 / 3)))
-    grid = np.stack(np.meshgrid(*[np.arange(side)] * 3, indexing="ij"), -1).reshape(-1, 3)[:n]
-    nuclei = (grid + 1) * spacing + rng.uniform(-3, 3, (n, 3))
-    direction = rng.normal(size=(n, 3))
-    golgi = nuclei + direction / np.linalg.norm(direction, axis=1, keepdims=True) * rng.uniform(3, 7, (n, 1))
-    found = rng.random(n) < 0.9
-    extent = (side + 1) * spacing
-    strays = rng.uniform(spacing / 2, extent - spacing / 2, (n - found.sum(), 3))
-    pred_n = np.concatenate([nuclei[found] + rng.normal(0, 1.5, (found.sum(), 3)), strays])
-    pred_g = np.concatenate([golgi[found] + rng.normal(0, 1.0, (found.sum(), 3)), strays + [0, 0, 5]])
-    v = np.asarray(voxel)
-    shape = tuple(int(math.ceil(extent / s)) + 1 for s in v)
-    return (PairSet(nuclei / v, golgi / v, voxel_size=voxel), PairSet(pred_n / v, pred_g / v, voxel_size=voxel),
-            shape)
+    sets = evaluate_scale.cell_grid(n, seed, voxel, spacing)
+    return (PairSet(sets["gt_n"], sets["gt_g"], voxel_size=voxel), PairSet(sets["pred_n"], sets["pred_g"],
+                                                                           voxel_size=voxel), sets["shape"])
 
 
 def test_two_hundred_thousand_pairs_a_side_score_fast_in_little_memory():

@@ -128,11 +128,17 @@ def test_outputs_are_unique_per_input_by_a_stable_rule(tmp_path):
     assert plan_outputs([a / "x.tif", a / "x.ome.tif"], tmp_path / "p")[1][1].name == "x.ome.tif.pred.vectors.csv"
 
 
-def test_two_images_with_one_name_get_two_outputs_with_their_own_vectors(stacks, tmp_path, capsys):
+def two_images_named_x(stacks, tmp_path):
+    """Two different images, both named x.tif, in folders a/ and b/."""
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
     shutil.copy(stacks / "synth_0000.tif", a / "x.tif")
     shutil.copy(stacks / "synth_0001.tif", b / "x.tif")
+    return a, b
+
+
+def test_two_images_with_one_name_get_two_outputs_with_their_own_vectors(stacks, tmp_path, capsys):
+    a, b = two_images_named_x(stacks, tmp_path)
     out = tmp_path / "p"
     assert main(["predict", str(a / "x.tif"), str(b / "x.tif"), "--out", str(out), "--method", "classic"]) == EXIT_OK
     outputs = sorted(out.glob("*.pred.vectors.csv"))
@@ -148,10 +154,7 @@ def test_two_images_with_one_name_get_two_outputs_with_their_own_vectors(stacks,
 
 
 def test_resume_compares_the_image_recorded_in_the_sidecar(stacks, tmp_path, capsys):
-    a, b = tmp_path / "a", tmp_path / "b"
-    a.mkdir(), b.mkdir()
-    shutil.copy(stacks / "synth_0000.tif", a / "x.tif")
-    shutil.copy(stacks / "synth_0001.tif", b / "x.tif")
+    a, b = two_images_named_x(stacks, tmp_path)
     out = tmp_path / "p"
     assert main(["predict", str(a / "x.tif"), "--out", str(out), "--method", "classic"]) == EXIT_OK
     first = (out / "x.pred.vectors.csv").read_bytes()
