@@ -388,3 +388,21 @@ def test_the_command_line_prints_implausible_input_warnings_as_one_line(tmp_path
     assert main(["info", str(path)]) == EXIT_OK
     err = capsys.readouterr().err
     assert "cellpol: warning: " in err and "z step of 60 µm" in err and "Warning:" not in err
+
+
+def test_a_kill_while_rewriting_a_file_of_an_older_version_leaves_it_whole(tmp_path, monkeypatch):
+    path = write_pairs(tmp_path / "a.vectors.csv", two_pairs(), provenance={"note": "old"})
+    side = json.loads(sidecar_path(path).read_text())
+    del side["csv_sha256"], side["content"]  # as versions before hashes wrote it
+    sidecar_path(path).write_text(json.dumps(side))
+    import app.core.pairs as pairs_module
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pairs_module, "atomic_write_text", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_pairs(path, two_pairs().subset(np.array([0])), provenance={"note": "new"})
+    monkeypatch.undo()
+    recovered = read_pairs(path)
+    assert len(recovered) == 2 and recovered.meta["note"] == "old" and recovered.meta["integrity"] == "ok"

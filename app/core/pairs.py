@@ -292,7 +292,13 @@ def _committed_sidecar(csv_path: Path) -> Optional[dict[str, Any]]:
         return None
     if data.get("integrity") not in ("ok", "unverified"):
         return None
-    return {k: v for k, v in data.items() if k not in ("previous", "integrity")}
+    kept = {k: v for k, v in data.items() if k not in ("previous", "integrity")}
+    if data["integrity"] == "unverified":  # written before hashes were recorded: record the CSV's now
+        try:
+            kept["csv_sha256"] = sha256_bytes(csv_path.read_bytes())
+        except OSError:
+            return None
+    return kept
 
 
 def read_sidecar(csv_path: str | os.PathLike, csv_bytes: Optional[bytes] = None) -> dict[str, Any]:
@@ -346,7 +352,7 @@ def vectors_content(meta: dict[str, Any], sources: Any = None) -> str:
     values = {str(s) for s in (sources if sources is not None else [])}
     if values & set(HUMAN_SOURCES):
         return "annotation"
-    if values <= {"predicted"} and ("method" in meta or "models" in meta or values):
+    if values <= {"predicted"} and (values or "method" in meta or "models" in meta):
         return "prediction"
     if values and values <= {"simulated"}:
         return "ground-truth"
