@@ -6,8 +6,8 @@ the destination folder, which is renamed onto the destination only once complete
 in the way). Finished files get the permissions a new file gets from the user's umask (or keep those of
 the file they replace), so colleagues on a shared server can read results; temporaries stay private.
 
-Temporaries are named ``.<name>.<host>-<pid>.<random>.tmp``; one left by a process that was killed is
-removed the next time the same file is written, or by :func:`clean_stale_temporaries` when a job starts.
+Temporaries are named ``.<name>.<host>-<pid>.<random>.tmp``; those left by a process that was killed are
+removed by :func:`clean_stale_temporaries`, which every job calls on its output folders when it starts.
 """
 
 from __future__ import annotations
@@ -64,8 +64,8 @@ def _output_error(exc: OSError, path: Path, action: str = "write") -> OutputErro
     return OutputError(describe_os_error(exc, path, action), errno_=exc.errno, filename=str(path))
 
 
-def ensure_folder(path: str | os.PathLike, what: str = "output folder") -> Path:
-    """Create ``path`` (and parents) if needed and check that files can be written in it.
+def ensure_folder(path: str | os.PathLike, what: str = "output folder", probe: bool = True) -> Path:
+    """Create ``path`` (and parents) if needed and (``probe``) check that files can be written in it.
 
     Raises
     ------
@@ -79,10 +79,12 @@ def ensure_folder(path: str | os.PathLike, what: str = "output folder") -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise _output_error(exc, path, f"create the {what}") from None
+    if not probe:
+        return path
     try:  # a read-only or forbidden folder is said now, not after minutes of work
-        fd, probe = tempfile.mkstemp(prefix=f".cellpol-probe.{_HOST_TAG}-{os.getpid()}.", suffix=".tmp", dir=path)
+        fd, probe_name = tempfile.mkstemp(prefix=f".cellpol-probe.{_HOST_TAG}-{os.getpid()}.", suffix=".tmp", dir=path)
         os.close(fd)
-        os.unlink(probe)
+        os.unlink(probe_name)
     except OSError as exc:
         raise _output_error(exc, path, f"write in the {what}") from None
     return path
@@ -127,8 +129,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     if path.is_dir():
         raise OutputError(f"Cannot write {path}: a folder of that name is in the way (give a file name).",
                           errno_=errno.EISDIR, filename=str(path))
-    ensure_folder(path.parent, "folder")
-    _remove_stale_temporaries(path.parent, only_name=path.name)
+    ensure_folder(path.parent, "folder", probe=False)  # the temporary itself is the probe
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{_HOST_TAG}-{os.getpid()}.", suffix=".tmp",
                                         dir=path.parent)
@@ -208,25 +209,18 @@ def is_stale_temporary(path: Path, now: Optional[float] = None) -> bool:
     return age > FOREIGN_TEMP_AGE_S
 
 
-def _remove_stale_temporaries(folder: Path, only_name: Optional[str] = None) -> list[Path]:
+def _remove_stale_temporaries(folder: Path) -> list[Path]:
     removed = []
     try:
-        entries = list(folder.iterdir()) if only_name is None else list(folder.glob(f".{glob_escape(only_name)}.*.tmp"))
+        entries = [entry for entry in folder.iterdir() if entry.name.endswith(".tmp")]
     except OSError:
         return removed
     for entry in entries:
-        if only_name is not None and not entry.name.startswith(f".{only_name}."):
-            continue
         if is_stale_temporary(entry):
             with contextlib.suppress(OSError):
                 entry.unlink()
                 removed.append(entry)
     return removed
-
-
-def glob_escape(text: str) -> str:
-    """``text`` with glob wildcards escaped."""
-    return re.sub(r"([\[\]*?])", r"[\1]", text)
 
 
 def clean_stale_temporaries(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
