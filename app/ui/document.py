@@ -400,7 +400,7 @@ class DocumentController(QtCore.QObject):
         try:
             write_pairs(target, self.model.to_pairset(), provenance=self.provenance())
         except (CellPolError, OSError) as exc:
-            self.warn("Cannot save the annotations", f"{target}: {getattr(exc, 'strerror', None) or exc}")
+            self.warn("Cannot save the annotations", _write_problem(target, exc))
             return False
         if self.vectors_path is not None and target != self.vectors_path:
             discard_autosave(self.vectors_path)
@@ -494,7 +494,7 @@ class DocumentController(QtCore.QObject):
             else:
                 write_pairs(path, pairs, provenance=self.provenance())
         except (CellPolError, OSError) as exc:
-            self.warn("Cannot export", f"{path}: {getattr(exc, 'strerror', None) or exc}")
+            self.warn("Cannot export", _write_problem(path, exc))
             return False
         self.status.emit(f"Exported {len(pairs)} pairs to {path}.")
         return True
@@ -566,3 +566,10 @@ class DocumentController(QtCore.QObject):
 
     def default_vectors_name(self) -> str:
         return f"{image_stem(self.image_path)}.vectors.csv" if self.image_path else "vectors.csv"
+
+
+def _write_problem(path, exc: Exception) -> str:
+    """The one message for a failed write: core's own (it names the file and the reason), else the system's."""
+    if isinstance(exc, CellPolError):
+        return str(exc)
+    return f"{path}: {getattr(exc, 'strerror', None) or exc}"
