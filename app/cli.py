@@ -348,6 +348,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from app.core.errors import OutputError
     from app.core.fileutil import ensure_folder
     from app.core.imageio import find_images
+    from app.core.jobs import ItemDone
+    from app.core.jobs import run as run_job
     from app.core.volume import parse_voxel_size
 
     options = ReadOptions(parse_voxel_size(args.voxel_size), args.axes, args.nucleus_channel, args.golgi_channel)
@@ -359,12 +361,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     records = []
     summary = Path(args.out) / SUMMARY_NAME
     with _progress_bar(len(images), "predict") as bar:
+        def on_event(event) -> None:
+            if isinstance(event, ItemDone):
+                records.append(event.item)
+                bar.update(event.done - bar.n)
+                if event.item.status == "failed":
+                    bar.write(f"FAILED {event.item.image}: {event.item.error}", file=sys.stderr)
+
         try:
-            for record in predict_batch(images, args.out, predictor, options, provenance, overwrite=args.overwrite):
-                records.append(record)
-                bar.update(1)
-                if record.status == "failed":
-                    bar.write(f"FAILED {record.image}: {record.error}", file=sys.stderr)
+            run_job(predict_batch(images, args.out, predictor, options, provenance, overwrite=args.overwrite),
+                    on_event)
         except OutputError:
             done = sum(r.status in ("ok", "skipped") for r in records)
             bar.write(f"Stopped: {done} image(s) done are listed in {summary}.", file=sys.stderr)

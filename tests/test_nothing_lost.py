@@ -19,6 +19,7 @@ import app.core.fileutil as fileutil
 from app.cli import EXIT_FAILED_ITEMS, EXIT_OK, EXIT_USAGE, main
 from app.core.batch import plan_outputs, predict_batch
 from app.core.errors import CellPolError, OutputError
+from app.core.jobs import run as run_job
 from app.core.pairs import (
     PairSet,
     read_pairs,
@@ -342,7 +343,7 @@ def test_predict_batch_output_is_readable_by_the_group(stacks, tmp_path):
     try:
         from app.core.classic import predict_classic
 
-        records = list(predict_batch(sorted(stacks.glob("*.tif"))[:1], tmp_path / "p", predict_classic))
+        records = run_job(predict_batch(sorted(stacks.glob("*.tif"))[:1], tmp_path / "p", predict_classic))
     finally:
         os.umask(previous)
     assert records[0].status == "ok"

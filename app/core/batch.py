@@ -23,18 +23,20 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from app.core.errors import CellPolError, OutputError
+from app.core.errors import CancelledError, CellPolError, OutputError
 from app.core.fileutil import atomic_write_text, clean_stale_temporaries, ensure_folder
-from app.core.jobs import CancelToken, check_cancel
+from app.core.jobs import CancelToken, ItemDone, Job, Result, check_cancel
 from app.core.pairs import HUMAN_SOURCES, PairSet, prediction_name, read_pairs, vectors_content, write_pairs
 from app.core.volume import Volume
 
-#: A predictor turns a volume into pairs; ``describe`` goes into each output's provenance.
-Predictor = Callable[[Volume], PairSet]
+#: What batch prediction calls per image: a volume in, pairs out. An object whose ``job(volume, cancel)`` is a
+#: job (:mod:`app.core.jobs`) returning the pairs is driven as one, so its progress inside an image reaches
+#: the caller and a cancel stops it mid-image.
+PairPredictor = Callable[[Volume], PairSet]
 
 SUMMARY_NAME = "predict_summary.csv"
 #: Errors after which no later image of the batch could be written either: the batch stops.
@@ -142,18 +144,21 @@ def image_identity(image: Path) -> dict[str, Any]:
 def predict_batch(
     images: Sequence[Path],
     out_dir: str | os.PathLike,
-    predictor: Predictor,
+    predictor: PairPredictor,
     read_options: Optional[ReadOptions] = None,
     provenance: Optional[dict[str, Any]] = None,
     overwrite: bool = False,
     cancel: Optional[CancelToken] = None,
     summary: Optional[str | os.PathLike] = SUMMARY_NAME,
-) -> Iterator[BatchRecord]:
-    """Predict every image; yield one :class:`BatchRecord` per image as it finishes.
+) -> Job:
+    """Predict every image: a job (:mod:`app.core.jobs`) whose :class:`~app.core.jobs.ItemDone` events carry
+    one :class:`BatchRecord` per image as it finishes, and whose result is the list of records.
 
-    Only :class:`CellPolError` (a problem with that image) and ``MemoryError`` mark an image as
-    failed; anything else is a bug and propagates. A write that fails for a reason no later image
-    escapes (full disk, read-only or forbidden folder) stops the batch with that
+    Between images, and inside one where the predictor is a job, it yields
+    :class:`~app.core.jobs.Progress` (``done`` / ``total`` of that image's own work, ``message`` naming it)
+    and checks ``cancel``. Only :class:`CellPolError` (a problem with that image) and ``MemoryError`` mark
+    an image as failed; anything else is a bug and propagates. A write that fails for a reason no later
+    image escapes (full disk, read-only or forbidden folder) stops the batch with that
     :class:`~app.core.errors.OutputError`, after the summary of the images done.
 
     Parameters
@@ -167,14 +172,15 @@ def predict_batch(
     clean_stale_temporaries(out_dir)
     summary_path = (out_dir / summary) if summary is not None else None
     records: list[BatchRecord] = []
+    plan = plan_outputs(images, out_dir)
 
-    def finish(record: BatchRecord) -> BatchRecord:
+    def finish(record: BatchRecord) -> ItemDone:
         records.append(record)
         if summary_path is not None:
             write_summary(records, summary_path)
-        return record
+        return ItemDone(len(records), len(plan), f"{record.status}: {Path(record.image).name}", item=record)
 
-    for image, target in plan_outputs(images, out_dir):
+    for image, target in plan:
         check_cancel(cancel)
         started = time.perf_counter()
         if target.exists() or target.is_symlink():
@@ -184,7 +190,9 @@ def predict_batch(
                 continue
         try:
             volume = read_options.read(image)
-            pairs = predictor(volume)
+            pairs = yield from _predict_one(predictor, volume, cancel)
+        except CancelledError:
+            raise
         except CellPolError as exc:
             yield finish(BatchRecord(image, None, "failed", seconds=time.perf_counter() - started, error=str(exc)))
             continue
@@ -211,11 +219,27 @@ def predict_batch(
                         write_summary(records, summary_path)
                     except OutputError:
                         pass  # the summary written after the previous image stands
-                yield record
+                yield ItemDone(len(records), len(plan), f"failed: {Path(image).name}", item=record)
                 raise
             yield finish(record)
             continue
         yield finish(_record_done(image, target, pairs, time.perf_counter() - started))
+    yield Result(records, f"{sum(r.status == 'ok' for r in records)} of {len(plan)} image(s) predicted")
+    return records
+
+
+def _predict_one(predictor: PairPredictor, volume: Volume, cancel: Optional[CancelToken]) -> Job:
+    """The pairs of one volume; a predictor with a ``job`` method is driven as a job (its progress passes on)."""
+    job = getattr(predictor, "job", None)
+    if job is None:
+        return predictor(volume)
+    result = None
+    for event in job(volume, cancel=cancel):
+        if isinstance(event, Result):
+            result = event.value
+        else:
+            yield event
+    return result.pairs if hasattr(result, "pairs") else result
 
 
 def _existing_output(image: Path, target: Path, overwrite: bool) -> Optional[BatchRecord]:

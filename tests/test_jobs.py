@@ -1,0 +1,129 @@
+"""The one job protocol (app.core.jobs): every long job is a generator of typed events with one cancel token.
+
+For each job: the order of its events, cancel, pause where it can pause, and a user-caused error.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from app.core import jobs
+from app.core.batch import BatchRecord, predict_batch
+from app.core.errors import CancelledError, CellPolError
+from app.core.jobs import CancelToken, ItemDone, JobEvent, Note, PauseToken, Progress, Result
+from app.core.pairs import PairSet
+from app.core.simulate import synthesize_dataset
+
+VOXEL = (1.0, 0.5, 0.5)
+
+
+@pytest.fixture(scope="module")
+def stacks(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("stacks")
+    synthesize_dataset(folder, 3, shape=(6, 48, 48), voxel_size=VOXEL, seed=2)
+    return folder
+
+
+def kinds(events) -> list[str]:
+    return [type(e).__name__ for e in events]
+
+
+# ------------------------------------------------------------------------------------------
+# The protocol itself
+# ------------------------------------------------------------------------------------------
+def test_run_returns_the_result_and_hands_over_every_event():
+    def job():
+        yield Note("starting")
+        for k in range(3):
+            yield Progress(k + 1, 3, f"step {k + 1}")
+        yield Result("value")
+        return "value"
+
+    seen = []
+    assert jobs.run(job(), seen.append) == "value"
+    assert kinds(seen) == ["Note", "Progress", "Progress", "Progress", "Result"]
+    assert all(isinstance(e, JobEvent) for e in seen)
+    assert [(e.done, e.total) for e in seen if isinstance(e, Progress)] == [(1, 3), (2, 3), (3, 3)]
+
+    def result_event_only():
+        yield Result(42)
+
+    assert jobs.run(result_event_only()) == 42
+
+
+def test_pause_waits_and_cancel_ends_a_pause():
+    pause, cancel = PauseToken(), CancelToken()
+    pause.pause()
+    assert pause.paused
+    threading.Timer(0.2, cancel.cancel).start()
+    with pytest.raises(CancelledError):
+        pause.wait(cancel, poll_seconds=0.02)
+    pause.resume()
+    pause.wait(cancel=None)  # running: returns at once
+
+
+# ------------------------------------------------------------------------------------------
+# Batch prediction
+# ------------------------------------------------------------------------------------------
+class WindowedPredictor:
+    """A predictor that is a job: progress per "window batch", then its pairs."""
+
+    def __init__(self, cancel_after: int = 0, cancel: CancelToken | None = None):
+        self.cancel_after, self.cancel, self.batches = cancel_after, cancel, 0
+
+    def __call__(self, volume):
+        return jobs.run(self.job(volume))
+
+    def job(self, volume, cancel=None):
+        for k in range(4):
+            jobs.check_cancel(cancel)
+            self.batches += 1
+            if self.cancel is not None and self.batches == self.cancel_after:
+                self.cancel.cancel()
+            yield Progress(k + 1, 4, "windows")
+        pairs = PairSet([[1, 5, 5]], [[1, 7, 8]], voxel_size=volume.voxel_size, sources="predicted")
+        yield Result(pairs)
+        return pairs
+
+
+def test_batch_events_in_order_with_progress_inside_each_image(stacks, tmp_path):
+    images = sorted(stacks.glob("*.tif"))
+    events = list(predict_batch(images, tmp_path / "p", WindowedPredictor()))
+    assert kinds(events) == (["Progress"] * 4 + ["ItemDone"]) * 3 + ["Result"]
+    done = [e for e in events if isinstance(e, ItemDone)]
+    assert [(e.done, e.total) for e in done] == [(1, 3), (2, 3), (3, 3)]
+    assert all(isinstance(e.item, BatchRecord) and e.item.status == "ok" for e in done)
+    assert events[-1].value == [e.item for e in done]
+
+
+def test_batch_cancel_stops_inside_an_image_and_keeps_the_summary_of_those_done(stacks, tmp_path):
+    images = sorted(stacks.glob("*.tif"))
+    cancel = CancelToken()
+    predictor = WindowedPredictor(cancel_after=6, cancel=cancel)  # during the second image
+    seen = []
+    with pytest.raises(CancelledError):
+        jobs.run(predict_batch(images, tmp_path / "p", predictor, cancel=cancel), seen.append)
+    assert predictor.batches == 6  # the second image stopped after its second window batch
+    assert [e.item.image.name for e in seen if isinstance(e, ItemDone)] == [images[0].name]
+    assert (tmp_path / "p" / "predict_summary.csv").read_text().count("\n") == 2  # header + the image done
+    assert not (tmp_path / "p" / f"{images[1].stem}.pred.vectors.csv").exists()
+
+
+def test_batch_user_error_fails_that_image_and_goes_on(stacks, tmp_path):
+    images = sorted(stacks.glob("*.tif"))
+    bad = tmp_path / "broken.tif"
+    bad.write_bytes(b"not a tiff")
+    records = jobs.run(predict_batch([images[0], bad, images[1]], tmp_path / "p", WindowedPredictor()))
+    assert [r.status for r in records] == ["ok", "failed", "ok"]
+    assert "broken.tif" in records[1].error
+
+
+def test_a_plain_function_still_predicts(stacks, tmp_path):
+    def plain(volume):
+        return PairSet(np.zeros((0, 3)), np.zeros((0, 3)), voxel_size=volume.voxel_size, sources="predicted")
+
+    records = jobs.run(predict_batch(sorted(stacks.glob("*.tif"))[:1], tmp_path / "p", plain))
+    assert [r.status for r in records] == ["ok"]
