@@ -260,6 +260,38 @@ def _warnings_as_lines() -> Iterator[None]:
         yield
 
 
+def _drive(job, desc: str, unit: str, show_warnings: bool = True):
+    """Run a job (:mod:`app.core.jobs`) with a progress bar from its Progress events; Notes and warnings as
+    lines (``cellpol: warning:``). Returns the job's result."""
+    from tqdm import tqdm
+
+    from app.core.jobs import JobWarning, Note, Progress
+    from app.core.jobs import run as run_job
+
+    bar = None
+
+    def say(line: str) -> None:
+        (bar.write(line, file=sys.stderr) if bar is not None else print(line, file=sys.stderr))
+
+    def on_event(event) -> None:
+        nonlocal bar
+        if isinstance(event, Progress):
+            if bar is None:
+                bar = tqdm(total=event.total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
+            bar.total = event.total
+            bar.update(event.done - bar.n)
+        elif isinstance(event, Note):
+            say(event.message)
+        elif isinstance(event, JobWarning) and show_warnings:
+            say(f"cellpol: warning: {event.message}")
+
+    try:
+        return run_job(job, on_event)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def _progress_bar(total: int, desc: str):
     from tqdm import tqdm
 
@@ -387,10 +419,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from app.core import evaluate
     from app.core.volume import parse_voxel_size
 
-    result = evaluate.evaluate_folders(
+    job = evaluate.evaluate_job(
         args.gt, args.pred, voxel_size=parse_voxel_size(args.voxel_size), border_margin_um=args.border_margin,
         images_dir=args.images, image_axes=args.axes,
     )
+    result = _drive(job, "evaluate", "img", show_warnings=False)  # the table ends with the warnings
     print(evaluate.format_table(result))
     out = Path(args.out) if args.out else Path(args.pred) / "evaluation"
     written = evaluate.write_evaluation(result, out)

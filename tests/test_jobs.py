@@ -127,3 +127,35 @@ def test_a_plain_function_still_predicts(stacks, tmp_path):
 
     records = jobs.run(predict_batch(sorted(stacks.glob("*.tif"))[:1], tmp_path / "p", plain))
     assert [r.status for r in records] == ["ok"]
+
+
+# ------------------------------------------------------------------------------------------
+# Evaluation
+# ------------------------------------------------------------------------------------------
+def test_evaluation_events_cancel_and_error(stacks, tmp_path):
+    from app.core.evaluate import EvaluationResult, evaluate_job
+    from app.core.jobs import JobWarning
+
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    for gt in sorted(stacks.glob("*.vectors.csv"))[:2]:  # the third image has no prediction: one warning
+        (preds / gt.name.replace(".vectors.csv", ".pred.vectors.csv")).write_bytes(gt.read_bytes())
+        (preds / gt.name.replace(".vectors.csv", ".pred.vectors.json")).write_bytes(
+            gt.with_suffix(".json").read_bytes())
+    events = list(evaluate_job(stacks, preds, border_margin_um=0))
+    names = kinds(events)
+    assert names[:4] == ["Progress"] * 4 and names[-1] == "Result" and set(names[4:-1]) == {"JobWarning"}
+    assert [(e.done, e.total) for e in events[:4]] == [(0, 3), (1, 3), (2, 3), (3, 3)]
+    result = events[-1].value
+    assert isinstance(result, EvaluationResult) and result.missing == ["synth_0002"]
+    assert [e.message for e in events if isinstance(e, JobWarning)] == result.warnings
+
+    cancel = CancelToken()
+    job = evaluate_job(stacks, preds, border_margin_um=0, cancel=cancel)
+    next(job), next(job)  # started, first image scored
+    cancel.cancel()
+    with pytest.raises(CancelledError):
+        next(job)
+
+    with pytest.raises(CellPolError, match="does not exist"):
+        list(evaluate_job(tmp_path / "nowhere", preds))

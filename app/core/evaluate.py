@@ -78,7 +78,9 @@ from scipy.spatial import cKDTree
 
 from app.core.errors import CellPolError
 from app.core.fileutil import atomic_path, atomic_write_text, ensure_folder
-from app.core.jobs import CancelToken, ProgressCallback, check_cancel
+from app.core.jobs import (CancelToken, Job, JobWarning, Progress, ProgressCallback, Result, check_cancel,
+                           progress_to_callback)
+from app.core.jobs import run as run_job
 from app.core.pairs import (
     PREDICTION_SUFFIX,
     VECTORS_SUFFIX,
@@ -1121,6 +1123,24 @@ def evaluate_folders(
     images_dir: Optional[str | os.PathLike] = None,
     image_axes: Optional[str] = None,
 ) -> EvaluationResult:
+    """:func:`evaluate_job` run to its end: the :class:`EvaluationResult`; ``progress(done, total, message)``
+    hears its progress."""
+    return run_job(evaluate_job(gt_dir, pred_dir, voxel_size, border_margin_um=border_margin_um, protocol=protocol,
+                                cancel=cancel, images_dir=images_dir, image_axes=image_axes),
+                   progress_to_callback(progress))
+
+
+def evaluate_job(
+    gt_dir: str | os.PathLike,
+    pred_dir: str | os.PathLike,
+    voxel_size: Optional[Sequence[float]] = None,
+    *,
+    border_margin_um: float = 7.0,
+    protocol: str = "auto",
+    cancel: Optional[CancelToken] = None,
+    images_dir: Optional[str | os.PathLike] = None,
+    image_axes: Optional[str] = None,
+) -> Job:
     """Score the predictions of ``pred_dir`` against the ground truth of ``gt_dir``, matched by stem.
 
     Ground truth is ``<stem>.vectors.csv``; a prediction is ``<stem>.pred.vectors.csv`` or, as older
@@ -1141,8 +1161,9 @@ def evaluate_folders(
         Folders of project vectors CSVs (with JSON sidecars). May be the same folder.
     voxel_size : sequence of float, optional
         ``(z, y, x)`` µm overriding the sidecars'.
-    progress : callable, optional
-        ``progress(done, total, message)``.
+    A job (:mod:`app.core.jobs`): :class:`~app.core.jobs.Progress` before the first image and after each,
+    a :class:`~app.core.jobs.JobWarning` for every warning of the result, then
+    :class:`~app.core.jobs.Result` with the :class:`EvaluationResult` (also the return value).
     border_margin_um, protocol
         As for :func:`score_pairs`.
     cancel : CancelToken, optional
@@ -1226,10 +1247,9 @@ def evaluate_folders(
         )
 
     scores: list[ImageScore] = []
+    yield Progress(0, len(stems), "Scoring")
     for done, stem in enumerate(stems):
         check_cancel(cancel)
-        if progress is not None:
-            progress(done, len(stems), f"Scoring {stem}")
         shape = shapes[stem]
         try:
             gt = read_pairs(gt_files[stem], voxel_size=voxel_size)
@@ -1256,9 +1276,12 @@ def evaluate_folders(
             score.warnings[:] = [w for w in score.warnings if not w.startswith("no predicted pairs")]
             score.warnings.insert(0, "no prediction file: every ground-truth pair counts as FN")
         scores.append(score)
-    if progress is not None:
-        progress(len(stems), len(stems), "Scored")
-    return aggregate(scores, skipped=skipped, warnings=folder_warnings)
+        yield Progress(done + 1, len(stems), f"Scored {stem}")
+    result = aggregate(scores, skipped=skipped, warnings=folder_warnings)
+    for warning in result.warnings:
+        yield JobWarning(warning)
+    yield Result(result, f"{len(stems)} image(s) scored")
+    return result
 
 
 # ------------------------------------------------------------------------------------------
