@@ -536,16 +536,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_vox2vox(args: argparse.Namespace) -> int:
     if args.vox2vox_command == "generate":
-        from app.training.vox2vox import generate
+        from app.training.vox2vox import generate_job
 
         if args.n < 1:
             raise CellPolError("--n must be at least 1.")
-        with _progress_bar(args.n, "generate") as bar:
-            def progress(done: int, total: int, message: str = "") -> None:
-                bar.update(done - bar.n)
-
-            paths = generate(args.model, args.n, args.out, seed=args.seed, shape=args.shape, dropout=args.dropout,
-                             device=args.device, start_index=args.start_index, progress=progress)
+        paths = _drive(generate_job(args.model, args.n, args.out, seed=args.seed, shape=args.shape,
+                                    dropout=args.dropout, device=args.device, start_index=args.start_index),
+                       "generate", "vol")
         print(f"Wrote {len(paths)} volumes with ground-truth vectors to {args.out} (3DNGMic folders inputs/, outputs/, "
               f"vectors/, heatmaps/ and gen_*.tif + gen_*.vectors.csv). Mix them into training with: "
               f"cellpol train ... --synthetic-dir {args.out}")

@@ -159,3 +159,28 @@ def test_evaluation_events_cancel_and_error(stacks, tmp_path):
 
     with pytest.raises(CellPolError, match="does not exist"):
         list(evaluate_job(tmp_path / "nowhere", preds))
+
+
+# ------------------------------------------------------------------------------------------
+# Vox2Vox generation (training: tests/test_vox2vox.py and test_trainer.py drive the same protocol)
+# ------------------------------------------------------------------------------------------
+def test_generation_events_cancel_and_error(tmp_path):
+    from app.training.vox2vox import Vox2VoxOptions, generate_job, train_vox2vox
+
+    images = tmp_path / "images"
+    synthesize_dataset(images, 2, shape=(16, 64, 64), voxel_size=VOXEL, seed=11)
+    jobs.run(train_vox2vox(Vox2VoxOptions(images=images, out=tmp_path / "g", steps=2, eval_every=2,
+                                          patch_shape=(16, 64, 64), device="cpu", base_filters=4)))
+    events = list(generate_job(tmp_path / "g.json", 2, tmp_path / "gen", device="cpu"))
+    assert kinds(events) == ["ItemDone", "ItemDone", "Result"]
+    assert [e.item.name for e in events[:2]] == ["gen_0000.tif", "gen_0001.tif"] and events[-1].value == [
+        e.item for e in events[:2]]
+    cancel = CancelToken()
+    job = generate_job(tmp_path / "g.json", 3, tmp_path / "gen2", device="cpu", cancel=cancel)
+    next(job)
+    cancel.cancel()
+    with pytest.raises(CancelledError):
+        next(job)
+    assert len(list((tmp_path / "gen2").glob("gen_*.tif"))) == 1
+    with pytest.raises(CellPolError, match="not found"):
+        list(generate_job(tmp_path / "nothing.json", 1, tmp_path / "gen3", device="cpu"))

@@ -52,7 +52,8 @@ from torch.nn import functional as F
 from app.core import masks as masks_mod
 from app.core.errors import CellPolError, FileFormatError
 from app.core.fileutil import atomic_path, clean_stale_temporaries, ensure_folder
-from app.core.jobs import CancelToken, check_cancel
+from app.core.jobs import CancelToken, ItemDone, Job, Result, check_cancel, progress_to_callback
+from app.core.jobs import run as run_job
 from app.core.masks import GOLGI_BOX_UM, NUCLEUS_BOX_UM, LayoutParams, ShapeLibrary
 from app.core.modelfile import compare_state, model_paths, read_document, read_model_weights, write_model_files
 from app.core.network import default_pool_factors
@@ -861,7 +862,16 @@ def generate(model: PathLike, n: int, out: PathLike, seed: int = 0, shape: Optio
              dropout: bool = False, device: str = "auto", start_index: int = 0,
              progress: Optional[Callable[[int, int, str], None]] = None,
              cancel: Optional[CancelToken] = None) -> list[Path]:
-    """Generate ``n`` volumes with exact ground truth from a generator file.
+    """:func:`generate_job` run to its end: the TIFF paths; ``progress(done, total, message)`` hears it."""
+    return run_job(generate_job(model, n, out, seed=seed, shape=shape, dropout=dropout, device=device,
+                                start_index=start_index, cancel=cancel), progress_to_callback(progress))
+
+
+def generate_job(model: PathLike, n: int, out: PathLike, seed: int = 0, shape: Optional[Sequence[int]] = None,
+                 dropout: bool = False, device: str = "auto", start_index: int = 0,
+                 cancel: Optional[CancelToken] = None) -> Job:
+    """Generate ``n`` volumes with exact ground truth from a generator file: a job (:mod:`app.core.jobs`)
+    with one :class:`~app.core.jobs.ItemDone` per volume (the TIFF path), then the list of paths as result.
 
     Item ``k`` gets a random layout from its own seed (``(seed, k)``, so any item can be made again
     alone) and the generator's image of it. Written into ``out``:
@@ -884,8 +894,9 @@ def generate(model: PathLike, n: int, out: PathLike, seed: int = 0, shape: Optio
         be a multiple of its strides.
     dropout : bool
         Keep the generator's dropout on: more varied, still reproducible under ``seed``.
-    device, start_index, progress, cancel :
-        As elsewhere; ``start_index`` numbers the first item (to extend a folder).
+    device, start_index, cancel :
+        As elsewhere; ``start_index`` numbers the first item (to extend a folder); cancel is checked before
+        each volume.
 
     Returns
     -------
@@ -939,11 +950,11 @@ def generate(model: PathLike, n: int, out: PathLike, seed: int = 0, shape: Optio
             "model_file": str(json_path), "seed": int(seed), "index": k, "dropout": bool(dropout),
             "ngmic_index": k})
         written.append(tif)
-        if progress is not None:
-            progress(len(written), n, f"{stem}: {len(pairs)} pairs")
+        yield ItemDone(len(written), n, f"{stem}: {len(pairs)} pairs", item=tif)
+    yield Result(written, f"{len(written)} volume(s) in {out_dir}")
     return written
 
 
 __all__ = ["Vox2VoxConfig", "UNetGenerator", "PatchDiscriminator", "GeneratorSpec", "Vox2VoxOptions", "train_vox2vox",
-           "generate", "save_generator", "load_generator", "ssim3d", "evaluate_generator", "run_generator",
+           "generate", "generate_job", "save_generator", "load_generator", "ssim3d", "evaluate_generator", "run_generator",
            "output_paths", "L1_WEIGHT"]
