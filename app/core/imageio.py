@@ -193,6 +193,26 @@ def read_volume(
     Pixel types: ``uint8``, ``uint16`` and ``float32`` are kept; ``bool`` becomes ``uint8``; other integers
     become ``uint16`` when all values fit in 0…65535, else ``float32``; ``float16``/``float64`` become
     ``float32``. For 2D images the z entry of the voxel size read from a file is 1.0 by convention.
+
+    Examples
+    --------
+    A plain ``.npy`` carries no axes and no voxel size, so both are given:
+
+    >>> import tempfile, numpy as np
+    >>> folder = tempfile.mkdtemp()
+    >>> np.save(f"{folder}/stack.npy", np.zeros((4, 2, 8, 8), np.uint16))   # Z, C, Y, X
+    >>> volume = read_volume(f"{folder}/stack.npy", axes="ZCYX", voxel_size=(1.0, 0.5, 0.5))
+    >>> volume.data.shape, volume.voxel_size
+    ((2, 4, 8, 8), (1.0, 0.5, 0.5))
+    >>> volume.nucleus_channel, volume.golgi_channel
+    (0, 1)
+
+    Without a voxel size it refuses rather than guess:
+
+    >>> read_volume(f"{folder}/stack.npy", axes="ZCYX")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    app.core.errors.MissingVoxelSizeError: .../stack.npy: no voxel size found in the file's metadata...
     """
     path = Path(path)
     user_voxel_size = parse_voxel_size(voxel_size)

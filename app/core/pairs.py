@@ -401,6 +401,18 @@ def read_pairs(path: str | os.PathLike, voxel_size: Optional[Sequence[float]] = 
     ------
     FileFormatError
         Missing file, no header, missing columns, non-numeric or non-finite values.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> pairs = PairSet([[2, 10, 10]], [[2, 13, 14]], voxel_size=(1.0, 0.5, 0.5))   # (z, y, x) voxels
+    >>> path = write_pairs(f"{tempfile.mkdtemp()}/cells.vectors.csv", pairs)
+    >>> print(path.read_text().strip())
+    nucleus_x,nucleus_y,nucleus_z,golgi_x,golgi_y,golgi_z,score,id,source
+    10,10,2,14,13,2,,0,manual
+    >>> again = read_pairs(path)
+    >>> again.voxel_size, again.meta["content"], again.lengths_um.round(2).tolist()
+    ((1.0, 0.5, 0.5), 'annotation', [2.5])
     """
     path = Path(path)
     raw = _read_bytes(path)
