@@ -78,6 +78,29 @@ def test_pairs_lie_in_the_volume_with_plausible_lengths(preset):
     assert gaps.min() > 4.0
 
 
+@pytest.mark.parametrize("preset", ["confocal", "retina"])
+def test_every_cell_is_paired_or_left_out_for_one_reason(preset):
+    volume, pairs = simulate(SimConfig(shape=SMALL, preset=preset, seed=7))
+    scene = volume.metadata["scene"]
+    assert set(scene["dropped"]) == {"nucleus_outside", "golgi_missing", "golgi_outside", "too_long"}
+    assert scene["dropped"]["nucleus_outside"] > 0  # cells in the margin around the field
+    assert scene["n_pairs"] == len(pairs)
+    assert scene["n_pairs"] + sum(scene["dropped"].values()) == scene["n_cells"]
+
+
+def test_the_package_exports_what_its_callers_import():
+    import app.core.simulate as package
+
+    for name in package.__all__:
+        assert getattr(package, name) is not None, name
+    # The names the app, the training code, the tests and the benchmarks import from app.core.simulate.
+    used = {"PRESETS", "SAMPLE_SCALES", "SAMPLE_VARIATION", "LAYOUT_SCALES", "LAYOUT_VARIATION", "SimConfig",
+            "simulate", "synthesize_dataset", "scene_layout_options", "varied_layout_options",
+            "varied_sample_options", "available_memory_bytes", "item_seed", "MAX_PAIR_LENGTH_UM"}
+    assert used <= set(package.__all__)
+    assert callable(package.simulate)  # the function, not a submodule of that name
+
+
 def test_ground_truth_sits_on_the_rendered_objects():
     volume, pairs = simulate(SimConfig(shape=(32, 160, 160), seed=3))
     voxel = np.asarray(volume.voxel_size)
