@@ -260,12 +260,15 @@ def _warnings_as_lines() -> Iterator[None]:
         yield
 
 
-def _drive(job, desc: str, unit: str, show_warnings: bool = True):
-    """Run a job (:mod:`app.core.jobs`) with a progress bar from its Progress events; Notes and warnings as
-    lines (``cellpol: warning:``). Returns the job's result."""
+def _drive(job, desc: str, unit: str, show_warnings: bool = True, per_item: bool = False, on_event=None):
+    """Run a job (:mod:`app.core.jobs`) with a progress bar; Notes and warnings as lines (``cellpol:
+    warning:``); ``on_event`` sees every event too. Returns the job's result.
+
+    The bar counts the job's Progress events, or with ``per_item`` its ItemDone events only (the items of a
+    batch), the progress inside an item then showing beside it."""
     from tqdm import tqdm
 
-    from app.core.jobs import JobWarning, Note, Progress
+    from app.core.jobs import ItemDone, JobWarning, Note, Progress
     from app.core.jobs import run as run_job
 
     bar = None
@@ -273,29 +276,31 @@ def _drive(job, desc: str, unit: str, show_warnings: bool = True):
     def say(line: str) -> None:
         (bar.write(line, file=sys.stderr) if bar is not None else print(line, file=sys.stderr))
 
-    def on_event(event) -> None:
+    def on_any(event) -> None:
         nonlocal bar
         if isinstance(event, Progress):
+            counted = isinstance(event, ItemDone) or not per_item
             if bar is None:
-                bar = tqdm(total=event.total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
-            bar.total = event.total
-            bar.update(event.done - bar.n)
+                bar = tqdm(total=event.total if counted else None, desc=desc, unit=unit, file=sys.stderr,
+                           dynamic_ncols=True)
+            if counted:
+                bar.total = event.total
+                bar.update(event.done - bar.n)
+                bar.set_postfix_str("", refresh=False)
+            else:
+                bar.set_postfix_str(f"{event.message} {event.done}/{event.total}".strip())
         elif isinstance(event, Note):
             say(event.message)
         elif isinstance(event, JobWarning) and show_warnings:
             say(f"cellpol: warning: {event.message}")
+        if on_event is not None:
+            on_event(event, say)
 
     try:
-        return run_job(job, on_event)
+        return run_job(job, on_any)
     finally:
         if bar is not None:
             bar.close()
-
-
-def _progress_bar(total: int, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True)
 
 
 # --- commands -----------------------------------------------------------------------------
@@ -328,15 +333,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         options["voxel_size"] = parse_voxel_size(args.voxel_size)
     if args.shapes_dir:
         options["shapes_dir"] = args.shapes_dir
-    with _progress_bar(args.n, "synth") as bar:
-        def progress(done: int, total: int, message: str = "") -> None:
-            bar.n = done
-            bar.refresh()
-
-        paths = simulate.synthesize_dataset(
-            args.out, args.n, preset=args.preset, seed=args.seed, progress=progress,
-            vary_samples=args.vary_samples, **options
-        )
+    paths = _drive(simulate.synthesize_job(args.out, args.n, preset=args.preset, seed=args.seed,
+                                           vary_samples=args.vary_samples, **options), "synth", "vol")
     print(f"Wrote {len(paths)} volumes with ground-truth vectors to {args.out}")
     return EXIT_OK
 
@@ -381,7 +379,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from app.core.fileutil import ensure_folder
     from app.core.imageio import find_images
     from app.core.jobs import ItemDone
-    from app.core.jobs import run as run_job
     from app.core.volume import parse_voxel_size
 
     options = ReadOptions(parse_voxel_size(args.voxel_size), args.axes, args.nucleus_channel, args.golgi_channel)
@@ -392,21 +389,20 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     predictor, provenance = _make_predictor(args)
     records = []
     summary = Path(args.out) / SUMMARY_NAME
-    with _progress_bar(len(images), "predict") as bar:
-        def on_event(event) -> None:
-            if isinstance(event, ItemDone):
-                records.append(event.item)
-                bar.update(event.done - bar.n)
-                if event.item.status == "failed":
-                    bar.write(f"FAILED {event.item.image}: {event.item.error}", file=sys.stderr)
 
-        try:
-            run_job(predict_batch(images, args.out, predictor, options, provenance, overwrite=args.overwrite),
-                    on_event)
-        except OutputError:
-            done = sum(r.status in ("ok", "skipped") for r in records)
-            bar.write(f"Stopped: {done} image(s) done are listed in {summary}.", file=sys.stderr)
-            raise
+    def on_event(event, say) -> None:
+        if isinstance(event, ItemDone):
+            records.append(event.item)
+            if event.item.status == "failed":
+                say(f"FAILED {event.item.image}: {event.item.error}")
+
+    try:
+        _drive(predict_batch(images, args.out, predictor, options, provenance, overwrite=args.overwrite),
+               "predict", "img", per_item=True, on_event=on_event)
+    except OutputError:
+        done = sum(r.status in ("ok", "skipped") for r in records)
+        print(f"Stopped: {done} image(s) done are listed in {summary}.", file=sys.stderr)
+        raise
     done = sum(r.status == "ok" for r in records)
     skipped = sum(r.status == "skipped" for r in records)
     failed = sum(r.status == "failed" for r in records)

@@ -184,3 +184,23 @@ def test_generation_events_cancel_and_error(tmp_path):
     assert len(list((tmp_path / "gen2").glob("gen_*.tif"))) == 1
     with pytest.raises(CellPolError, match="not found"):
         list(generate_job(tmp_path / "nothing.json", 1, tmp_path / "gen3", device="cpu"))
+
+
+# ------------------------------------------------------------------------------------------
+# Synthesis
+# ------------------------------------------------------------------------------------------
+def test_synthesis_events_cancel_and_error(tmp_path):
+    from app.core.simulate import synthesize_job
+
+    events = list(synthesize_job(tmp_path / "a", 2, shape=(4, 32, 32), voxel_size=VOXEL, seed=1))
+    assert kinds(events) == ["ItemDone", "ItemDone", "Result"]
+    assert [(e.done, e.total, e.item.name) for e in events[:2]] == [(1, 2, "synth_0000.tif"), (2, 2, "synth_0001.tif")]
+    cancel = CancelToken()
+    job = synthesize_job(tmp_path / "b", 3, shape=(4, 32, 32), voxel_size=VOXEL, cancel=cancel)
+    next(job)
+    cancel.cancel()
+    with pytest.raises(CancelledError):
+        next(job)
+    assert sorted(p.name for p in (tmp_path / "b").glob("*.tif")) == ["synth_0000.tif"]
+    with pytest.raises(CellPolError, match="Unknown simulation option"):
+        list(synthesize_job(tmp_path / "c", 1, shape=(4, 32, 32), no_such_option=1))

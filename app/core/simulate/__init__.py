@@ -32,7 +32,7 @@ Layout of the package (private modules; import from ``app.core.simulate``):
 - ``_render``: rendering objects into local boxes, the cytoplasm, and the ground truth.
 - ``_optics``: illumination, blur and haze, background, shot and read noise, the camera.
 - ``_memory``: how much memory a simulation needs, and whether it is available.
-- ``_dataset``: :func:`simulate`, :func:`item_seed`, :func:`synthesize_dataset`.
+- ``_dataset``: :func:`simulate`, :func:`item_seed`, :func:`synthesize_dataset` (:func:`synthesize_job`).
 """
 
 from app.core.simulate._config import (
@@ -48,7 +48,7 @@ from app.core.simulate._config import (
     varied_layout_options,
     varied_sample_options,
 )
-from app.core.simulate._dataset import GENERATOR, item_seed, simulate, synthesize_dataset
+from app.core.simulate._dataset import GENERATOR, item_seed, simulate, synthesize_dataset, synthesize_job
 from app.core.simulate._memory import (
     SIMULATE_BYTES_PER_VOXEL,
     available_memory_bytes,
@@ -78,6 +78,7 @@ __all__ = [
     "simulate",
     "simulation_memory_bytes",
     "synthesize_dataset",
+    "synthesize_job",
     "varied_layout_options",
     "varied_sample_options",
 ]

@@ -11,7 +11,8 @@ import numpy as np
 from app.core.errors import CellPolError
 from app.core.fileutil import clean_stale_temporaries, ensure_folder
 from app.core.imageio import write_imagej_tiff
-from app.core.jobs import CancelToken, ProgressCallback, check_cancel
+from app.core.jobs import CancelToken, ItemDone, Job, ProgressCallback, Result, check_cancel, progress_to_callback
+from app.core.jobs import run as run_job
 from app.core.pairs import PairSet, write_pairs
 from app.core.simulate._config import SimConfig, varied_sample_options
 from app.core.simulate._memory import check_simulation_memory
@@ -140,7 +141,25 @@ def synthesize_dataset(
     vary_samples: bool = False,
     **overrides: Any,
 ) -> list[Path]:
-    """Write ``n`` simulated volumes with their ground-truth vectors.
+    """:func:`synthesize_job` run to its end: the TIFF paths; ``progress(done, total, message)`` hears it."""
+    return run_job(synthesize_job(out_dir, n, shape, voxel_size, preset, seed, cancel=cancel, start_index=start_index,
+                                  vary_samples=vary_samples, **overrides), progress_to_callback(progress))
+
+
+def synthesize_job(
+    out_dir: str | os.PathLike,
+    n: int,
+    shape: tuple[int, int, int] = (64, 256, 256),
+    voxel_size: Optional[Sequence[float]] = None,
+    preset: str = "confocal",
+    seed: int = 0,
+    cancel: Optional[CancelToken] = None,
+    start_index: int = 0,
+    vary_samples: bool = False,
+    **overrides: Any,
+) -> Job:
+    """Write ``n`` simulated volumes with their ground-truth vectors: a job (:mod:`app.core.jobs`) with one
+    :class:`~app.core.jobs.ItemDone` per volume (its TIFF path), then the list of paths as result.
 
     For item ``k`` this writes ``synth_kkkk.tif`` (ImageJ hyperstack ZCYX, voxel size in the metadata),
     ``synth_kkkk.vectors.csv`` and its sidecar ``synth_kkkk.vectors.json`` (provenance: image name,
@@ -160,8 +179,6 @@ def synthesize_dataset(
         Key of :data:`PRESETS`.
     seed : int
         Dataset seed; item ``k`` uses :func:`item_seed` ``(seed, k)`` so any item can be regenerated alone.
-    progress : callable, optional
-        ``progress(done, total, message)`` after each volume.
     cancel : CancelToken, optional
         Checked before each volume; a cancelled run raises :class:`~app.core.errors.CancelledError`
         and leaves the completed items on disk.
@@ -204,8 +221,8 @@ def synthesize_dataset(
         stem = f"synth_{k:04d}"
         tif = _write_item(out, stem, volume, pairs, seed, k)
         paths.append(tif)
-        if progress is not None:
-            progress(len(paths), total, f"{stem}: {len(pairs)} pairs")
+        yield ItemDone(len(paths), total, f"{stem}: {len(pairs)} pairs", item=tif)
+    yield Result(paths, f"{len(paths)} volume(s) in {out}")
     return paths
 
 
