@@ -433,11 +433,7 @@ def _fmt_rate(value) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from app.core import evaluate
-    from app.core.errors import CancelledError
-    from app.core.jobs import CancelToken
     from app.core.volume import parse_voxel_size
     from app.training.finetune import TrainingOptions, output_paths, run_training
 
@@ -453,81 +449,41 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     paths = output_paths(args.out)
-    cancel = CancelToken()
-    bar = reading = None
-    step = 0
-    baseline = None
+    baseline = {}
 
-    def say(message: str) -> None:
-        (bar.write(message, file=sys.stderr) if bar is not None else print(message, file=sys.stderr))
+    def report(event, say) -> None:
+        kind = event.kind
+        if kind == "info":
+            say(event.message)
+        elif kind == "baseline":
+            baseline.update(event.metrics)
+            say("Initial model on the validation images: " + _metrics_line(event.metrics))
+        elif kind == "epoch":
+            say(f"epoch {event.epoch} (step {event.step}): loss {event.losses.get('total', float('nan')):.4f}"
+                + (f", validation loss {event.metrics['val_loss']:.4f}" if "val_loss" in event.metrics else "")
+                + (", " + _metrics_line(event.metrics) if "tpr0" in event.metrics else "")
+                + ("  *best" if event.best else ""))
+        elif kind == "calibration":
+            m = event.metrics
+            say(f"Calibrated decoding: peak thresholds nucleus {m['peak_threshold_nucleus']:g}, Golgi "
+                f"{m['peak_threshold_golgi']:g}; minimum distances {m['min_distance_nucleus_um']:g} / "
+                f"{m['min_distance_golgi_um']:g} µm; vessel (ridge) weight {m.get('pairing_ridge_weight', 0.0):g} "
+                f"(TPR − FDR at τL=5: {_fmt_rate(m.get('j'))})")
+        elif kind == "done":
+            print(f"\nValidation ({event.message})")
+            if event.data is not None:
+                print(evaluate.format_table(event.data))
+            if baseline:
+                print("before: " + _metrics_line(baseline))
+            print("after:  " + _metrics_line(event.metrics))
+            minutes = event.seconds / 60
+            print(f"{event.total_steps} steps in {minutes:.1f} min ({event.seconds / max(1, event.total_steps):.2f} "
+                  f"s/step). Model: {event.path}")
+            print(f"Losses: {paths['log']}; validation per epoch: {paths['validation_log']}")
+            print(f"Predict with: cellpol predict IMAGES --model {event.path} --out OUTPUT_FOLDER")
 
-    with _stop_on_ctrl_c(cancel):
-        try:
-            for event in run_training(options, cancel=cancel):
-                kind = event.kind
-                if kind == "loading":
-                    if event.total_steps > 3 and reading is None:
-                        reading = tqdm(total=event.total_steps, desc="read", unit="img", file=sys.stderr,
-                                       dynamic_ncols=True)
-                    if reading is not None:
-                        reading.update(event.step - reading.n)
-                    if event.step == event.total_steps and reading is not None:
-                        reading.close()
-                        reading = None
-                elif kind == "info":
-                    say(event.message)
-                    step = max(step, event.step)
-                elif kind == "baseline":
-                    baseline = event.metrics
-                    say("Initial model on the validation images: " + _metrics_line(event.metrics))
-                elif kind in ("step", "epoch", "checkpoint"):
-                    if bar is None:
-                        bar = tqdm(total=event.total_steps, initial=step, desc="train", unit="step", file=sys.stderr,
-                                   dynamic_ncols=True)
-                    if kind == "step":
-                        bar.update(event.step - bar.n)
-                        bar.set_postfix(loss=f"{event.losses['total']:.4f}", refresh=False)
-                        step = event.step
-                    elif kind == "epoch":
-                        say(f"epoch {event.epoch} (step {event.step}): loss {event.losses.get('total', float('nan')):.4f}"
-                            + (f", validation loss {event.metrics['val_loss']:.4f}" if "val_loss" in event.metrics else "")
-                            + (", " + _metrics_line(event.metrics) if "tpr0" in event.metrics else "")
-                            + ("  *best" if event.best else ""))
-                elif kind == "calibration":
-                    if bar is not None:
-                        bar.close()
-                        bar = None
-                    m = event.metrics
-                    say(f"Calibrated decoding: peak thresholds nucleus {m['peak_threshold_nucleus']:g}, Golgi "
-                        f"{m['peak_threshold_golgi']:g}; minimum distances {m['min_distance_nucleus_um']:g} / "
-                        f"{m['min_distance_golgi_um']:g} µm; vessel (ridge) weight {m.get('pairing_ridge_weight', 0.0):g} "
-                        f"(TPR − FDR at τL=5: {_fmt_rate(m.get('j'))})")
-                elif kind == "done":
-                    if bar is not None:
-                        bar.close()
-                        bar = None
-                    print(f"\nValidation ({event.message})")
-                    if event.data is not None:
-                        print(evaluate.format_table(event.data))
-                    if baseline is not None:
-                        print("before: " + _metrics_line(baseline))
-                    print("after:  " + _metrics_line(event.metrics))
-                    minutes = event.seconds / 60
-                    print(f"{event.total_steps} steps in {minutes:.1f} min ({event.seconds / max(1, event.total_steps):.2f} "
-                          f"s/step). Model: {event.path}")
-                    print(f"Losses: {paths['log']}; validation per epoch: {paths['validation_log']}")
-                    print(f"Predict with: cellpol predict IMAGES --model {event.path} --out OUTPUT_FOLDER")
-        except CancelledError:
-            if bar is not None:
-                bar.close()
-            print(f"Stopped at step {step}; checkpoint saved in {paths['checkpoints']}. Run the same command again to "
-                  "resume.", file=sys.stderr)
-            return 130
-        finally:
-            for progress_bar in (bar, reading):
-                if progress_bar is not None:
-                    progress_bar.close()
-    return EXIT_OK
+    return _run_training_job(lambda cancel: run_training(options, cancel=cancel), report, paths["checkpoints"],
+                             lambda e: {"loss": f"{e.losses['total']:.4f}"})
 
 
 def _cmd_vox2vox(args: argparse.Namespace) -> int:
@@ -609,7 +565,7 @@ def _run_training_job(job, report, checkpoints, postfix) -> int:
     from app.core.jobs import CancelToken
 
     cancel = CancelToken()
-    bar = None
+    bar = reading = None
     step = 0
 
     def say(message: str) -> None:
@@ -619,6 +575,16 @@ def _run_training_job(job, report, checkpoints, postfix) -> int:
         try:
             for event in job(cancel):
                 step = max(step, event.step)
+                if event.kind == "loading":  # reading the images: a bar of its own when there are a few
+                    if event.total_steps > 3 and reading is None:
+                        reading = tqdm(total=event.total_steps, desc="read", unit="img", file=sys.stderr,
+                                       dynamic_ncols=True)
+                    if reading is not None:
+                        reading.update(event.step - reading.n)
+                        if event.step == event.total_steps:
+                            reading.close()
+                            reading = None
+                    continue
                 if event.kind == "step":
                     if bar is None:
                         bar = tqdm(total=event.total_steps, initial=event.step - 1, desc="train", unit="step",
@@ -626,7 +592,7 @@ def _run_training_job(job, report, checkpoints, postfix) -> int:
                     bar.update(event.step - bar.n)
                     bar.set_postfix(postfix(event), refresh=False)
                     continue
-                if event.kind == "done" and bar is not None:
+                if event.kind in ("calibration", "done") and bar is not None:
                     bar.close()
                     bar = None
                 report(event, say)
@@ -635,8 +601,9 @@ def _run_training_job(job, report, checkpoints, postfix) -> int:
                   "resume.", file=sys.stderr)
             return 130
         finally:
-            if bar is not None:
-                bar.close()
+            for progress_bar in (bar, reading):
+                if progress_bar is not None:
+                    progress_bar.close()
     return EXIT_OK
 
 
