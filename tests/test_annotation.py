@@ -29,6 +29,7 @@ from app.core.annotation import (
     vector_angles,
     vectors_path_for,
 )
+from app.core import annotation, autosave, batch, comparison, positions, signals
 from app.core.errors import CellPolError
 from app.core.pairs import (
     PairSet,
@@ -395,3 +396,18 @@ def test_check_reference_refuses_another_image():
     assert check_reference(no_meta, (1.0, 0.5, 0.5), (5, 60, 60)).voxel_size == (1.0, 0.5, 0.5)
     with pytest.raises(CellPolError, match="1 reference point.* outside"):
         check_reference(no_meta, (1.0, 0.5, 0.5), (5, 40, 40))
+
+
+@pytest.mark.parametrize("module, names", [
+    (autosave, ("vectors_path_for", "autosave_path_for", "find_recovery", "load_autosave", "discard_autosave",
+                "Autosaver")),
+    (comparison, ("BORDER", "SHOWN_LEVELS", "ReferenceComparison", "check_reference", "compare_with_reference")),
+    (positions, ("snap_to_peak",)),
+    (signals, ("Signal",)),
+    (batch, ("image_stem",)),
+])
+def test_names_that_moved_out_are_still_imported_from_app_core_annotation(module, names):
+    """Autosave, snapping and the reference comparison have their own modules; callers' imports keep working."""
+    for name in names:
+        assert getattr(annotation, name) is getattr(module, name), name
+        assert name in annotation.__all__, name

@@ -7,6 +7,8 @@ the same pairs, an unsaved session is recovered, files without a voxel size ask 
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -17,7 +19,10 @@ from PySide6 import QtCore, QtGui, QtWidgets  # noqa: E402
 from app.core.annotation import autosave_path_for  # noqa: E402
 from app.core.imageio import write_imagej_tiff  # noqa: E402
 from app.core.pairs import PairSet, read_pairs  # noqa: E402
+from app.core.project import Project  # noqa: E402
 from app.core.volume import Volume  # noqa: E402
+from app.ui.actions import ACTIONS, MENUS, TOOLBAR, MenuSpec, create_actions  # noqa: E402
+from app.ui.dialogs import VoxelSizeDialog  # noqa: E402
 from app.ui.main_window import MainWindow  # noqa: E402
 
 SELECTED_PEN_WIDTH = 2.5
@@ -408,6 +413,28 @@ def test_help_shortcuts_lists_the_actions(qtbot, window):
     assert any("Re-pair" in r[1] for r in rows)
 
 
+def test_every_action_has_a_slot_and_menus_name_only_actions(qtbot):
+    owner = QtWidgets.QWidget()
+    qtbot.addWidget(owner)
+    calls = []
+    slots = {spec.name: (lambda *args, name=spec.name: calls.append(name)) for spec in ACTIONS}
+    actions = create_actions(owner, slots)
+    assert list(actions) == [spec.name for spec in ACTIONS]
+    actions["repair"].trigger()
+    assert calls == ["repair"]
+    with pytest.raises(KeyError, match="next_pair"):  # a menu item that would do nothing
+        create_actions(owner, {name: slot for name, slot in slots.items() if name != "next_pair"})
+    with pytest.raises(KeyError, match="nxt_pair"):
+        create_actions(owner, {**slots, "nxt_pair": print})
+
+    def named(menu):
+        for item in menu.items:
+            yield from named(item) if isinstance(item, MenuSpec) else [item]
+
+    shown = {name for menu in MENUS for name in named(menu)} | set(TOOLBAR)
+    assert shown - {None} <= set(actions)
+
+
 def test_keyboard_placement_repair_and_escape(qtbot, window, image_path):
     open_image(qtbot, window, image_path)
     model = window.model
@@ -446,8 +473,6 @@ def test_drop_opens_an_image(qtbot, window, image_path):
 
 def test_signal_emits_do_not_exhaust_true():
     """PySide6 6.12's emit() drops a reference to True each call (see app/ui/__init__.py)."""
-    import sys
-
     class Emitter(QtCore.QObject):
         fired = QtCore.Signal()
 
@@ -461,8 +486,6 @@ def test_signal_emits_do_not_exhaust_true():
 
 
 def test_project_folder_keeps_annotations_and_voxel_sizes(qtbot, window, tmp_path):
-    from app.core.project import Project
-
     project = Project.create(tmp_path / "study", name="Retina study")
     image = project.folder("images") / "retina.npy"
     np.save(image, np.zeros((128, 128, 64, 2), np.uint8))
@@ -479,8 +502,6 @@ def test_project_folder_keeps_annotations_and_voxel_sizes(qtbot, window, tmp_pat
 
 
 def test_voxel_size_dialog_validates_and_returns_values(qtbot):
-    from app.ui.dialogs import VoxelSizeDialog
-
     info = {"path": "/data/x.npy", "shape": (10, 20, 30), "axes": "???", "dtype": "uint8",
             "axes_problem": "cannot tell which axis is Z"}
     dialog = VoxelSizeDialog(info, initial=(0.5, 0.2, 0.2), ask_axes=True)

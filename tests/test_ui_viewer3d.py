@@ -18,7 +18,12 @@ pytest.importorskip("PySide6")
 pytest.importorskip("vtkmodules")
 from PySide6 import QtCore, QtGui  # noqa: E402
 
+import app.ui.main_window as main_window  # noqa: E402
 from app.core.imageio import write_imagej_tiff  # noqa: E402
+from app.core.pairs import PairSet  # noqa: E402
+from app.ui.demo import demo_data  # noqa: E402
+from app.ui.main_window import MainWindow, save_screenshot  # noqa: E402
+from app.ui.viewer3d import BACKGROUND  # noqa: E402
 from conftest import REPO  # noqa: E402
 from test_ui_annotation import GOLGI_A, GOLGI_B, NUCLEUS_A, NUCLEUS_B, cell_volume  # noqa: E402
 
@@ -29,8 +34,6 @@ Qt = QtCore.Qt
 def shared_window(qapp, tmp_path_factory):
     """One window with the 3D view for the tests of this module (each VTK window costs seconds on a
     software renderer). Released (render window finalized) at the end."""
-    from app.ui.main_window import MainWindow
-
     folder = tmp_path_factory.mktemp("view3d")
     QtCore.QStandardPaths.setTestModeEnabled(True)
     settings = QtCore.QSettings(str(folder / "settings.ini"), QtCore.QSettings.Format.IniFormat)
@@ -51,8 +54,6 @@ def shared_window(qapp, tmp_path_factory):
 @pytest.fixture
 def window3d(qtbot, shared_window):
     """The shared window, back in its initial state."""
-    from app.core.pairs import PairSet
-
     window = shared_window
     window.document.set_reference(None)
     window.model.set_pairset(PairSet.empty(window.state.volume.voxel_size))
@@ -74,8 +75,6 @@ def image_path(tmp_path):
 
 
 def foreground_fraction(rgb: np.ndarray) -> float:
-    from app.ui.viewer3d import BACKGROUND
-
     background = np.round(np.asarray(BACKGROUND) * 255)
     return float((np.abs(rgb.astype(int) - background).sum(axis=2) > 40).mean())
 
@@ -127,8 +126,6 @@ def test_3d_pairs_as_glyphs_and_picking_selects(qtbot, window3d):
     assert viewer.pick(*[int(round(v)) for v in viewer.display_position(GOLGI_B)]) == (b, "golgi")
     assert model.selection == (b,)
     # Evaluation colours: the FN of a reference are drawn too.
-    from app.core.pairs import PairSet
-
     reference = PairSet([NUCLEUS_A, (2, 40, 70)], [GOLGI_A, (2, 40, 80)], voxel_size=(1.0, 0.5, 0.5))
     window3d.document.set_reference(reference)
     assert window3d.state.labels == {a: "TP", b: "FP"}
@@ -152,8 +149,6 @@ def test_3d_slab_and_slice_planes_follow_the_crosshair(window3d):
 
 
 def test_screenshot_is_the_whole_window_with_the_3d_view(window3d, tmp_path):
-    from app.ui.main_window import save_screenshot
-
     path = save_screenshot(window3d, tmp_path / "shot.png")
     image = QtGui.QImage(str(path))
     ratio = window3d.devicePixelRatioF()
@@ -169,9 +164,6 @@ def test_screenshot_is_the_whole_window_with_the_3d_view(window3d, tmp_path):
 
 
 def test_run_app_screenshot_of_the_demo(qtbot, tmp_path, monkeypatch):
-    import app.ui.main_window as main_window
-    from app.ui.demo import demo_data
-
     QtCore.QStandardPaths.setTestModeEnabled(True)
     small = demo_data(seed=3, shape=(12, 96, 96))
     monkeypatch.setattr(main_window, "demo_data", lambda: small)

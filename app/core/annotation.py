@@ -1,24 +1,22 @@
 """Manual annotation of polarity vectors: the model behind the desktop app's annotation tools.
 
-Everything here is plain Python and numpy (no Qt), so it is unit-tested on its own and any front end
-(the Qt app, a script, a future napari plugin) drives it the same way.
+Everything here is plain Python and numpy (no Qt, no files), so it is unit-tested on its own and any front
+end (the Qt app, a script, a future napari plugin) drives it the same way.
 
 :class:`AnnotationModel`
     The pairs being edited, the selection, a half-placed pair (a nucleus waiting for its Golgi) and one
     undo stack of :class:`Command` objects that covers every edit on every slice. Views subscribe to its
-    :class:`Signal` attributes (``changed``, ``selection_changed``, ``pending_changed``, ``edited``,
-    ``history_changed``) and never mutate it except through its methods.
-:class:`Autosaver`
-    Writes the pairs (and a half-placed nucleus) to ``<stem>.vectors.autosave.csv`` after every edit,
-    atomically, so killing the process loses nothing already placed; :func:`find_recovery` and
-    :func:`load_autosave` bring it back on the next start.
-:func:`snap_to_peak`
-    Moves a click to the local intensity peak of a channel within a radius in µm.
-:func:`compare_with_reference`
-    The pairs scored against a reference with the paper's protocol, and TP/FP/FN labels for the views.
+    :class:`~app.core.signals.Signal` attributes (``changed``, ``selection_changed``, ``pending_changed``,
+    ``edited``, ``history_changed``) and never mutate it except through its methods.
+:func:`vector_angles`
+    Length, azimuth and elevation of each vector, in µm and degrees.
 
-Projects (folders of images and their annotations) are :mod:`app.core.project`; file formats, the legacy
-ones included, are :mod:`app.core.pairs`.
+The tools around the model have their own modules: :mod:`app.core.autosave` (where annotations are saved,
+autosave and recovery), :mod:`app.core.positions` (snapping a click to an intensity peak) and
+:mod:`app.core.comparison` (the pairs scored against a reference, for the evaluation colours). Their names
+are re-exported here, so ``from app.core.annotation import Autosaver`` keeps working. Projects (folders of
+images and their annotations) are :mod:`app.core.project`; file formats, the legacy ones included, are
+:mod:`app.core.pairs`.
 
 Conventions: positions are voxel coordinates ``(z, y, x)``, 0-based floats, as in
 :class:`~app.core.pairs.PairSet`; distances are in µm through the voxel size.
@@ -28,18 +26,43 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
+from app.core.autosave import (
+    Autosaver,
+    autosave_path_for,
+    discard_autosave,
+    find_recovery,
+    load_autosave,
+    vectors_path_for,
+)
 from app.core.batch import image_stem
+from app.core.comparison import (
+    BORDER,
+    SHOWN_LEVELS,
+    ReferenceComparison,
+    check_reference,
+    compare_with_reference,
+)
 from app.core.errors import CellPolError
-from app.core.fileutil import clean_stale_temporaries
-from app.core.pairs import PairSet, read_pairs, sidecar_path, write_pairs
+from app.core.pairs import PairSet
+from app.core.positions import Point, as_point, snap_to_peak
+from app.core.signals import Signal
 from app.core.volume import parse_voxel_size
+
+__all__ = [
+    # the model
+    "NUCLEUS", "GOLGI", "ENDS", "Point", "Pair", "vector_angles", "Signal",
+    "Command", "AddPairs", "RemovePairs", "UpdatePairs", "ReplaceAll", "UndoStack", "AnnotationModel",
+    # re-exported: they moved to app.core.autosave, app.core.positions and app.core.comparison (image_stem is
+    # app.core.batch's), and callers import them from here
+    "vectors_path_for", "autosave_path_for", "find_recovery", "load_autosave", "discard_autosave", "Autosaver",
+    "image_stem", "snap_to_peak", "BORDER", "SHOWN_LEVELS", "ReferenceComparison", "check_reference",
+    "compare_with_reference",
+]
 
 NUCLEUS = "nucleus"
 GOLGI = "golgi"
@@ -47,41 +70,6 @@ ENDS = (NUCLEUS, GOLGI)
 
 #: Sources whose pairs become ``corrected`` when the user edits them.
 _CORRECTABLE_SOURCES = ("predicted",)
-
-Point = tuple[float, float, float]
-
-
-# ------------------------------------------------------------------------------------------
-# A tiny signal
-# ------------------------------------------------------------------------------------------
-class Signal:
-    """A list of callbacks: ``connect(fn)``, ``disconnect(fn)``, ``emit(*args)`` (no Qt needed).
-
-    Callbacks run synchronously in connection order. A callback that raises propagates to the caller
-    of ``emit``: the model's state is already consistent when signals are emitted.
-    """
-
-    def __init__(self) -> None:
-        self._slots: list[Callable[..., Any]] = []
-
-    def connect(self, slot: Callable[..., Any]) -> Callable[..., Any]:
-        if slot not in self._slots:
-            self._slots.append(slot)
-        return slot
-
-    def disconnect(self, slot: Optional[Callable[..., Any]] = None) -> None:
-        """Remove ``slot`` (or every slot when ``None``); removing an unknown slot is a no-op."""
-        if slot is None:
-            self._slots.clear()
-        elif slot in self._slots:
-            self._slots.remove(slot)
-
-    def emit(self, *args: Any) -> None:
-        for slot in list(self._slots):
-            slot(*args)
-
-    def __len__(self) -> int:
-        return len(self._slots)
 
 
 # ------------------------------------------------------------------------------------------
@@ -116,14 +104,7 @@ class Pair:
         return self.nucleus if which == NUCLEUS else self.golgi
 
     def with_end(self, which: str, position: Point) -> "Pair":
-        return dataclasses.replace(self, **{which: _point(position)})
-
-
-def _point(values: Sequence[float]) -> Point:
-    arr = np.asarray(values, dtype=np.float64).reshape(-1)
-    if arr.shape != (3,) or not np.all(np.isfinite(arr)):
-        raise CellPolError(f"A position must be three finite numbers (z, y, x), got {values!r}.")
-    return (float(arr[0]), float(arr[1]), float(arr[2]))
+        return dataclasses.replace(self, **{which: as_point(position)})
 
 
 def _check_end(which: str) -> None:
@@ -423,7 +404,7 @@ class AnnotationModel:
             return None
         scale = np.asarray(self.voxel_size or (1.0, 1.0, 1.0))
         axes = list(axes)
-        target = np.asarray(_point(position))[axes] * scale[axes]
+        target = np.asarray(as_point(position))[axes] * scale[axes]
         best: Optional[tuple[int, str, float]] = None
         for which in ends:
             points = self.positions(which)[:, axes] * scale[axes]
@@ -447,12 +428,12 @@ class AnnotationModel:
         self._next_id = max([p.id for p in self._pairs], default=-1) + 1
         self.undo_stack.clear()
         self._set_selection(())
-        self._set_pending(_point(pending) if pending is not None else None)
+        self._set_pending(as_point(pending) if pending is not None else None)
         self.history_changed.emit()
 
     def _pairs_from(self, pairs: PairSet) -> list[Pair]:
         return [
-            Pair(int(pairs.ids[i]), _point(pairs.nuclei[i]), _point(pairs.golgi[i]),
+            Pair(int(pairs.ids[i]), as_point(pairs.nuclei[i]), as_point(pairs.golgi[i]),
                  float(pairs.scores[i]), str(pairs.sources[i]))
             for i in range(len(pairs))
         ]
@@ -477,7 +458,7 @@ class AnnotationModel:
 
     def place_nucleus(self, position: Sequence[float]) -> None:
         """Start a pair: the nucleus waits (not yet undoable) for :meth:`place_golgi`."""
-        self._set_pending(_point(position))
+        self._set_pending(as_point(position))
         self.edited.emit()
 
     def place_golgi(self, position: Sequence[float]) -> int:
@@ -497,7 +478,7 @@ class AnnotationModel:
 
     def add_pair(self, nucleus: Sequence[float], golgi: Sequence[float], source: str = "manual",
                  score: float = math.nan, *, text: str = "add pair") -> int:
-        pair = Pair(self._next_id, _point(nucleus), _point(golgi), float(score), str(source))
+        pair = Pair(self._next_id, as_point(nucleus), as_point(golgi), float(score), str(source))
         self._next_id += 1
         had_pending, self._pending = self._pending is not None, None  # autosaved without it
         self._execute(AddPairs([pair], text=text))
@@ -711,284 +692,3 @@ class AnnotationModel:
         self._pairs = list(pairs)
         self._reindex()
         self.changed.emit("reset", tuple(self._rows))
-
-
-# ------------------------------------------------------------------------------------------
-# Snapping
-# ------------------------------------------------------------------------------------------
-def snap_to_peak(
-    image: np.ndarray,
-    position: Sequence[float],
-    voxel_size: Sequence[float],
-    radius_um: float,
-    *,
-    free_axis: Optional[int] = None,
-    sigma_um: Optional[float] = None,
-) -> Point:
-    """The local intensity peak of ``image`` within ``radius_um`` of ``position``.
-
-    Parameters
-    ----------
-    image : ndarray, shape (Z, Y, X)
-        One channel (the nucleus channel for a nucleus, the Golgi channel for a Golgi).
-    position : (z, y, x)
-        Where the user clicked, in voxels.
-    voxel_size : (z, y, x) µm
-    radius_um : float
-        Search radius (an ellipsoid in voxels on anisotropic data). ``0`` returns ``position``.
-    free_axis : int, optional
-        Search this whole axis (a click on a maximum-intensity projection has no depth: the peak along the
-        projection ray gives it).
-    sigma_um : float, optional
-        Gaussian smoothing before taking the maximum, so shot noise does not win (default
-        ``max(radius_um / 3, 0.3)``).
-
-    Returns
-    -------
-    (z, y, x)
-        Voxel coordinates of the peak (whole voxels), the clicked position when the neighbourhood is flat.
-    """
-    from scipy import ndimage
-
-    image = np.asarray(image)
-    if image.ndim != 3:
-        raise CellPolError(f"snap_to_peak needs a (Z, Y, X) image, got shape {image.shape}.")
-    pos = np.asarray(_point(position))
-    shape = np.asarray(image.shape)
-    pos = np.clip(pos, 0, shape - 1)
-    if radius_um <= 0:
-        if free_axis is None:
-            return _point(pos)
-        fixed = [a for a in range(3) if a != free_axis]
-        pos[fixed] = np.round(pos[fixed])  # the peak along the ray through the clicked voxel
-    scale = np.asarray(parse_voxel_size(voxel_size), dtype=np.float64)
-    sigma = float(sigma_um) if sigma_um is not None else max(radius_um / 3.0, 0.3)
-    sigma_vox = sigma / scale
-    reach = np.ceil(max(radius_um, 0.0) / scale).astype(int)
-    pad = np.ceil(3 * sigma_vox).astype(int)
-    lo = np.maximum(np.round(pos).astype(int) - reach - pad, 0)
-    hi = np.minimum(np.round(pos).astype(int) + reach + pad + 1, shape)
-    if free_axis is not None:
-        lo[free_axis], hi[free_axis] = 0, shape[free_axis]
-    crop = image[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].astype(np.float32)
-    smooth = ndimage.gaussian_filter(crop, sigma_vox, mode="nearest")
-    grids = np.meshgrid(*[np.arange(lo[a], hi[a]) for a in range(3)], indexing="ij")
-    distance2 = np.zeros(crop.shape, dtype=np.float64)
-    for axis in range(3):
-        if axis != free_axis:
-            distance2 += ((grids[axis] - pos[axis]) * scale[axis]) ** 2
-    inside = distance2 <= max(radius_um, 0.0) ** 2 + 1e-9
-    if not inside.any():
-        return _point(pos)
-    values = np.where(inside, smooth, -np.inf)
-    peak = values.max()
-    if not np.isfinite(peak) or peak <= smooth[inside].min():
-        return _point(pos)  # flat: nothing to snap to
-    # Ties: the candidate closest to the click.
-    candidates = np.argwhere(values == peak)
-    best = candidates[np.argmin(distance2[tuple(candidates.T)])]
-    return _point(best + lo)
-
-
-# ------------------------------------------------------------------------------------------
-# Where annotations live; autosave and recovery
-# ------------------------------------------------------------------------------------------
-
-
-def vectors_path_for(image_path: str | os.PathLike, folder: Optional[str | os.PathLike] = None) -> Path:
-    """``<folder or the image's folder>/<stem>.vectors.csv``."""
-    image_path = Path(image_path)
-    base = Path(folder) if folder is not None else image_path.parent
-    return base / f"{image_stem(image_path)}.vectors.csv"
-
-
-def autosave_path_for(vectors_path: str | os.PathLike) -> Path:
-    """``name.vectors.csv`` → ``name.vectors.autosave.csv`` (its sidecar is ``….autosave.json``)."""
-    path = Path(vectors_path)
-    name = path.name
-    if name.lower().endswith(".vectors.csv"):
-        return path.with_name(name[: -len(".vectors.csv")] + ".vectors.autosave.csv")
-    return path.with_name(path.stem + ".autosave.csv")
-
-
-def find_recovery(vectors_path: str | os.PathLike) -> Optional[Path]:
-    """The autosave of ``vectors_path`` if it holds work newer than the saved file, else ``None``."""
-    autosave = autosave_path_for(vectors_path)
-    if not autosave.exists():
-        return None
-    saved = Path(vectors_path)
-    if saved.exists() and saved.stat().st_mtime_ns >= autosave.stat().st_mtime_ns:
-        return None
-    return autosave
-
-
-def load_autosave(path: str | os.PathLike) -> tuple[PairSet, Optional[Point]]:
-    """Read an autosave: the pairs and the half-placed nucleus (or ``None``)."""
-    pairs = read_pairs(path)
-    pending = pairs.meta.get("pending_nucleus")
-    return pairs, (_point(pending) if pending is not None else None)
-
-
-def discard_autosave(vectors_path: str | os.PathLike) -> None:
-    """Delete the autosave (and its sidecar) of ``vectors_path``; missing files are fine."""
-    autosave = autosave_path_for(vectors_path)
-    for path in (autosave, sidecar_path(autosave)):
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
-
-
-class Autosaver:
-    """Write the model to its autosave file after every edit (atomically, synchronously).
-
-    A few hundred pairs take well under a millisecond to format, so there is nothing to debounce; a
-    drag is written once, when it is committed. Write errors (a full disk, a read-only folder) do not
-    interrupt editing: they are reported through ``failed(message)``.
-
-    Parameters
-    ----------
-    model : AnnotationModel
-    path : path-like
-        The autosave CSV (see :func:`autosave_path_for`).
-    provenance : callable, optional
-        Returns extra sidecar entries (image path, shape, ...).
-    """
-
-    def __init__(self, model: AnnotationModel, path: str | os.PathLike,
-                 provenance: Optional[Callable[[], dict[str, Any]]] = None) -> None:
-        self.model = model
-        self.path = Path(path)
-        self.provenance = provenance
-        self.enabled = True
-        self.saved = Signal()   # (path)
-        self.failed = Signal()  # (message)
-        self.last_error: Optional[str] = None
-        self.count = 0
-        clean_stale_temporaries(self.path.parent)  # left by a session that was killed mid-write
-        model.edited.connect(self._on_edited)
-
-    def detach(self) -> None:
-        self.model.edited.disconnect(self._on_edited)
-
-    def _on_edited(self) -> None:
-        if self.enabled:
-            self.save_now()
-
-    def save_now(self) -> Optional[Path]:
-        extra: dict[str, Any] = dict(self.provenance() if self.provenance else {})
-        extra["autosave"] = True
-        pending = self.model.pending_nucleus
-        extra["pending_nucleus"] = list(pending) if pending is not None else None
-        try:
-            path = write_pairs(self.path, self.model.to_pairset(), provenance=extra, content="autosave")
-        except OSError as exc:
-            self.last_error = f"Autosave to {self.path} failed: {exc.strerror or exc}"
-            self.failed.emit(self.last_error)
-            return None
-        self.last_error = None
-        self.count += 1
-        self.saved.emit(path)
-        return path
-
-
-# ------------------------------------------------------------------------------------------
-# Comparing with a reference (evaluation colours)
-# ------------------------------------------------------------------------------------------
-#: Label of the pairs the paper's border exclusion leaves out (neither TP nor FP).
-BORDER = "border"
-#: The levels shown in the app: τL = 0 (MAF 0.75, the loosest) and τL = 5 (MAF 0.50).
-SHOWN_LEVELS = (0, 5)
-
-
-@dataclass
-class ReferenceComparison:
-    """The pairs scored against a reference with the paper's protocol (:func:`app.core.evaluate.score_pairs`).
-
-    Attributes
-    ----------
-    score : ImageScore
-        TP, FP, FN, TPR, FDR... at the 14 levels.
-    level : int
-        The level the labels are for.
-    labels : dict of int to str
-        Pair id → ``"TP"``, ``"FP"`` or :data:`BORDER` (left out by the border margin).
-    fn_rows : ndarray of int
-        Rows of the reference no pair matched at ``level`` (border pairs excluded).
-    """
-
-    score: Any
-    level: int
-    labels: dict[int, str]
-    fn_rows: np.ndarray
-
-
-def check_reference(reference: PairSet, voxel_size: Sequence[float], image_shape: Sequence[int]) -> PairSet:
-    """``reference`` with the image's voxel size, after checking it was made for an image like this one.
-
-    Raises
-    ------
-    CellPolError
-        The reference's own voxel size (from its sidecar) or image shape differs from the image's, or some of
-        its points lie outside the image: one message saying which, so nothing is scored on the wrong grid.
-    """
-    voxel = parse_voxel_size(voxel_size)
-    shape = tuple(int(s) for s in image_shape)
-    if reference.voxel_size is not None and not np.allclose(reference.voxel_size, voxel, rtol=1e-4, atol=0):
-        raise CellPolError(
-            f"The reference vectors were made at a voxel size of {_um(reference.voxel_size)} µm (z × y × x) but this "
-            f"image has {_um(voxel)} µm. Compare vectors made at the same calibration, or correct the image's voxel "
-            "size (File ▸ Set voxel size…).")
-    made_on = reference.meta.get("image_shape_zyx")
-    if made_on is not None:
-        try:
-            made_on = tuple(int(s) for s in made_on)
-        except (TypeError, ValueError):
-            made_on = None
-    if made_on is not None and made_on != shape:
-        raise CellPolError(
-            f"The reference vectors were made on an image of {_voxels(made_on)} voxels (z × y × x); this image is "
-            f"{_voxels(shape)}. Open the image they belong to.")
-    if len(reference):
-        points = np.concatenate([reference.nuclei, reference.golgi])
-        outside = np.any((points < -0.5) | (points > np.asarray(shape) - 0.5), axis=1)
-        if outside.any():
-            raise CellPolError(
-                f"{int(outside.sum())} reference point(s) lie outside this image ({_voxels(shape)} voxels, z × y × x): "
-                "were the reference vectors made for another image, or with other units (0-based voxels)?")
-    return reference.with_voxel_size(voxel)
-
-
-def _um(values: Sequence[float]) -> str:
-    return " × ".join(f"{v:g}" for v in values)
-
-
-def _voxels(values: Sequence[int]) -> str:
-    return "×".join(str(v) for v in values)
-
-
-def compare_with_reference(reference: PairSet, pairs: PairSet, image_shape: Optional[Sequence[int]] = None,
-                           level: int = 5, border_margin_um: float = 7.0) -> ReferenceComparison:
-    """Score ``pairs`` against ``reference`` (the paper's protocol) and label each pair for the views.
-
-    The scoring is :func:`app.core.evaluate.score_pairs` itself (Hungarian matching, thresholds per level,
-    border exclusion of ``border_margin_um``, 7 µm as the paper; 0 keeps every pair); the labels are its TPs at
-    ``level``, so the colours always agree with the numbers.
-    """
-    from app.core.evaluate import inside_border, score_pairs
-
-    score = score_pairs(reference, pairs, image_shape=image_shape, border_margin_um=border_margin_um)
-    tp_mask = score.tp_mask[level] if score.tp_mask.size else np.zeros(0, dtype=bool)
-    tp_pred = set(score.matches["pred_index"][tp_mask].tolist())
-    tp_gt = set(score.matches["gt_index"][tp_mask].tolist())
-    if score.border_margin_voxels is not None:
-        shape_yx = score.image_shape[1:]
-        pred_inside = inside_border(pairs, shape_yx, score.border_margin_voxels)
-        gt_inside = inside_border(reference, shape_yx, score.border_margin_voxels)
-    else:
-        pred_inside = np.ones(len(pairs), dtype=bool)
-        gt_inside = np.ones(len(reference), dtype=bool)
-    labels = {int(pairs.ids[i]): (BORDER if not pred_inside[i] else "TP" if i in tp_pred else "FP")
-              for i in range(len(pairs))}
-    fn_rows = np.array([i for i in range(len(reference)) if gt_inside[i] and i not in tp_gt], dtype=np.int64)
-    return ReferenceComparison(score, int(level), labels, fn_rows)

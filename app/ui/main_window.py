@@ -1,36 +1,44 @@
-"""The main window: slice views XY/XZ/YZ and the 3D view, channel controls, the vector table, menus.
+"""The main window: it composes the slice views, the 3D view, the panels in their docks, the menus and the
+status bar, and connects them to the document.
 
 The window only wires things together: the annotation model is :class:`app.core.annotation.AnnotationModel`
 (Qt-free), the shared view state is :class:`app.ui.state.ViewerState`, files are handled by
-:class:`app.ui.document.DocumentController`, and the views are :mod:`app.ui.slice_views` and
-:mod:`app.ui.viewer3d`. ``run_app`` is the entry point of ``cellpol gui``.
+:class:`app.ui.document.DocumentController`, the views are :mod:`app.ui.slice_views` and :mod:`app.ui.viewer3d`,
+the panels :mod:`app.ui.annotation_panel`, :mod:`app.ui.channel_controls`, :mod:`app.ui.project_panel` and
+:mod:`app.ui.evaluation_panel`. The commands (text, keys, menus, toolbar) are :mod:`app.ui.actions`; the window
+gives each its slot. The status bar is :mod:`app.ui.status_bar`, the legend :mod:`app.ui.legend`, screenshots
+:mod:`app.ui.screenshot`. ``run_app`` is the entry point of ``cellpol gui``.
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-import numpy as np
 from PySide6 import QtCore, QtGui, QtWidgets
 
 from app import __version__
 from app.core.errors import CellPolError
 from app.core.project import MANUAL_SOURCES
+from app.ui.actions import create_actions, create_menus, fill_toolbar, shortcut_rows
 from app.ui.annotation_panel import AnnotationPanel
 from app.ui.channel_controls import ChannelControls
 from app.ui.demo import demo_data, demo_predictions
-from app.ui.dialogs import ShortcutsDialog, native_text
+from app.ui.dialogs import ShortcutsDialog, VoxelSizeDialog
 from app.ui.document import IMAGE_FILTER, IMAGE_SUFFIXES, VECTOR_FILTERS, DocumentController
 from app.ui.evaluation_panel import EvaluationPanel
+from app.ui.legend import Legend
 from app.ui.project_panel import ProjectPanel
+from app.ui.screenshot import grab_window, save_screenshot
 from app.ui.slice_views import OrthoViews
 from app.ui.state import ViewerState
+from app.ui.status_bar import StatusBar
 from app.ui.workers import run_in_thread
 
-__all__ = ["MainWindow", "demo_data", "run_app", "save_screenshot"]
+__all__ = ["MainWindow", "demo_data", "grab_window", "run_app", "save_screenshot"]
 
 SETTINGS_ORGANISATION = "CellPol"
 SETTINGS_APPLICATION = "CellPol Studio"
@@ -39,34 +47,8 @@ LAYOUT_VERSION = 3
 
 
 def app_settings() -> QtCore.QSettings:
+    """The user's settings (preferences, recent files, window layout)."""
     return QtCore.QSettings(SETTINGS_ORGANISATION, SETTINGS_APPLICATION)
-
-
-class Legend(QtWidgets.QLabel):
-    """What the overlay colours and marks mean (in the free corner of the slice views)."""
-
-    def __init__(self, state: ViewerState, parent: Optional[QtWidgets.QWidget] = None) -> None:
-        super().__init__(parent)
-        self.state = state
-        self.setAlignment(QtCore.Qt.AlignmentFlag.AlignTop | QtCore.Qt.AlignmentFlag.AlignLeft)
-        self.setWordWrap(True)
-        self.setStyleSheet("background: #1b1b1f; color: #ddd; padding: 6px;")
-        state.overlay_changed.connect(self.refresh)
-        self.refresh()
-
-    def refresh(self) -> None:
-        from app.ui.display import EVALUATION_COLOURS, SOURCE_COLOURS
-
-        def swatch(rgb, text):
-            return f"<span style='color: rgb{tuple(rgb)}'>■</span> {text}"
-
-        if self.state.colour_mode == "evaluation":
-            items = [swatch(EVALUATION_COLOURS[k], k) for k in ("TP", "FP", "FN", "border")]
-        else:
-            items = [swatch(SOURCE_COLOURS[k], k) for k in ("manual", "predicted", "corrected", "imported")]
-        self.setText("<b>Vectors</b><br>" + "&nbsp; ".join(items) +
-                     "<br>○ nucleus &nbsp; ◆ Golgi &nbsp; + nucleus waiting for its Golgi<br>"
-                     "<span style='color:#999'>smaller = farther from the slice</span>")
 
 
 class MainWindow(QtWidgets.QMainWindow):
@@ -78,6 +60,7 @@ class MainWindow(QtWidgets.QMainWindow):
         Where preferences, recent files and window layout are remembered (default: the user's).
     enable_3d : bool
         Build the VTK view (tests of the 2D tools may leave it out).
+    parent : QWidget, optional
     """
 
     def __init__(self, settings: Optional[QtCore.QSettings] = None, enable_3d: bool = True,
@@ -99,6 +82,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.ortho.set_corner(self.legend)
         self.viewer3d = None
         if enable_3d:
+            # Deliberately lazy: VTK and its OpenGL libraries are loaded only when the 3D view is built, so the
+            # 2D tools (and their tests) work without them.
             from app.ui.viewer3d import Viewer3D
 
             self.viewer3d = Viewer3D(self.state)
@@ -111,154 +96,87 @@ class MainWindow(QtWidgets.QMainWindow):
         self.stack.addWidget(self.ortho)
         self.setCentralWidget(self.stack)
 
-        self.actions: dict[str, QtGui.QAction] = {}
-        self._action_groups: dict[str, str] = {}
-        self._create_actions()
-        self._create_menus()
+        self.actions: dict[str, QtGui.QAction] = create_actions(self, self._slots())
+        self.actions["slab_z"].setChecked(True)
+        self.actions["snap"].setChecked(self.state.snap)
+        self.actions["redo"].setEnabled(False)
+        self.actions["clear_reference"].setEnabled(False)
+        menus = create_menus(self.menuBar(), self.actions)
+        self.recent_menu, self.view_menu = menus["recent"], menus["view"]
+        self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
         self._create_docks()
-        self._create_toolbars()
-        self._create_status_bar()
+        self.main_toolbar = self.addToolBar("Main")
+        self.main_toolbar.setObjectName("main_toolbar")
+        fill_toolbar(self.main_toolbar, self.actions)
+        self.status_bar = StatusBar(self.state)
+        self.setStatusBar(self.status_bar)
+        self.position_label, self.mode_label = self.status_bar.position_label, self.status_bar.mode_label
         self._connect()
         self._restore_settings()
         self._update_history()
 
     # ------------------------------------------------------------------------------------------
-    # Actions
+    # Composition
     # ------------------------------------------------------------------------------------------
-    def _action(self, name: str, text: str, slot: Optional[Callable] = None, shortcut=None, group: str = "",
-                checkable: bool = False, tip: str = "") -> QtGui.QAction:
-        action = QtGui.QAction(text, self)
-        if shortcut is not None:
-            shortcuts = shortcut if isinstance(shortcut, (list, tuple)) else [shortcut]
-            action.setShortcuts([QtGui.QKeySequence(s) for s in shortcuts])
-            action.setShortcutContext(QtCore.Qt.ShortcutContext.WindowShortcut)
-        action.setCheckable(checkable)
-        if tip:
-            action.setToolTip(tip)
-            action.setStatusTip(tip)
-        if slot is not None:
-            (action.toggled if checkable else action.triggered).connect(slot)
-        self.addAction(action)  # shortcuts work even when the action is in no visible menu
-        self.actions[name] = action
-        self._action_groups[name] = group
-        return action
-
-    def _create_actions(self) -> None:
-        K = QtGui.QKeySequence.StandardKey
-        a = self._action
-        a("open", "&Open image…", self.open_dialog, K.Open, "File")
-        a("open_project", "Open &project…", self.open_project_dialog, "Ctrl+Shift+O", "File")
-        a("new_project", "&New project…", self.new_project_dialog, None, "File")
-        a("demo", "Open &demo volume", self.open_demo, None, "File")
-        a("save", "&Save vectors", self.save, K.Save, "File")
-        a("save_as", "Save vectors &as…", self.save_as_dialog, "Ctrl+Shift+S", "File")
-        a("import", "&Import vectors…", self.import_dialog, "Ctrl+I", "File",
-          tip="Project CSV, the authors' header-less CSV, or 3DNGMic .npy")
-        a("export_legacy", "Authors' annotation CSV…", lambda: self.export_dialog("legacy"), None, "File")
-        a("export_3dngmic", "3DNGMic vectors .npy…", lambda: self.export_dialog("3dngmic"), None, "File")
-        a("reference", "Compare with reference…", self.reference_dialog, None, "Analysis",
-          tip="Score the pairs against reference vectors (ground truth) as the paper does: TPR/FDR/TP/FP/FN at "
-              "τL = 0 and 5; the markers are coloured TP/FP and the missed reference pairs drawn as FN")
-        a("clear_reference", "Clear comparison", lambda: self.document.set_reference(None), None, "Analysis")
-        a("voxel_size", "Set voxel size…", self.voxel_size_dialog, None, "File")
-        a("next_image", "Next image", lambda: self.step_image(1), "Ctrl+PgDown", "Project",
-          tip="Open the next image of the project (the current annotations are saved first)")
-        a("previous_image", "Previous image", lambda: self.step_image(-1), "Ctrl+PgUp", "Project",
-          tip="Open the previous image of the project (the current annotations are saved first)")
-        a("refresh_project", "Refresh", self.refresh_project, None, "Project",
-          tip="Re-read the project's images and annotation files")
-        a("screenshot", "Save screenshot…", self.screenshot_dialog, None, "File")
-        a("quit", "&Quit", self.close, K.Quit, "File")
-
-        a("undo", "&Undo", self.undo, ["Ctrl+Z"], "Edit")
-        a("redo", "&Redo", self.redo, ["Ctrl+Shift+Z", "Ctrl+Y"], "Edit")
-        a("delete", "Delete selected", self.delete_selected, ["Delete", "Backspace"], "Edit",
-          tip="Delete the selected pairs")
-        a("delete_at", "Delete pair under the mouse", self.delete_at_cursor, "D", "Edit")
-        a("repair", "Re-pair", self.repair, "L", "Edit", tip="Exchange the Golgi of the two selected pairs")
-        a("cancel", "Cancel pair / clear selection", self.cancel, "Esc", "Edit")
-        a("select_all", "Select all pairs", self.model.select_all, K.SelectAll, "Edit")
-        a("next_pair", "Next pair (table order)", lambda: self.annotation_panel.next_pair(1), ["Tab", "N"], "Edit")
-        a("previous_pair", "Previous pair", lambda: self.annotation_panel.next_pair(-1), ["Shift+Tab", "Shift+N"],
-          "Edit")
-
-        a("place_mode", "Place mode", self.state.set_place_mode, "P", "Annotate", checkable=True,
-          tip="Clicks place a nucleus, then its Golgi")
-        a("place_nucleus", "Place nucleus at the mouse", lambda: self.place_at_cursor("nucleus"), "A", "Annotate")
-        a("place_golgi", "Place Golgi at the mouse", lambda: self.place_at_cursor("golgi"), "G", "Annotate")
-        a("snap", "Snap", lambda on: self.state.set_snap(on=on), "S", "Annotate", checkable=True,
-          tip="Snap a placed point to the intensity peak of its channel (nucleus or Golgi) within the radius")
-
-        a("mip", "Maximum intensity projection", self.state.set_mip, "M", "View", checkable=True)
-        a("fit", "Fit views", self.ortho.reset_zoom, "F", "View")
-        a("slice_up", "Next slice", lambda: self.step_slice(1), ["PgUp", "."], "View")
-        a("slice_down", "Previous slice", lambda: self.step_slice(-1), ["PgDown", ","], "View")
+    def _slots(self) -> dict[str, Callable]:
+        """What each command of :data:`app.ui.actions.ACTIONS` does."""
+        slots: dict[str, Callable] = {
+            "open": self.open_dialog,
+            "open_project": self.open_project_dialog,
+            "new_project": self.new_project_dialog,
+            "demo": self.open_demo,
+            "save": self.save,
+            "save_as": self.save_as_dialog,
+            "import": self.import_dialog,
+            "export_legacy": lambda: self.export_dialog("legacy"),
+            "export_3dngmic": lambda: self.export_dialog("3dngmic"),
+            "reference": self.reference_dialog,
+            "clear_reference": lambda: self.document.set_reference(None),
+            "voxel_size": self.voxel_size_dialog,
+            "next_image": lambda: self.step_image(1),
+            "previous_image": lambda: self.step_image(-1),
+            "refresh_project": self.refresh_project,
+            "screenshot": self.screenshot_dialog,
+            "quit": self.close,
+            "undo": self.undo,
+            "redo": self.redo,
+            "delete": self.delete_selected,
+            "delete_at": self.delete_at_cursor,
+            "repair": self.repair,
+            "cancel": self.cancel,
+            "select_all": self.model.select_all,
+            "next_pair": lambda: self.annotation_panel.next_pair(1),
+            "previous_pair": lambda: self.annotation_panel.next_pair(-1),
+            "place_mode": self.state.set_place_mode,
+            "place_nucleus": lambda: self.place_at_cursor("nucleus"),
+            "place_golgi": lambda: self.place_at_cursor("golgi"),
+            "snap": lambda on: self.state.set_snap(on=on),
+            "mip": self.state.set_mip,
+            "fit": self.ortho.reset_zoom,
+            "slice_up": lambda: self.step_slice(1),
+            "slice_down": lambda: self.step_slice(-1),
+            "evaluation_colours": self.set_evaluation_colours,
+            "render_mip": self.set_3d_mip,
+            "planes": self.set_3d_planes,
+            "slab": self.set_3d_slab,
+            "slab_next_axis": lambda: self.set_3d_slab_axis(
+                (self.viewer3d.slab_axis + 1) % 3 if self.viewer3d else 0),
+            "reset_3d": self.reset_3d_camera,
+            "shortcuts": self.show_shortcuts,
+            "about": self.show_about,
+        }
         for index in range(4):
-            a(f"channel_{index + 1}", f"Show/hide channel {index + 1}",
-              lambda _=False, i=index: self.toggle_channel(i), str(index + 1), "View")
-        a("evaluation_colours", "Colour by evaluation (TP/FP/FN)", self.set_evaluation_colours, "E", "Analysis",
-          checkable=True)
-        a("render_mip", "3D: maximum intensity", self.set_3d_mip, "R", "3D view", checkable=True)
-        a("planes", "3D: slice planes", self.set_3d_planes, "O", "3D view", checkable=True)
-        a("slab", "3D: clip to a slab around the crosshair", self.set_3d_slab, "C", "3D view", checkable=True)
-        self.slab_axis_group = QtGui.QActionGroup(self)
+            slots[f"channel_{index + 1}"] = lambda _=False, i=index: self.toggle_channel(i)
         for axis, letter in enumerate("zyx"):
-            action = a(f"slab_{letter}", f"3D: slab across {letter}",
-                       lambda on, i=axis: on and self.set_3d_slab_axis(i), None, "3D view", checkable=True)
-            self.slab_axis_group.addAction(action)
-        self.actions["slab_z"].setChecked(True)
-        a("slab_next_axis", "3D: slab across the next axis (z → y → x)",
-          lambda: self.set_3d_slab_axis((self.viewer3d.slab_axis + 1) % 3 if self.viewer3d else 0), "Shift+C",
-          "3D view")
-        a("reset_3d", "3D: reset camera", self.reset_3d_camera, "Shift+F", "3D view")
-        a("shortcuts", "&Keyboard shortcuts", self.show_shortcuts, [K.HelpContents, "?"], "Help")
-        a("about", "&About CellPol Studio", self.show_about, None, "Help")
-        for name, short in (("mip", "MIP"), ("render_mip", "3D MIP"), ("planes", "3D planes"),
-                            ("slab", "3D slab"), ("open", "Open"), ("save", "Save")):
-            self.actions[name].setIconText(short)
-        self.actions["snap"].setChecked(self.state.snap)
-        self.actions["redo"].setEnabled(False)
-        self.actions["clear_reference"].setEnabled(False)
+            slots[f"slab_{letter}"] = lambda on, i=axis: on and self.set_3d_slab_axis(i)
+        return slots
 
-    def _create_menus(self) -> None:
-        bar = self.menuBar()
-        file = bar.addMenu("&File")
-        for name in ("open", "open_project", "new_project", "demo"):
-            file.addAction(self.actions[name])
-        self.recent_menu = file.addMenu("Open &recent")
-        self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
-        file.addSeparator()
-        for name in ("save", "save_as", "import"):
-            file.addAction(self.actions[name])
-        export = file.addMenu("&Export vectors as")
-        export.addAction(self.actions["export_legacy"])
-        export.addAction(self.actions["export_3dngmic"])
-        file.addSeparator()
-        for name in ("previous_image", "next_image"):
-            file.addAction(self.actions[name])
-        file.addSeparator()
-        file.addAction(self.actions["voxel_size"])
-        file.addAction(self.actions["screenshot"])
-        file.addSeparator()
-        file.addAction(self.actions["quit"])
-        edit = bar.addMenu("&Edit")
-        for name in ("undo", "redo", None, "delete", "delete_at", "repair", "cancel", None, "select_all",
-                     "next_pair", "previous_pair"):
-            edit.addSeparator() if name is None else edit.addAction(self.actions[name])
-        annotate = bar.addMenu("&Annotate")
-        for name in ("place_mode", "place_nucleus", "place_golgi", "snap"):
-            annotate.addAction(self.actions[name])
-        analysis = bar.addMenu("A&nalysis")
-        for name in ("reference", "clear_reference", "evaluation_colours"):
-            analysis.addAction(self.actions[name])
-        view = bar.addMenu("&View")
-        for name in ("mip", "fit", "slice_up", "slice_down", None, "channel_1", "channel_2", None,
-                     "render_mip", "planes", "slab", "slab_z", "slab_y", "slab_x", "reset_3d"):
-            view.addSeparator() if name is None else view.addAction(self.actions[name])
-        self.view_menu = view
-        help_menu = bar.addMenu("&Help")
-        help_menu.addAction(self.actions["shortcuts"])
-        help_menu.addAction(self.actions["about"])
+    def _dock(self, title: str, name: str, widget: QtWidgets.QWidget) -> QtWidgets.QDockWidget:
+        """A dock holding ``widget``; ``name`` keys it in the saved window layout."""
+        dock = QtWidgets.QDockWidget(title, self)
+        dock.setObjectName(name)
+        dock.setWidget(widget)
+        return dock
 
     def _create_docks(self) -> None:
         self.channel_controls = ChannelControls(self.state)
@@ -266,35 +184,25 @@ class MainWindow(QtWidgets.QMainWindow):
         scroll = QtWidgets.QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setWidget(self.channel_controls)
-        self.channel_dock = QtWidgets.QDockWidget("Channels", self)
-        self.channel_dock.setObjectName("channels_dock")
-        self.channel_dock.setWidget(scroll)
+        self.channel_dock = self._dock("Channels", "channels_dock", scroll)
         self.addDockWidget(QtCore.Qt.DockWidgetArea.RightDockWidgetArea, self.channel_dock)
         self.annotation_panel = AnnotationPanel(self.state, self.actions)
-        self.vectors_dock = QtWidgets.QDockWidget("Vectors", self)
-        self.vectors_dock.setObjectName("vectors_dock")
-        self.vectors_dock.setWidget(self.annotation_panel)
+        self.vectors_dock = self._dock("Vectors", "vectors_dock", self.annotation_panel)
         right = QtCore.Qt.DockWidgetArea.RightDockWidgetArea
         docks = [self.vectors_dock, self.channel_dock]
         if self.viewer3d is not None:
-            self.view3d_dock = QtWidgets.QDockWidget("3D view", self)
-            self.view3d_dock.setObjectName("view3d_dock")
-            self.view3d_dock.setWidget(self.viewer3d)
+            self.view3d_dock = self._dock("3D view", "view3d_dock", self.viewer3d)
             self.addDockWidget(right, self.view3d_dock)
             docks.insert(0, self.view3d_dock)
         self.addDockWidget(right, self.vectors_dock)
         self.addDockWidget(right, self.channel_dock)
         self.project_panel = ProjectPanel(self.actions)
-        self.project_dock = QtWidgets.QDockWidget("Project", self)
-        self.project_dock.setObjectName("project_dock")
-        self.project_dock.setWidget(self.project_panel)
+        self.project_dock = self._dock("Project", "project_dock", self.project_panel)
         self.addDockWidget(QtCore.Qt.DockWidgetArea.LeftDockWidgetArea, self.project_dock)
         self.project_dock.hide()  # shown when a project is opened
         docks.append(self.project_dock)
         self.evaluation_panel = EvaluationPanel(self.document, self.actions)
-        self.evaluation_dock = QtWidgets.QDockWidget("Comparison", self)
-        self.evaluation_dock.setObjectName("evaluation_dock")
-        self.evaluation_dock.setWidget(self.evaluation_panel)
+        self.evaluation_dock = self._dock("Comparison", "evaluation_dock", self.evaluation_panel)
         self.addDockWidget(right, self.evaluation_dock)
         self.tabifyDockWidget(self.channel_dock, self.evaluation_dock)
         self.evaluation_dock.hide()  # shown when a reference is loaded
@@ -308,45 +216,21 @@ class MainWindow(QtWidgets.QMainWindow):
         for dock in docks:
             self.view_menu.addAction(dock.toggleViewAction())
 
-    def _create_toolbars(self) -> None:
-        toolbar = self.addToolBar("Main")
-        toolbar.setObjectName("main_toolbar")
-        toolbar.setToolButtonStyle(QtCore.Qt.ToolButtonStyle.ToolButtonTextOnly)
-        for name in ("open", "save", None, "undo", "redo", None, "place_mode", "snap", "mip", None,
-                     "render_mip", "planes", "slab"):
-            toolbar.addSeparator() if name is None else toolbar.addAction(self.actions[name])
-        self.main_toolbar = toolbar
-
-    def _create_status_bar(self) -> None:
-        status = self.statusBar()
-        self.position_label = QtWidgets.QLabel()
-        self.position_label.setMinimumWidth(420)
-        self.mode_label = QtWidgets.QLabel()
-        self.autosave_label = QtWidgets.QLabel()
-        self.autosave_label.setStyleSheet("color: #777;")
-        status.addPermanentWidget(self.mode_label)
-        status.addPermanentWidget(self.position_label)
-        status.addPermanentWidget(self.autosave_label)
-        status.showMessage("Ready")
-
     def _connect(self) -> None:
-        state = self.state
-        state.hover_changed.connect(self._show_position)
-        state.cursor_changed.connect(lambda _c: self._show_position(state.hover))
-        state.message.connect(lambda text: self.statusBar().showMessage(text, 5000))
+        state, status = self.state, self.status_bar
         state.history_changed.connect(self._update_history)
-        state.pending_changed.connect(lambda _p: (self._update_mode(), self._update_history()))
-        state.options_changed.connect(self._update_mode)
+        state.pending_changed.connect(lambda _p: (self._sync_mode_actions(), self._update_history()))
+        state.options_changed.connect(self._sync_mode_actions)
         state.overlay_changed.connect(self._sync_evaluation_action)
-        self.document.status.connect(lambda text: self.statusBar().showMessage(text, 8000))
-        self.document.autosaved.connect(self._on_autosaved)
+        self.document.status.connect(lambda text: status.showMessage(text, 8000))
+        self.document.autosaved.connect(status.show_autosaved)
         self.document.document_changed.connect(self._on_document_changed)
         self.document.saved.connect(lambda _path: self._update_project_row())
         self.project_panel.open_requested.connect(self.open_project_image)
         state.pairs_changed.connect(lambda *_: self._update_project_row())
         state.history_changed.connect(self._update_project_row)
         if self.viewer3d is not None:
-            self.viewer3d.picked.connect(lambda pid, which: self.statusBar().showMessage(
+            self.viewer3d.picked.connect(lambda pid, which: status.showMessage(
                 f"Pair {pid} ({which}) picked in 3D.", 4000))
 
     # ------------------------------------------------------------------------------------------
@@ -531,8 +415,6 @@ class MainWindow(QtWidgets.QMainWindow):
         volume = self.state.volume
         if volume is None:
             return
-        from app.ui.dialogs import VoxelSizeDialog
-
         info = {"path": self.document.image_path or "", "shape": volume.data.shape, "axes": "CZYX",
                 "dtype": str(volume.data.dtype), "voxel_size_problem": f"now {volume.voxel_size}"}
         dialog = VoxelSizeDialog(info, volume.voxel_size, parent=self)
@@ -690,40 +572,16 @@ class MainWindow(QtWidgets.QMainWindow):
             self.viewer3d.reset_camera()
 
     # ------------------------------------------------------------------------------------------
-    # Status
+    # Following the model and the document
     # ------------------------------------------------------------------------------------------
-    def _show_position(self, hover) -> None:
-        volume = self.state.volume
-        if volume is None:
-            self.position_label.setText("")
-            return
-        position = hover[1] if hover is not None else self.state.cursor
-        z, y, x = (int(round(v)) for v in position)
-        vz, vy, vx = volume.voxel_size
-        values = volume.data[:, z, y, x]
-        intensities = "  ".join(f"{name} {value:g}" for name, value in zip(volume.channel_names, values.tolist()))
-        where = "" if hover is not None else "crosshair "
-        self.position_label.setText(
-            f"{where}x {x} y {y} z {z} vox · {x * vx:.2f}, {y * vy:.2f}, {z * vz:.2f} µm · {intensities}")
-
-    def _update_mode(self) -> None:
-        parts = []
-        if self.state.place_mode:
-            parts.append("PLACE" + (" Golgi" if self.model.pending_nucleus is not None else " nucleus"))
-        elif self.model.pending_nucleus is not None:
-            parts.append("Golgi next")
-        if self.state.snap:
-            parts.append(f"snap {self.state.snap_radius_um:g} µm")
-        self.mode_label.setText(" · ".join(parts))
-        action = self.actions["place_mode"]
-        if action.isChecked() != self.state.place_mode:
-            action.blockSignals(True)
-            action.setChecked(self.state.place_mode)
-            action.blockSignals(False)
-        if self.actions["snap"].isChecked() != self.state.snap:
-            self.actions["snap"].blockSignals(True)
-            self.actions["snap"].setChecked(self.state.snap)
-            self.actions["snap"].blockSignals(False)
+    def _sync_mode_actions(self) -> None:
+        """The Place mode and Snap actions follow the state, however it was changed."""
+        for name, on in (("place_mode", self.state.place_mode), ("snap", self.state.snap)):
+            action = self.actions[name]
+            if action.isChecked() != on:
+                action.blockSignals(True)
+                action.setChecked(on)
+                action.blockSignals(False)
 
     def _update_history(self) -> None:
         model = self.model
@@ -733,10 +591,6 @@ class MainWindow(QtWidgets.QMainWindow):
         undo.setText(f"&Undo {model.undo_stack.undo_text}".rstrip())
         redo.setText(f"&Redo {model.undo_stack.redo_text}".rstrip())
         self.setWindowModified(model.is_dirty)
-
-    def _on_autosaved(self, path: str) -> None:
-        self.autosave_label.setText(f"autosaved {time.strftime('%H:%M:%S')}")
-        self.autosave_label.setToolTip(path)
 
     def _on_document_changed(self) -> None:
         self.stack.setCurrentWidget(self.ortho if self.state.volume is not None else self.welcome)
@@ -754,23 +608,21 @@ class MainWindow(QtWidgets.QMainWindow):
             title = f"{title} — {project.name}" if title else project.name
         self.setWindowTitle(f"{title}[*] — CellPol Studio" if title else f"CellPol Studio {__version__}")
         self._update_history()
-        self._update_mode()
-        self._show_position(None)
+        self.status_bar.show_mode()
+        self._sync_mode_actions()
+        self.status_bar.show_position(None)
         if self.state.volume is not None:
             self.statusBar().showMessage(self.state.volume.describe(), 6000)
 
+    # --- help ---------------------------------------------------------------------------------
     def show_shortcuts(self) -> ShortcutsDialog:
         dialog = ShortcutsDialog(self.shortcut_rows(), self)
         dialog.show()
         return dialog
 
     def shortcut_rows(self) -> list[tuple[str, str, str]]:
-        rows = []
-        for name, action in self.actions.items():
-            keys = ", ".join(native_text(s) for s in action.shortcuts() if not s.isEmpty())
-            if keys:
-                rows.append((keys, action.text().replace("&", ""), self._action_groups.get(name, "")))
-        return rows
+        """``(keys, action, group)`` of every action with a shortcut."""
+        return shortcut_rows(self.actions)
 
     def show_about(self) -> None:
         QtWidgets.QMessageBox.about(
@@ -827,50 +679,6 @@ def _as_bool(value) -> bool:
     return bool(value)
 
 
-# ------------------------------------------------------------------------------------------------
-# Screenshots and the entry point
-# ------------------------------------------------------------------------------------------------
-def grab_window(window: MainWindow) -> QtGui.QImage:
-    """The whole window as an image, VTK view included.
-
-    On a real display (or Xvfb) the window is grabbed from the screen (``QWidget.grab`` would show garbage
-    where VTK draws with OpenGL). On the offscreen platform there is no screen: the Qt widgets are
-    rendered with ``grab`` and the VTK image from ``vtkWindowToImageFilter`` is pasted over its area.
-    """
-    app = QtWidgets.QApplication.instance()
-    viewer = window.viewer3d
-    if viewer is not None:
-        viewer.render()
-    app.processEvents()
-    from app.ui.viewer3d import headless_platform
-
-    if not headless_platform():
-        screen = window.screen() or QtGui.QGuiApplication.primaryScreen()
-        image = screen.grabWindow(window.winId()).toImage()
-        if not image.isNull():
-            return image
-    image = window.grab().toImage().convertToFormat(QtGui.QImage.Format.Format_RGB888)
-    if viewer is not None and viewer.isVisible():
-        rgb = np.ascontiguousarray(viewer.grab_image())
-        height, width = rgb.shape[:2]
-        vtk_image = QtGui.QImage(rgb.data, width, height, 3 * width, QtGui.QImage.Format.Format_RGB888).copy()
-        top_left = viewer.vtk_widget.mapTo(window, QtCore.QPoint(0, 0))
-        painter = QtGui.QPainter(image)
-        target = QtCore.QRectF(top_left.x(), top_left.y(), viewer.vtk_widget.width(), viewer.vtk_widget.height())
-        painter.drawImage(target, vtk_image)
-        painter.end()
-    return image
-
-
-def save_screenshot(window: MainWindow, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image = grab_window(window)
-    if not image.save(str(path)):
-        raise CellPolError(f"Cannot write the screenshot to {path}.")
-    return path
-
-
 def run_app(files: Sequence[str] = (), demo: bool = False, screenshot: Optional[str] = None) -> int:
     """Open the main window (on ``files``, or the demo) and run the event loop; returns the exit status.
 
@@ -885,8 +693,6 @@ def run_app(files: Sequence[str] = (), demo: bool = False, screenshot: Optional[
     settings = None
     if scripted:
         # A scripted run looks the same every time: default layout, nothing remembered.
-        import tempfile
-
         scratch = tempfile.TemporaryDirectory(prefix="cellpol-screenshot-")
         settings = QtCore.QSettings(str(Path(scratch.name) / "settings.ini"), QtCore.QSettings.Format.IniFormat)
     window = MainWindow(settings=settings)

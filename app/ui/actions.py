@@ -1,0 +1,241 @@
+"""The window's commands as data: text, keys, tips and group of each action, and where menus and the toolbar
+show them.
+
+The main window gives each command its slot and gets a ``{name: QAction}`` dict back
+(:func:`create_actions`); panels put buttons on the same actions (:func:`app.ui.widgets.action_buttons`), so a
+command has one text, one shortcut and one enabled state wherever it appears. The keyboard-shortcuts dialog
+lists them from here too (:func:`shortcut_rows`), so it is always current.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping, Optional, Sequence, Union
+
+from PySide6 import QtCore, QtGui, QtWidgets
+
+from app.ui.dialogs import native_text
+
+StandardKey = QtGui.QKeySequence.StandardKey
+Shortcut = Union[str, QtGui.QKeySequence.StandardKey]
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    """One command of the window.
+
+    Attributes
+    ----------
+    name : str
+        Key in the window's ``actions`` dict (and in the slots it passes to :func:`create_actions`).
+    text : str
+        Menu text (``&`` marks the mnemonic).
+    group : str
+        The group the shortcuts dialog lists it under.
+    shortcuts : tuple
+        Key sequences (strings or standard keys); the first is the one menus show.
+    checkable : bool
+        A toggle: its slot receives the new state (``toggled``) instead of ``triggered``.
+    tip : str
+        Tooltip and status-bar tip.
+    icon_text : str
+        Shorter text for toolbar buttons.
+    exclusive : str
+        Actions with the same non-empty value form one exclusive :class:`QActionGroup`.
+    """
+
+    name: str
+    text: str
+    group: str
+    shortcuts: tuple[Shortcut, ...] = ()
+    checkable: bool = False
+    tip: str = ""
+    icon_text: str = ""
+    exclusive: str = ""
+
+
+def _spec(name: str, text: str, group: str, shortcuts: Union[None, Shortcut, Sequence[Shortcut]] = None,
+          **options) -> ActionSpec:
+    if shortcuts is None:
+        keys: tuple[Shortcut, ...] = ()
+    elif isinstance(shortcuts, (list, tuple)):
+        keys = tuple(shortcuts)
+    else:
+        keys = (shortcuts,)
+    return ActionSpec(name, text, group, keys, **options)
+
+
+#: Every command of the main window, in the order the shortcuts dialog lists them.
+ACTIONS: tuple[ActionSpec, ...] = (
+    _spec("open", "&Open image…", "File", StandardKey.Open, icon_text="Open"),
+    _spec("open_project", "Open &project…", "File", "Ctrl+Shift+O"),
+    _spec("new_project", "&New project…", "File"),
+    _spec("demo", "Open &demo volume", "File"),
+    _spec("save", "&Save vectors", "File", StandardKey.Save, icon_text="Save"),
+    _spec("save_as", "Save vectors &as…", "File", "Ctrl+Shift+S"),
+    _spec("import", "&Import vectors…", "File", "Ctrl+I",
+          tip="Project CSV, the authors' header-less CSV, or 3DNGMic .npy"),
+    _spec("export_legacy", "Authors' annotation CSV…", "File"),
+    _spec("export_3dngmic", "3DNGMic vectors .npy…", "File"),
+    _spec("reference", "Compare with reference…", "Analysis",
+          tip="Score the pairs against reference vectors (ground truth) as the paper does: TPR/FDR/TP/FP/FN at "
+              "τL = 0 and 5; the markers are coloured TP/FP and the missed reference pairs drawn as FN"),
+    _spec("clear_reference", "Clear comparison", "Analysis"),
+    _spec("voxel_size", "Set voxel size…", "File"),
+    _spec("next_image", "Next image", "Project", "Ctrl+PgDown",
+          tip="Open the next image of the project (the current annotations are saved first)"),
+    _spec("previous_image", "Previous image", "Project", "Ctrl+PgUp",
+          tip="Open the previous image of the project (the current annotations are saved first)"),
+    _spec("refresh_project", "Refresh", "Project", tip="Re-read the project's images and annotation files"),
+    _spec("screenshot", "Save screenshot…", "File"),
+    _spec("quit", "&Quit", "File", StandardKey.Quit),
+
+    _spec("undo", "&Undo", "Edit", ["Ctrl+Z"]),
+    _spec("redo", "&Redo", "Edit", ["Ctrl+Shift+Z", "Ctrl+Y"]),
+    _spec("delete", "Delete selected", "Edit", ["Delete", "Backspace"], tip="Delete the selected pairs"),
+    _spec("delete_at", "Delete pair under the mouse", "Edit", "D"),
+    _spec("repair", "Re-pair", "Edit", "L", tip="Exchange the Golgi of the two selected pairs"),
+    _spec("cancel", "Cancel pair / clear selection", "Edit", "Esc"),
+    _spec("select_all", "Select all pairs", "Edit", StandardKey.SelectAll),
+    _spec("next_pair", "Next pair (table order)", "Edit", ["Tab", "N"]),
+    _spec("previous_pair", "Previous pair", "Edit", ["Shift+Tab", "Shift+N"]),
+
+    _spec("place_mode", "Place mode", "Annotate", "P", checkable=True, tip="Clicks place a nucleus, then its Golgi"),
+    _spec("place_nucleus", "Place nucleus at the mouse", "Annotate", "A"),
+    _spec("place_golgi", "Place Golgi at the mouse", "Annotate", "G"),
+    _spec("snap", "Snap", "Annotate", "S", checkable=True,
+          tip="Snap a placed point to the intensity peak of its channel (nucleus or Golgi) within the radius"),
+
+    _spec("mip", "Maximum intensity projection", "View", "M", checkable=True, icon_text="MIP"),
+    _spec("fit", "Fit views", "View", "F"),
+    _spec("slice_up", "Next slice", "View", ["PgUp", "."]),
+    _spec("slice_down", "Previous slice", "View", ["PgDown", ","]),
+    *(_spec(f"channel_{index + 1}", f"Show/hide channel {index + 1}", "View", str(index + 1)) for index in range(4)),
+    _spec("evaluation_colours", "Colour by evaluation (TP/FP/FN)", "Analysis", "E", checkable=True),
+    _spec("render_mip", "3D: maximum intensity", "3D view", "R", checkable=True, icon_text="3D MIP"),
+    _spec("planes", "3D: slice planes", "3D view", "O", checkable=True, icon_text="3D planes"),
+    _spec("slab", "3D: clip to a slab around the crosshair", "3D view", "C", checkable=True, icon_text="3D slab"),
+    *(_spec(f"slab_{letter}", f"3D: slab across {letter}", "3D view", checkable=True, exclusive="slab_axis")
+      for letter in "zyx"),
+    _spec("slab_next_axis", "3D: slab across the next axis (z → y → x)", "3D view", "Shift+C"),
+    _spec("reset_3d", "3D: reset camera", "3D view", "Shift+F"),
+    _spec("shortcuts", "&Keyboard shortcuts", "Help", [StandardKey.HelpContents, "?"]),
+    _spec("about", "&About CellPol Studio", "Help"),
+)
+
+
+@dataclass(frozen=True)
+class MenuSpec:
+    """A menu: its ``name`` (key of :func:`create_menus`' result), title and items (action names, ``None`` for
+    a separator, or a sub-menu)."""
+
+    name: str
+    title: str
+    items: tuple[Union[str, None, "MenuSpec"], ...] = ()
+
+
+#: The menu bar. "Open recent" is filled by the window when it is shown; the View menu gets the docks after.
+MENUS: tuple[MenuSpec, ...] = (
+    MenuSpec("file", "&File", (
+        "open", "open_project", "new_project", "demo", MenuSpec("recent", "Open &recent"), None,
+        "save", "save_as", "import", MenuSpec("export", "&Export vectors as", ("export_legacy", "export_3dngmic")),
+        None, "previous_image", "next_image", None, "voxel_size", "screenshot", None, "quit")),
+    MenuSpec("edit", "&Edit", (
+        "undo", "redo", None, "delete", "delete_at", "repair", "cancel", None, "select_all", "next_pair",
+        "previous_pair")),
+    MenuSpec("annotate", "&Annotate", ("place_mode", "place_nucleus", "place_golgi", "snap")),
+    MenuSpec("analysis", "A&nalysis", ("reference", "clear_reference", "evaluation_colours")),
+    MenuSpec("view", "&View", (
+        "mip", "fit", "slice_up", "slice_down", None, "channel_1", "channel_2", None,
+        "render_mip", "planes", "slab", "slab_z", "slab_y", "slab_x", "reset_3d")),
+    MenuSpec("help", "&Help", ("shortcuts", "about")),
+)
+
+#: The main toolbar (``None``: a separator).
+TOOLBAR: tuple[Optional[str], ...] = (
+    "open", "save", None, "undo", "redo", None, "place_mode", "snap", "mip", None, "render_mip", "planes", "slab")
+
+_GROUPS = {spec.name: spec.group for spec in ACTIONS}
+
+
+def create_actions(owner: QtWidgets.QWidget, slots: Mapping[str, Callable]) -> dict[str, QtGui.QAction]:
+    """One :class:`QAction` per :data:`ACTIONS` entry, added to ``owner`` and connected to ``slots[name]``.
+
+    Parameters
+    ----------
+    owner : QWidget
+        The window: the actions are its children and their shortcuts work anywhere in it, even for actions
+        in no visible menu.
+    slots : mapping of str to callable
+        What each action does, one per action; a checkable action's slot receives the new state.
+
+    Returns
+    -------
+    dict of str to QAction
+        In :data:`ACTIONS` order.
+
+    Raises
+    ------
+    KeyError
+        If an action has no slot (it would be a menu item that does nothing) or a slot names no action.
+    """
+    missing, unknown = set(_GROUPS) - set(slots), set(slots) - set(_GROUPS)
+    if missing or unknown:
+        raise KeyError(f"Actions without a slot: {sorted(missing)}; slots for no action: {sorted(unknown)}")
+    actions: dict[str, QtGui.QAction] = {}
+    exclusive: dict[str, QtGui.QActionGroup] = {}
+    for spec in ACTIONS:
+        action = QtGui.QAction(spec.text, owner)
+        if spec.shortcuts:
+            action.setShortcuts([QtGui.QKeySequence(s) for s in spec.shortcuts])
+            action.setShortcutContext(QtCore.Qt.ShortcutContext.WindowShortcut)
+        action.setCheckable(spec.checkable)
+        if spec.tip:
+            action.setToolTip(spec.tip)
+            action.setStatusTip(spec.tip)
+        if spec.icon_text:
+            action.setIconText(spec.icon_text)
+        (action.toggled if spec.checkable else action.triggered).connect(slots[spec.name])
+        if spec.exclusive:
+            if spec.exclusive not in exclusive:
+                exclusive[spec.exclusive] = QtGui.QActionGroup(owner)
+            exclusive[spec.exclusive].addAction(action)
+        owner.addAction(action)
+        actions[spec.name] = action
+    return actions
+
+
+def create_menus(bar: QtWidgets.QMenuBar, actions: Mapping[str, QtGui.QAction]) -> dict[str, QtWidgets.QMenu]:
+    """Fill ``bar`` with :data:`MENUS`; returns every menu, sub-menus included, by name."""
+    menus: dict[str, QtWidgets.QMenu] = {}
+
+    def fill(menu: QtWidgets.QMenu, spec: MenuSpec) -> None:
+        menus[spec.name] = menu
+        for item in spec.items:
+            if item is None:
+                menu.addSeparator()
+            elif isinstance(item, MenuSpec):
+                fill(menu.addMenu(item.title), item)
+            else:
+                menu.addAction(actions[item])
+
+    for spec in MENUS:
+        fill(bar.addMenu(spec.title), spec)
+    return menus
+
+
+def fill_toolbar(toolbar: QtWidgets.QToolBar, actions: Mapping[str, QtGui.QAction]) -> None:
+    """Put the :data:`TOOLBAR` actions on ``toolbar``, as text buttons."""
+    toolbar.setToolButtonStyle(QtCore.Qt.ToolButtonStyle.ToolButtonTextOnly)
+    for name in TOOLBAR:
+        toolbar.addSeparator() if name is None else toolbar.addAction(actions[name])
+
+
+def shortcut_rows(actions: Mapping[str, QtGui.QAction]) -> list[tuple[str, str, str]]:
+    """``(keys, action, group)`` for every action with a shortcut, as the shortcuts dialog lists them."""
+    rows = []
+    for name, action in actions.items():
+        keys = ", ".join(native_text(s) for s in action.shortcuts() if not s.isEmpty())
+        if keys:
+            rows.append((keys, action.text().replace("&", ""), _GROUPS.get(name, "")))
+    return rows
