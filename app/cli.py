@@ -38,6 +38,31 @@ def _channel_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+#: How each setting that core messages name (CellPolError.settings) is given on the command line.
+SETTING_FLAGS = {
+    "voxel_size": "--voxel-size Z Y X", "axes": "--axes AXES", "nucleus_channel": "--nucleus-channel N",
+    "golgi_channel": "--golgi-channel G", "device": "--device", "window": "--window Z Y X",
+    "batch_size": "--batch-size N", "method": "--method", "model": "--model PATH", "overwrite": "--overwrite",
+    "images_dir": "--images DIR", "border_margin_um": "--border-margin", "zero_based": "--zero-based",
+    "init": "--init", "calibrate": "--calibrate", "images": "--images DIR", "project": "--project DIR",
+    "val_images": "--val-images DIR", "val_vectors": "--val-vectors DIR",
+}
+
+
+def flag_hint(exc: BaseException) -> str:
+    """`` (command line: --device cpu)`` for the settings an error names; ``""`` when it names none."""
+    flags = []
+    for name, value in (getattr(exc, "settings", None) or {}).items():
+        flag = SETTING_FLAGS.get(name)
+        if flag is None:
+            continue
+        if value is True or value is None:
+            flags.append(flag)
+        else:
+            flags.append(f"{flag.split()[0]} {value}")
+    return f" (command line: {' or '.join(flags)})" if flags else ""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cellpol",
@@ -223,7 +248,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with _warnings_as_lines():
             return handlers[args.command](args)
     except CellPolError as exc:
-        print(f"cellpol: error: {exc}", file=sys.stderr)
+        print(f"cellpol: error: {exc}{flag_hint(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:  # a read or write the job did not expect to fail: still one clear line
         from app.core.fileutil import describe_os_error
@@ -394,7 +419,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         if isinstance(event, ItemDone):
             records.append(event.item)
             if event.item.status == "failed":
-                say(f"FAILED {event.item.image}: {event.item.error}")
+                say(f"FAILED {event.item.image}: {event.item.error}{flag_hint(event.item)}")
 
     try:
         _drive(predict_batch(images, args.out, predictor, options, provenance, overwrite=args.overwrite),

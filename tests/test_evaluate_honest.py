@@ -180,7 +180,12 @@ def test_unknown_image_size_stops_the_run_with_one_message(bare_folders):
         evaluate_folders(*bare_folders)
     message = str(info.value)
     assert message.startswith("Cannot apply the 7 µm border exclusion to 2 image(s) whose size is unknown: a (")
-    assert "b (" in message and "--images DIR" in message and "border margin of 0" in message
+    assert "b (" in message and "folder of the images" in message and "border margin of 0" in message
+    # The message names the settings; the command line adds its flags.
+    assert info.value.settings == {"images_dir": None, "border_margin_um": 0}
+    from app.cli import flag_hint
+
+    assert flag_hint(info.value) == " (command line: --images DIR or --border-margin 0)"
     assert "Traceback" not in message and "\n" not in message
 
 

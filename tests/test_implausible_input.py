@@ -157,7 +157,8 @@ def test_a_voxel_size_in_nm_from_the_file_says_where_it_came_from(tmp_path: Path
         read_volume(path)
     message = str(info.value)
     assert isinstance(info.value, MissingVoxelSizeError)  # the app asks for a voxel size, as for none
-    assert "ImageJ unit 'um'" in message and "300 × 100 × 100 µm" in message and "--voxel-size Z Y X" in message
+    assert "ImageJ unit 'um'" in message and "300 × 100 × 100 µm" in message and "give the voxel size" in message
+    assert info.value.settings == {"voxel_size": None}  # the command line adds --voxel-size Z Y X
     assert "no voxel size found" not in message
     assert read_volume(path, voxel_size=(0.3, 0.1, 0.1)).voxel_size == (0.3, 0.1, 0.1)
     info_dict = read_image_info(path)

@@ -104,6 +104,8 @@ class BatchRecord:
     mean_length_um: float = math.nan
     seconds: float = 0.0
     error: str = ""
+    #: The settings the error asks to change (:attr:`CellPolError.settings`).
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -194,7 +196,8 @@ def predict_batch(
         except CancelledError:
             raise
         except CellPolError as exc:
-            yield finish(BatchRecord(image, None, "failed", seconds=time.perf_counter() - started, error=str(exc)))
+            yield finish(BatchRecord(image, None, "failed", seconds=time.perf_counter() - started, error=str(exc),
+                                     settings=exc.settings))
             continue
         except MemoryError:
             yield finish(BatchRecord(
@@ -250,7 +253,8 @@ def _existing_output(image: Path, target: Path, overwrite: bool) -> Optional[Bat
         if overwrite:
             return None
         return BatchRecord(image, target, "failed",
-                           error=f"{target} exists but cannot be read ({exc}); overwrite it to recompute.")
+                           error=f"{target} exists but cannot be read ({exc}); overwrite it to recompute.",
+                           settings={"overwrite": True})
     content = vectors_content(pairs.meta, pairs.sources)
     human = {str(s) for s in pairs.sources} & set(HUMAN_SOURCES)
     if content in ("annotation", "ground-truth", "autosave") or human:
@@ -265,14 +269,15 @@ def _existing_output(image: Path, target: Path, overwrite: bool) -> Optional[Bat
     if recorded is None or content != "prediction":
         return BatchRecord(image, target, "failed",
                            error=f"{target} exists but does not say which image it was predicted from; "
-                                 "overwrite it to recompute, or choose another output folder.")
+                                 "overwrite it to recompute, or choose another output folder.",
+                           settings={"overwrite": True})
     if (os.path.normcase(str(recorded)) != os.path.normcase(current["image"])
             or (recorded_size is not None and recorded_size != current["image_size_bytes"])):
         changed = "was predicted from" if os.path.normcase(str(recorded)) != os.path.normcase(current["image"]) \
             else "was predicted from an earlier version of"
         return BatchRecord(image, target, "failed",
                            error=f"{target} {changed} {recorded}, not this image ({image}); overwrite it to "
-                                 "recompute, or choose another output folder.")
+                                 "recompute, or choose another output folder.", settings={"overwrite": True})
     return BatchRecord(image, target, "skipped", len(pairs), _mean_length(pairs))
 
 

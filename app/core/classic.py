@@ -108,7 +108,8 @@ def predict_classic(volume: Volume, params: Optional[ClassicParams] = None) -> P
     if volume.nucleus_channel is None or volume.golgi_channel is None:
         raise CellPolError(
             f"Classic prediction needs a nucleus and a Golgi channel; this image has {volume.n_channels} "
-            "channel(s). Choose them with --nucleus-channel and --golgi-channel."
+            "channel(s). Choose the nucleus and the Golgi channel.",
+            settings={"nucleus_channel": None, "golgi_channel": None},
         )
     nuclei = detect_objects(volume.nucleus, volume.voxel_size, params.smooth_sigma_um, params.min_nucleus_volume_um3)
     golgi = detect_objects(volume.golgi, volume.voxel_size, params.smooth_sigma_um, params.min_golgi_volume_um3)

@@ -6,11 +6,24 @@ The CLI prints ``str(error)`` and exits non-zero; the GUI shows it in one dialog
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 
 class CellPolError(Exception):
-    """Base class for problems with the user's input, files or environment."""
+    """Base class for problems with the user's input, files or environment.
+
+    The message names what to change in words ("choose the CPU as the device"), never a command-line flag
+    or a widget: ``settings`` names the settings it asks to change, with the value to give where there is
+    one (``{"device": "cpu"}``; ``None``: a value of the user's), and each front end adds how to set them
+    (the CLI its flags, the window its fields).
+    """
+
+    settings: dict[str, Any] = {}
+
+    def __init__(self, *args: Any, settings: Optional[dict[str, Any]] = None) -> None:
+        super().__init__(*args)
+        if settings:
+            self.settings = dict(settings)
 
 
 class FileFormatError(CellPolError):
@@ -20,16 +33,16 @@ class FileFormatError(CellPolError):
 class MissingVoxelSizeError(CellPolError):
     """The image carries no voxel size and the caller gave none.
 
-    The GUI catches this to ask the user; the CLI tells them to pass ``--voxel-size Z Y X``.
+    The GUI catches this to ask the user; the CLI tells them how to give it.
     """
 
     def __init__(self, path: str, detail: str = "") -> None:
         self.path = str(path)
         message = (
             f"{self.path}: no voxel size found in the file's metadata{detail}. "
-            "Give it explicitly (CLI: --voxel-size Z Y X in µm)."
+            "Give the voxel size (z, y, x in µm)."
         )
-        super().__init__(message)
+        super().__init__(message, settings={"voxel_size": None})
 
 
 class ChannelError(CellPolError):

@@ -735,7 +735,7 @@ def _resolve_voxel_size(gt: PairSet, pred: PairSet, voxel_size: Optional[Sequenc
     if resolved is None:
         raise CellPolError(
             "Neither the ground truth nor the prediction carries a voxel size, and none was given; "
-            "scoring needs distances in µm (CLI: --voxel-size Z Y X)."
+            "scoring needs distances in µm: give the voxel size.", settings={"voxel_size": None}
         )
     return resolved
 
@@ -877,7 +877,8 @@ def score_pairs(
             raise CellPolError(
                 f"Cannot apply the {border_margin_um:g} µm border exclusion: the image size is unknown (the "
                 "vectors' sidecars record no image_shape_zyx and no image shape was given). Give the image "
-                "size (or the images; CLI: --images DIR), or a border margin of 0 to keep every pair."
+                "size (or the images), or a border margin of 0 to keep every pair.",
+                settings={"images_dir": None, "border_margin_um": 0},
             )
         warnings.append("image size unknown: points not checked against the image bounds")
     else:
@@ -1070,7 +1071,7 @@ def _read_image_shape(path: Path, axes: Optional[str]) -> tuple[Optional[tuple[i
         return tuple(int(d) for d in volume.spatial_shape), ""  # type: ignore[return-value]
     info = read_image_info(path)
     if info["czyx_shape"] is None:
-        return None, f"cannot tell the axes of {path.name} (give the image axes; CLI: --axes)"
+        return None, f"cannot tell the axes of {path.name} (give the images' axis order)"
     return tuple(int(d) for d in info["czyx_shape"][1:]), ""  # type: ignore[return-value]
 
 
@@ -1255,8 +1256,8 @@ def evaluate_job(
         listed = "; ".join(unknown[:5]) + (f"; and {len(unknown) - 5} more" if len(unknown) > 5 else "")
         raise CellPolError(
             f"Cannot apply the {border_margin_um:g} µm border exclusion to {len(unknown)} image(s) whose size is "
-            f"unknown: {listed}. Give the folder of the images (CLI: --images DIR) so their sizes can be read, "
-            "or a border margin of 0 (--border-margin 0) to keep every pair."
+            f"unknown: {listed}. Give the folder of the images so their sizes can be read, or a border margin "
+            "of 0 to keep every pair.", settings={"images_dir": None, "border_margin_um": 0}
         )
 
     scores: list[ImageScore] = []

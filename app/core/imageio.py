@@ -116,7 +116,7 @@ class ImplausibleVoxelSizeError(MissingVoxelSizeError):
 
     def __init__(self, path: str | os.PathLike, message: str) -> None:
         self.path = str(path)
-        CellPolError.__init__(self, message)
+        CellPolError.__init__(self, message, settings={"voxel_size": None})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -245,7 +245,7 @@ def read_volume(
                     path,
                     f"{path}: the voxel size in the file's metadata is unusable: {voxel_problem}. The file's "
                     "calibration is probably wrong (e.g. saved with a wrong unit); give the voxel size "
-                    "explicitly (CLI: --voxel-size Z Y X in µm), which overrides the file's.",
+                    "(z, y, x in µm), which overrides the file's.",
                 )
             raise MissingVoxelSizeError(str(path), f" ({voxel_problem})")
         data = raw.load()

@@ -558,7 +558,7 @@ def read_legacy_csv(
         raise FileFormatError(
             f"{path}, line {line + 1}: {names[column]} = {values[line, column]:g}, which 1-based coordinates never "
             "hold (it would lie outside the image). The file is probably 0-based, as the annotation tool saves: "
-            "import it as 0-based (command line: --zero-based).")
+            "import it as 0-based.", settings={"zero_based": True})
     col_n, row_n, col_g, row_g, z_n, z_g = (values[:, k] - offset for k in range(6))
     nuclei = np.stack([z_n, row_n, col_n], axis=1)
     golgi = np.stack([z_g, row_g, col_g], axis=1)

@@ -314,7 +314,7 @@ def split_by_image(images: Sequence[AnnotatedImage], seed: int = 0, fraction: fl
         which = images[annotated[0]] if annotated else images[0]
         note = (f"Only one {'image' if len(images) < 2 else 'image with pairs'} ({which.name}): validating on the "
                 "training image itself, so the validation figures are optimistic. Add a second annotated image "
-                "(or --val-images) for an honest estimate.")
+                "(or validation images) for an honest estimate.")
         return Split(images, [which], "training-image", note)
     if not 0.0 < fraction < 1.0:
         raise CellPolError(f"The validation fraction must be between 0 and 1, got {fraction}.")
@@ -351,7 +351,8 @@ def match_training_files(images: Union[PathLike, Sequence[PathLike], None], vect
     """:func:`match_files` (or :func:`match_project`) for the training and the optional validation images;
     they must not overlap."""
     if val_images is None and val_vectors is not None:
-        raise CellPolError("--val-vectors needs --val-images.")
+        raise CellPolError("A folder of validation vectors needs validation images too.",
+                           settings={"val_images": None})
     if project is not None:
         if images is not None or vectors is not None:
             raise CellPolError("Give either a project or training images and vectors, not both.")
@@ -359,7 +360,8 @@ def match_training_files(images: Union[PathLike, Sequence[PathLike], None], vect
         if unannotated and notes is not None:
             notes.append(f"{unannotated} image(s) of the project have no annotations yet and are left out.")
     elif images is None:
-        raise CellPolError("No training images given (--images DIR, or --project DIR).")
+        raise CellPolError("No training images given: give the images, or a project.",
+                           settings={"images": None, "project": None})
     else:
         train_files = match_files(images, vectors, "training")
     val_files = match_files(val_images, val_vectors, "validation") if val_images is not None else []

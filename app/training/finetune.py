@@ -373,8 +373,8 @@ def resolve_init(init: Optional[PathLike]) -> tuple[Optional[Path], bool]:
         return find_starter_model(), True
     json_path, _ = model_paths(init)
     if not json_path.is_file():
-        raise CellPolError(f"--init {init}: no such model file (expected {json_path}); use --init none to train "
-                           "from scratch.")
+        raise CellPolError(f"The model to start from, {init}, does not exist (expected {json_path}); give another, "
+                           "or none to train from scratch.", settings={"init": "none"})
     return json_path, False
 
 
@@ -485,7 +485,8 @@ def run_training(options: TrainingOptions, cancel: Optional[CancelToken] = None,
     paths = output_paths(opts.out)
     steps = opts.steps
     if paths["model"].exists() and not opts.overwrite:
-        raise CellPolError(f"{paths['model']} already exists; choose another output, or replace it (--overwrite).")
+        raise CellPolError(f"{paths['model']} already exists; choose another output, or replace it.",
+                           settings={"overwrite": True})
     ensure_folder(paths["model"].parent)  # a read-only or misplaced output is said before any work
     for folder in (paths["model"].parent, paths["checkpoints"]):
         clean_stale_temporaries(folder)
@@ -535,8 +536,9 @@ def run_training(options: TrainingOptions, cancel: Optional[CancelToken] = None,
                              f"{'2D' if is_2d else '3D'}: training a {'2D' if is_2d else '3D'} network from scratch.")
                 init_path, init_spec = None, None
             else:
-                raise CellPolError(f"--init {init_path} is a {kind} model but the training images are "
-                                   f"{'2D' if is_2d else '3D'}; use a {'2D' if is_2d else '3D'} model or --init none.")
+                raise CellPolError(f"The model to start from, {init_path}, is a {kind} model but the training images "
+                                   f"are {'2D' if is_2d else '3D'}; start from a {'2D' if is_2d else '3D'} model or "
+                                   "from scratch.", settings={"init": "none"})
     elif init_is_starter:
         yield _event("info", steps, "No starter model is installed (resources/models): training from scratch.")
     if init_spec is not None:
@@ -700,7 +702,7 @@ def run_training(options: TrainingOptions, cancel: Optional[CancelToken] = None,
     if mode == "auto" and not calibrate:
         note = (f"The validation images hold {n_validation_pairs} pairs, too few to re-choose the decoding "
                 f"thresholds reliably (at least {MIN_CALIBRATION_PAIRS}); keeping those of "
-                f"{init_path.name}. Use --calibrate always to re-choose them anyway.")
+                f"{init_path.name}. Set calibration to always to re-choose them anyway.")
         provenance["calibration"] = {"method": "kept from the initial model", "reason": note}
         yield _event("info", steps, note)
     if calibrate:

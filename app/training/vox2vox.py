@@ -647,7 +647,8 @@ def train_vox2vox(options: Vox2VoxOptions, cancel: Optional[CancelToken] = None,
     steps = opts.steps
     paths = output_paths(opts.out)
     if paths["model"].exists() and not opts.overwrite:
-        raise CellPolError(f"{paths['model']} already exists; choose another output, or replace it (--overwrite).")
+        raise CellPolError(f"{paths['model']} already exists; choose another output, or replace it.",
+                           settings={"overwrite": True})
     ensure_folder(paths["model"].parent)  # a read-only or misplaced output is said before any work
     for folder in (paths["model"].parent, paths["checkpoints"]):
         clean_stale_temporaries(folder)
@@ -737,8 +738,8 @@ def train_vox2vox(options: Vox2VoxOptions, cancel: Optional[CancelToken] = None,
             differs = sorted(k for k in set(fingerprint) | set(old) if fingerprint.get(k) != old.get(k))
             raise CellPolError(
                 f"The checkpoint in {paths['checkpoints']} belongs to a different Vox2Vox run (it differs in: "
-                f"{', '.join(differs) or 'its format'}). Start again with --overwrite, or run with the original "
-                "settings to resume it.")
+                f"{', '.join(differs) or 'its format'}). Start again, replacing it, or run with the original "
+                "settings to resume it.", settings={"overwrite": True})
         state = _load_checkpoint(paths["checkpoints"], parts, device)
         start_step, history = int(state["step"]), list(state.get("losses", []))
         evaluations, elapsed_before = list(state.get("evaluations", [])), float(state.get("elapsed_s", 0.0))
