@@ -113,7 +113,7 @@ def main() -> int:
             print(f"{mode}: every run diverged ({diverged})")
             continue
         print(f"{mode}: {diverged} of {len(mine) + diverged} run(s) diverged; ", end="")
-        print(f"{mode}: median TPR τL0 {statistics.median(r['tpr0'] for r in mine):.3f}, median FDR τL0 "
+        print(f"median TPR τL0 {statistics.median(r['tpr0'] for r in mine):.3f}, median FDR τL0 "
               f"{statistics.median(r['fdr0'] for r in mine):.3f}, median val loss "
               f"{statistics.median(r['val_loss'] for r in mine):.4f}, median {statistics.median(r['s_per_step'] for r in mine):.2f} s/step")
     print(f"CPU: {cpu_name()}, {torch.get_num_threads()} threads; torch {torch.__version__}; {args.steps} steps, "
