@@ -26,20 +26,15 @@ What it does, in order:
    (:class:`ValidationRun`). Which weights become the model (``keep``): the best epoch (highest
    J = TPR − FDR at τL = 5) when the validation images hold at least :data:`MIN_CALIBRATION_PAIRS` pairs,
    else the last (``keep="auto"``). On one held-out image of ~15 cells J moves by 0.1 with a single cell,
-   so "best" picks noise: in five fine-tuning runs (``benchmarks/finetune_report.py``, seeds 0–2 and two
-   learning rates, scored on 143 pairs of 16 other volumes) the last weights beat the "best" epoch's
-   every time (TPR/FDR at τL = 0: 0.786/0.184 vs 0.769/0.218, 0.743/0.236 vs 0.730/0.320, 0.800/0.154 vs
-   0.746/0.190, 0.808/0.137 vs 0.745/0.178, 0.754/0.143 vs 0.732/0.152) — the cosine schedule ends at its
-   most settled weights.
+   so "best" picks noise, and the cosine schedule ends at its most settled weights (measured:
+   ``benchmarks/RESULTS.md``, "Fine-tuning choices").
 5. **Calibration** of the kept model's decoding on the validation images (per-class peak threshold and
    minimum distance maximising TPR − FDR at τL = 5, :func:`app.training.calibrate.calibrate_decoding`),
    stored in the model file, and a final evaluation with the paper's protocol. When fine-tuning, the
    decoding is re-chosen only when the validation images hold at least :data:`MIN_CALIBRATION_PAIRS`
    pairs (``calibrate="auto"``): four parameters chosen on a handful of cells fit those cells, not the
-   images. In the fine-tuning benchmark (``benchmarks/finetune_report.py``: one held-out image of ~15
-   cells) a calibrated decoding cut the test TPR at τL = 0 from 0.65 to 0.34 against keeping the starter's,
-   which had been chosen on six volumes. A model from scratch has no calibrated decoding to keep, so it
-   is always calibrated.
+   images (measured: ``benchmarks/RESULTS.md``, "Fine-tuning choices"). A model from scratch has no
+   calibrated decoding to keep, so it is always calibrated.
 
 Writes ``<out>.json`` + ``<out>.safetensors`` (the model), ``<out>.log.csv`` (losses per step),
 ``<out>.validation.csv`` (per epoch) and ``<out>.checkpoints/``. The generator's return value (and the
@@ -97,11 +92,8 @@ XY_LIMITS_UM = (0.25, 1.0)
 Z_LIMITS_UM = (0.25, 2.0)
 #: Common peak thresholds tried when validating during training (the final calibration searches more).
 VALIDATION_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6)
-#: Fine-tuning defaults. Measured with benchmarks/finetune_report.py (200 steps on three 'retina' volumes,
-#: TPR/FDR at τL = 0 on four others; seeds 0 and 1): learning rate 1e-3 with the paper's embedding weight 1
-#: gave 0.777/0.176 and 0.655/0.440; 3e-4 with 0.5 (the weight of the starter's last training stage) gave
-#: 0.800/0.153 and 0.752/0.292 (the starter: 0.618/0.358 and 0.802/0.284). A small network fine-tuned on a
-#: few dozen cells keeps more of what it knew at the lower rate.
+#: Fine-tuning defaults: a small network fine-tuned on a few dozen cells keeps more of what it knew at the
+#: lower rate and the starter's last embedding weight (measured: benchmarks/RESULTS.md, "Fine-tuning choices").
 FINETUNE_LEARNING_RATE = 3e-4
 FINETUNE_EMBEDDING_WEIGHT = 0.5
 #: Fewest validation pairs for which a fine-tuned model's decoding is re-chosen (``calibrate="auto"``) and

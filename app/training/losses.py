@@ -33,19 +33,9 @@ Embedding term (cellpol only), with Δ = 2
 Total = heatmap + pull_weight · pull + push_weight · push (weights 1: the paper's α = β = 1).
 All arithmetic is float32, also when the network ran under bf16 autocast.
 
-Tried and removed: a "stray" term pushing the embedding at false heatmap peaks (outside every pair's
-neighbourhood) away from every cell within pairing reach, aimed at nuclei paired with vessel or speck
-peaks. Continuing the stage-5 starter with it (weight 0.5) raised the pull term from ~0.07 to ~0.3 and
-after 500 steps gave held-out retina TPR/FDR 0.731/0.176 against 0.910/0.064 (τL = 0, 4 volumes), with
-more, not fewer, pairings to false peaks. (The stage-6 starter's provenance lists its weight, 0.)
-
-Measured and left off by default: hard negatives (λ = 0.2) together with a local push (R = 24 µm),
-continuing the stage-6 starter for 1400 steps (lr 3e-4, seed 7, varied samples). On the training presets'
-validation volumes the calibration score rose (TPR − FDR at τL = 5: 0.651 → 0.727, FDR 0.165 → 0.081),
-but on the 16 held-out retina volumes TPR/FDR at τL = 0 fell from 0.894 / 0.087 to 0.820 / 0.121 with its
-own calibration (52 true Golgi without a peak against 7: its heatmaps run lower and the Golgi threshold
-chosen on the training presets, 0.4, was too high there; the best of six decodings tried on those test
-volumes themselves reached 0.892 / 0.088, so no gain either way).
+Hard negatives (``negative_weight``) and a local push (``push_radius_um``) are there for experiments and
+off by default; a "stray" term was tried and removed. What each did: ``benchmarks/RESULTS.md``, "Loss
+experiments".
 """
 
 from __future__ import annotations
