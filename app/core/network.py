@@ -27,6 +27,7 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
+from app.core.device import cpu_bf16_is_fast  # noqa: F401 - moved to app.core.device; still importable here
 from app.core.errors import CellPolError
 
 ARCHITECTURES = ("cellpol", "ctrdet")
@@ -275,19 +276,6 @@ def required_multiple(config: NetworkConfig) -> tuple[int, int, int]:
 def preferred_memory_format(config: NetworkConfig) -> torch.memory_format:
     """``channels_last_3d`` (3D) or ``channels_last`` (2D): the faster layout for oneDNN on CPU."""
     return torch.channels_last_3d if config.spatial_dims == 3 else torch.channels_last
-
-
-def cpu_bf16_is_fast() -> bool:
-    """Whether bf16 autocast speeds up convolutions on this CPU.
-
-    Only CPUs with native bf16 (AVX512-BF16 or AMX) gain (about ×2, platform notes §5). Elsewhere oneDNN
-    falls back to a reference path that was ~40× *slower* than fp32 on a 2-core AVX2 EPYC, so callers
-    should enable ``torch.autocast("cpu", dtype=torch.bfloat16)`` only when this returns True.
-    """
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # private API; absent in some builds
-        return False
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -50,6 +50,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 import numpy as np
 import torch
 
+from app.core.device import autocast_dtype
 from app.core.errors import CancelledError, CellPolError
 from app.core.fileutil import atomic_path, atomic_write_json
 from app.core.jobs import CancelToken, check_cancel
@@ -275,17 +276,10 @@ def _load_checkpoint(folder: Path, device: torch.device) -> tuple[torch.nn.Modul
 def choose_autocast_dtype(device: torch.device, amp: bool) -> Optional[torch.dtype]:
     """The autocast dtype for training on ``device``: none on a CPU, bf16 or fp16 on a CUDA GPU.
 
-    Training on a CPU stays in fp32, also where the CPU has native bf16 (inference still uses it there):
-    on an AMD EPYC with AVX512-BF16 the tiny training of the tests diverged to NaN under bf16 autocast and
-    a resumed run no longer reproduced the uninterrupted one, both fine in fp32.
+    :func:`app.core.device.autocast_dtype` with ``purpose="training"`` (its notes say why a CPU trains in
+    fp32 even where prediction uses bf16); fp16 trains with a gradient scaler.
     """
-    if not amp:
-        return None
-    if device.type == "cpu":
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return None
+    return autocast_dtype(device, "training", amp)
 
 
 def _best_key(metrics: Mapping[str, Any], epoch_losses: Mapping[str, float]) -> list[float]:
