@@ -204,3 +204,34 @@ def test_synthesis_events_cancel_and_error(tmp_path):
     assert sorted(p.name for p in (tmp_path / "b").glob("*.tif")) == ["synth_0000.tif"]
     with pytest.raises(CellPolError, match="Unknown simulation option"):
         list(synthesize_job(tmp_path / "c", 1, shape=(4, 32, 32), no_such_option=1))
+
+
+# ------------------------------------------------------------------------------------------
+# Prediction of one stack
+# ------------------------------------------------------------------------------------------
+def test_prediction_of_one_stack_reports_windows_and_cancels_inside_the_image(tmp_path):
+    from app.core.imageio import read_volume
+    from app.core.inference import Prediction, StarterPredictor
+
+    synthesize_dataset(tmp_path / "big", 1, shape=(16, 160, 160), voxel_size=VOXEL, seed=4)
+    image = tmp_path / "big" / "synth_0000.tif"
+    volume = read_volume(image)
+    predictor = StarterPredictor("cpu", window=(16, 64, 64), batch_size=1)  # several batches of windows
+    events = list(predictor.job(volume))
+    progress = [e for e in events if isinstance(e, Progress)]
+    assert kinds(events)[-1] == "Result" and isinstance(events[-1].value, Prediction)
+    assert progress[0].done == 0 and progress[-1].done == progress[-1].total > 2
+    assert [e.done for e in progress] == list(range(progress[-1].total + 1))
+    # The same pairs as the plain call.
+    np.testing.assert_array_equal(events[-1].value.pairs.nuclei, predictor(volume).nuclei)
+
+    cancel = CancelToken()
+    job = predictor.job(volume, cancel)
+    next(job), next(job)  # started, first batch of windows done
+    cancel.cancel()
+    with pytest.raises(CancelledError):
+        next(job)
+
+    # In a batch, the windows' progress of each image comes through.
+    events = list(predict_batch([image], tmp_path / "p", predictor))
+    assert kinds(events) == ["Progress"] * len(progress) + ["ItemDone", "Result"]

@@ -15,6 +15,7 @@ from app.core.device import select_device
 from app.core.errors import CellPolError
 from app.core.fileutil import sha256_file
 from app.core.inference.predictor import CancelLike, PathLike, Prediction, Predictor, ProgressLike
+from app.core.jobs import Job
 from app.core.modelfile import load_spec, model_paths
 from app.core.pairs import PairSet
 from app.core.volume import Volume
@@ -139,6 +140,10 @@ class StarterPredictor:
 
     def predict(self, volume: Volume, progress: ProgressLike = None, cancel: CancelLike = None) -> Prediction:
         return self.for_volume(volume).predict(volume, progress=progress, cancel=cancel)
+
+    def job(self, volume: Volume, cancel: CancelLike = None) -> Job:
+        """:meth:`Predictor.job` of the starter that fits ``volume``."""
+        return self.for_volume(volume).job(volume, cancel)
 
     def provenance(self) -> dict[str, Any]:
         """Both starter models, each labelled with the images it serves (2D or 3D)."""

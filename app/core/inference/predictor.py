@@ -34,7 +34,8 @@ from app.core.inference.pairing import (
 from app.core.inference.peaks import MAX_PEAKS, LocalMaxima, Peaks, device_local_maxima, find_peaks, ridge_scores
 from app.core.inference.staging import _is_oom, _oom_device, _out_of_memory, fuse_batchnorm, prepare_on_device
 from app.core.inference.windows import WindowGrid, _round_up, plan_windows
-from app.core.jobs import CancelToken, ProgressCallback, check_cancel
+from app.core.jobs import CancelToken, Job, Progress, ProgressCallback, Result, check_cancel, progress_to_callback
+from app.core.jobs import run as run_job
 from app.core.modelfile import DecodingSpec, ModelSpec, load_model, model_paths
 from app.core.network import preferred_memory_format, required_multiple
 from app.core.pairs import PairSet
@@ -153,7 +154,6 @@ class _NetworkRun:
         Per axis, each window's 1D blending weights, on the staging device.
     heat_sum : tuple of Tensor
         The weighted (nucleus, Golgi) heatmaps summed so far, on the staging device.
-    progress : callable or None
     cancel : CancelToken or None
     total : int
         Windows to run, over all members.
@@ -167,7 +167,6 @@ class _NetworkRun:
     batch: int
     weights: list[list[torch.Tensor]]
     heat_sum: tuple[torch.Tensor, torch.Tensor]
-    progress: ProgressLike
     cancel: Optional[CancelToken]
     total: int
     done: int = 0
@@ -176,11 +175,10 @@ class _NetworkRun:
     def add_time(self, stage: str, seconds: float) -> None:
         self.timings[stage] = self.timings.get(stage, 0.0) + seconds
 
-    def report(self, windows: int) -> None:
-        """Count ``windows`` more as done and tell ``progress``."""
+    def report(self, windows: int) -> Progress:
+        """Count ``windows`` more as done; the progress event to yield."""
         self.done += windows
-        if self.progress is not None:
-            self.progress(self.done, self.total, "windows")
+        return Progress(self.done, self.total, "windows")
 
 
 def _maxima_on(staging: torch.device) -> bool:
@@ -197,7 +195,7 @@ def _mean_decoding(specs: Sequence[DecodingSpec]) -> DecodingSpec:
 
 
 class Predictor:
-    """Predict polarity vectors with one model or an ensemble (a :data:`app.core.batch.Predictor`).
+    """Predict polarity vectors with one model or an ensemble (what :func:`app.core.batch.predict_batch` calls per image, as a job).
 
     Build it with :meth:`from_files` (model ``.json`` files) or :meth:`from_modules` (in-memory networks,
     e.g. fresh from training), then call it on a :class:`~app.core.volume.Volume`.
@@ -467,9 +465,10 @@ class Predictor:
         raise _out_of_memory(f"preparing the image ({volume.describe()}) for the network", failed,
                              "a smaller image (crop it)")
 
-    def _run_member(self, member: Member, image: torch.Tensor, run: _NetworkRun) -> dict[int, np.ndarray]:
-        """Run one member over every window; add its weighted heatmaps to ``run.heat_sum``; return its raw
-        embedding windows (float16 ``(2, z, y, x)``, the part inside the image) keyed by window index."""
+    def _run_member(self, member: Member, image: torch.Tensor, run: _NetworkRun) -> Job:
+        """Run one member over every window, yielding progress after each batch; add its weighted heatmaps
+        to ``run.heat_sum``; return its raw embedding windows (float16 ``(2, z, y, x)``, the part inside the
+        image) keyed by window index."""
         roles = member.spec.channel_roles
         order = [0 if role == "nucleus" else 1 for role in roles]
         channels = image[order] if order != [0, 1] else image  # on the staging device (see run_network)
@@ -490,7 +489,7 @@ class Predictor:
             run.add_time("windows_in", t1 - t0)
             run.add_time("network", t2 - t1)
             run.add_time("stitch", t3 - t2)
-            run.report(len(chunk))
+            yield run.report(len(chunk))
         return embeddings
 
     def _gather_windows(self, channels: torch.Tensor, chunk: Sequence[int], grid: WindowGrid) -> torch.Tensor:
@@ -549,34 +548,44 @@ class Predictor:
 
     def predict(self, volume: Volume, progress: ProgressLike = None, cancel: CancelLike = None,
                 keep_heatmaps: bool = False) -> Prediction:
-        """Run the whole pipeline (:mod:`app.core.inference`) on ``volume``.
-
-        Parameters
-        ----------
-        volume : Volume
-        progress : callable, optional
-            ``progress(done, total, "windows")`` after each batch of windows (all members counted).
-        cancel : CancelToken or callable, optional
-            Checked between batches; raises :class:`~app.core.errors.CancelledError`.
-        keep_heatmaps : bool
-            Return the stitched heatmaps (model voxel size) in the :class:`Prediction`.
-
-        Returns
-        -------
-        Prediction
+        """:meth:`job` run to its end: the :class:`Prediction`; ``progress(done, total, "windows")`` hears it.
 
         Raises
         ------
         CellPolError
             Missing channel roles, a 2D/3D mismatch, or running out of memory.
         """
-        output = self.run_network(volume, progress, cancel)
+        return run_job(self.job(volume, cancel, keep_heatmaps), progress_to_callback(progress))
+
+    def job(self, volume: Volume, cancel: CancelLike = None, keep_heatmaps: bool = False) -> Job:
+        """Run the whole pipeline (:mod:`app.core.inference`) on ``volume``: a job (:mod:`app.core.jobs`).
+
+        It yields :class:`~app.core.jobs.Progress` in windows (all members counted) before the first batch of
+        windows and after each, checks ``cancel`` before each batch (so a cancel stops it inside the image),
+        and ends with :class:`~app.core.jobs.Result` holding the :class:`Prediction` (also returned).
+
+        Parameters
+        ----------
+        volume : Volume
+        cancel : CancelToken or callable, optional
+            Raises :class:`~app.core.errors.CancelledError` when set.
+        keep_heatmaps : bool
+            Return the stitched heatmaps (model voxel size) in the :class:`Prediction`.
+
+        Raises
+        ------
+        CellPolError
+            Missing channel roles, a 2D/3D mismatch, or running out of memory.
+        """
+        output = yield from self._network_steps(volume, as_cancel_token(cancel))
         pairs = self.decode(output)
-        return Prediction(
+        prediction = Prediction(
             pairs, output.resampling, self.voxel_size,
             output.heatmap_nucleus if keep_heatmaps else None,
             output.heatmap_golgi if keep_heatmaps else None, output.timings,
         )
+        yield Result(prediction, f"{len(pairs)} vector(s)")
+        return prediction
 
     def run_network(self, volume: Volume, progress: ProgressLike = None, cancel: CancelLike = None) -> NetworkOutput:
         """Preprocess, run every member over the windows and stitch the heatmaps (no decoding).
@@ -585,14 +594,17 @@ class Predictor:
         ----------
         volume : Volume
         progress, cancel
-            As for :meth:`predict`.
+            ``progress(done, total, "windows")`` after each batch of windows; cancel as for :meth:`job`.
 
         Returns
         -------
         NetworkOutput
         """
+        return run_job(self._network_steps(volume, as_cancel_token(cancel)), progress_to_callback(progress))
+
+    def _network_steps(self, volume: Volume, token: Optional[CancelToken]) -> Job:
+        """:meth:`run_network` as steps: yields the windows' progress, returns the :class:`NetworkOutput`."""
         self._check_volume(volume)
-        token = as_cancel_token(cancel)
         timings: dict[str, float] = {}
         t_start = time.perf_counter()
         prepared, mapping = self._prepare_staged(volume)
@@ -604,16 +616,15 @@ class Predictor:
         weights = [[torch.from_numpy(w.astype(np.float32)).to(staging) for w in axis] for axis in weights]
         try:
             heat_sum = tuple(torch.zeros(shape, dtype=torch.float32, device=staging) for _ in range(2))
-            run = _NetworkRun(grid, batch, list(weights), heat_sum, progress, token,  # type: ignore[arg-type]
+            run = _NetworkRun(grid, batch, list(weights), heat_sum, token,  # type: ignore[arg-type]
                               total=len(grid) * len(self.members), timings=timings)
             del heat_sum
-            if progress is not None:
-                progress(0, run.total, "windows")
+            yield Progress(0, run.total, "windows")
             member_embeddings = []
             for member in self.members:
                 norm = member.spec.normalization
                 image = prepared[(norm.low_percentile, norm.high_percentile, norm.clip)]
-                member_embeddings.append(self._run_member(member, image, run))
+                member_embeddings.append((yield from self._run_member(member, image, run)))
             del prepared, image
             heat_np, maxima = self._finish_stitching(run, totals, staging)
         except MemoryError:
