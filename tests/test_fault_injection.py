@@ -21,7 +21,7 @@ import faultkill
 from app.core.annotation import Autosaver, AnnotationModel, load_autosave
 from app.core.fileutil import is_stale_temporary
 from app.core.modelfile import load_model
-from app.core.pairs import read_pairs, read_sidecar, sidecar_path, vectors_stem
+from app.core.pairs import read_pairs, sidecar_path, vectors_stem
 from app.core.simulate import synthesize_dataset
 
 CLI = "app.cli:main"

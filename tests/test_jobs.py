@@ -235,3 +235,15 @@ def test_prediction_of_one_stack_reports_windows_and_cancels_inside_the_image(tm
     # In a batch, the windows' progress of each image comes through.
     events = list(predict_batch([image], tmp_path / "p", predictor))
     assert kinds(events) == ["Progress"] * len(progress) + ["ItemDone", "Result"]
+
+
+# ------------------------------------------------------------------------------------------
+# Training (its order, cancel, pause and errors: test_trainer.py, test_train_cli.py, test_vox2vox.py)
+# ------------------------------------------------------------------------------------------
+def test_training_speaks_the_same_protocol():
+    from app.training import jobcontrol, trainer, vox2vox
+
+    assert trainer.PauseToken is jobs.PauseToken and jobcontrol.PauseToken is jobs.PauseToken
+    event = trainer.TrainEvent("step", 3, 10, {"total": 1.0}, 1e-3, 0.5)
+    assert isinstance(event, JobEvent) and (event.done, event.total) == (3, 10)
+    assert vox2vox.pause_point is trainer.pause_point  # one pause implementation for both training jobs

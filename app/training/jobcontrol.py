@@ -1,23 +1,57 @@
-"""Pause, cancel and the training clock, for step-by-step training jobs (generic helpers).
+"""What every step-by-step training job shares: its events, the clock, pausing and cancelling.
 
-The Vox2Vox job uses them; :func:`app.training.trainer.train` does the same things inline and could use
-them too. A job calls :func:`pause_point` before every step::
+:class:`TrainEvent` is the training jobs' event (a :class:`~app.core.jobs.JobEvent`: its ``done`` / ``total``
+are steps). A job calls :func:`pause_point` before every step::
 
     clock = TrainingClock(elapsed_before)
     for step in range(start, total):
         yield from pause_point(step, total, pause, cancel, clock, save_if_needed)
         ...
+
+Both :func:`app.training.trainer.train` (and so fine-tuning) and the Vox2Vox training do.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from app.core.errors import CancelledError
-from app.core.jobs import CancelToken, check_cancel
-from app.training.trainer import PauseToken, TrainEvent
+from app.core.jobs import CancelToken, JobEvent, PauseToken, check_cancel
+
+__all__ = ["PauseToken", "TrainEvent", "TrainingClock", "pause_point"]
+
+
+@dataclass
+class TrainEvent(JobEvent):
+    """What happened: ``kind`` is ``step``, ``epoch``, ``checkpoint``, ``paused``, ``resumed`` or ``done``.
+
+    ``seconds`` is the training time so far (over resumes, without pauses). Jobs built on the trainer
+    (:func:`app.training.finetune.run_training`) add kinds of their own (``info``, ``loading``, ...).
+    """
+
+    kind: str
+    step: int
+    total_steps: int
+    losses: dict[str, float]
+    learning_rate: float
+    seconds: float
+    path: Optional[Path] = None
+    epoch: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    best: bool = False
+    message: str = ""
+    data: Any = None
+
+    @property
+    def done(self) -> int:  # type: ignore[override]
+        return self.step
+
+    @property
+    def total(self) -> int:  # type: ignore[override]
+        return self.total_steps
 
 
 class TrainingClock:

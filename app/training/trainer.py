@@ -41,8 +41,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import threading
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
@@ -51,12 +49,13 @@ import numpy as np
 import torch
 
 from app.core.device import autocast_dtype
-from app.core.errors import CancelledError, CellPolError
+from app.core.errors import CellPolError
 from app.core.fileutil import atomic_path, atomic_write_json
-from app.core.jobs import CancelToken, check_cancel
+from app.core.jobs import CancelToken
 from app.core.modelfile import ModelSpec, load_model, save_model
 from app.core.network import build_network, preferred_memory_format, required_multiple
 from app.training.data import PatchSampler
+from app.training.jobcontrol import PauseToken, TrainEvent, TrainingClock, pause_point
 from app.training.losses import LossConfig, compute_loss
 from app.training.targets import make_targets
 
@@ -114,51 +113,6 @@ class TrainConfig:
             raise CellPolError(f"warmup_steps must be a whole number ≥ 0, got {self.warmup_steps!r}.")
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise CellPolError(f"The learning rate must be a positive number, got {self.learning_rate!r}.")
-
-
-@dataclass
-class TrainEvent:
-    """What happened: ``kind`` is ``step``, ``epoch``, ``checkpoint``, ``paused``, ``resumed`` or ``done``.
-
-    ``seconds`` is the training time so far (over resumes, without pauses). Jobs built on the trainer
-    (:func:`app.training.finetune.run_training`) add kinds of their own (``info``, ``loading``, ...).
-    """
-
-    kind: str
-    step: int
-    total_steps: int
-    losses: dict[str, float]
-    learning_rate: float
-    seconds: float
-    path: Optional[Path] = None
-    epoch: int = 0
-    metrics: dict[str, Any] = field(default_factory=dict)
-    best: bool = False
-    message: str = ""
-    data: Any = None
-
-
-class PauseToken:
-    """Thread-safe pause switch a job polls between steps (the pause counterpart of :class:`CancelToken`)."""
-
-    def __init__(self) -> None:
-        self._running = threading.Event()
-        self._running.set()
-
-    def pause(self) -> None:
-        self._running.clear()
-
-    def resume(self) -> None:
-        self._running.set()
-
-    @property
-    def paused(self) -> bool:
-        return not self._running.is_set()
-
-    def wait(self, cancel: Optional[CancelToken] = None, poll_seconds: float = 0.1) -> None:
-        """Block while paused; raise :class:`CancelledError` if ``cancel`` fires meanwhile."""
-        while not self._running.wait(poll_seconds):
-            check_cancel(cancel)
 
 
 def _lr_at(step: int, config: TrainConfig) -> float:
@@ -394,10 +348,8 @@ def train(spec: ModelSpec, sampler: PatchSampler, config: TrainConfig, checkpoin
         scaler.load_state_dict(scaler_state)
     spatial_2d = spec.network.spatial_dims == 2
 
-    started = time.perf_counter()
-
-    def seconds() -> float:
-        return elapsed_before + time.perf_counter() - started
+    clock = TrainingClock(elapsed_before)
+    seconds = clock.seconds
 
     def state_now(step: int) -> dict[str, Any]:
         return {"step": step, "total_steps": config.steps, "losses": history[-HISTORY_KEPT:], "epochs": epochs,
@@ -411,27 +363,17 @@ def train(spec: ModelSpec, sampler: PatchSampler, config: TrainConfig, checkpoin
         saved_at = step
         return _save_checkpoint(checkpoint_dir, model, optimizer, spec, state_now(step))
 
+    def save_if_needed(step: int) -> Path:
+        if saved_at != step or not checkpoint_exists(checkpoint_dir):
+            save(step)
+        return checkpoint_dir / f"{LAST}.json"
+
     epoch_losses: list[dict[str, float]] = [h for h in history
                                             if h["step"] > start_step - start_step % config.epoch_steps]
     model.train()
     learning_rate = _lr_at(start_step, config)
     for step in range(start_step, config.steps):
-        try:
-            check_cancel(cancel)
-            if pause is not None and pause.paused:
-                if saved_at != step or not checkpoint_exists(checkpoint_dir):
-                    save(step)
-                path = checkpoint_dir / f"{LAST}.json"
-                yield TrainEvent("paused", step, config.steps, {}, learning_rate, seconds(), path,
-                                 message="paused; checkpoint saved")
-                pause_started = time.perf_counter()
-                pause.wait(cancel)
-                started += time.perf_counter() - pause_started  # paused time is not training time
-                yield TrainEvent("resumed", step, config.steps, {}, learning_rate, seconds())
-        except CancelledError:
-            if saved_at != step:
-                save(step)
-            raise
+        yield from pause_point(step, config.steps, pause, cancel, clock, save_if_needed)
 
         rng = np.random.default_rng([config.seed, step])  # a resumed run sees the same batches
         torch.manual_seed(step_seed(config.seed, step))  # and the same dropout masks
