@@ -254,8 +254,9 @@ def test_running_out_of_memory_on_a_cpu_names_the_computers_memory(monkeypatch, 
         predictor(volume)
     message = str(info.value)
     assert message.startswith("out of memory: running the network on 1 window of ")
-    assert "does not fit in the computer's memory (RAM)" in message and "--window" in message
-    assert "GPU" not in message and "--device cpu" not in message and "use CPU" not in message
+    assert "does not fit in the computer's memory (RAM)" in message and "smaller window or batch size" in message
+    assert "GPU" not in message and "run on the CPU" not in message and "use CPU" not in message
+    assert info.value.settings == {"window": None, "batch_size": None}  # no "device": it ran on the CPU
 
 
 # ----------------------------------------------------------------------------------------------
@@ -393,4 +394,5 @@ def test_cli_predict_with_model_file(tmp_path, capsys):
         capsys.readouterr()
         assert main(args + ["--device", "cuda", "--overwrite"]) == EXIT_USAGE
         err = capsys.readouterr().err
-        assert "no CUDA GPU found; use --device cpu" in err and "Traceback" not in err
+        assert "No CUDA GPU found; choose the CPU as the device. (command line: --device cpu)" in err
+        assert "Traceback" not in err

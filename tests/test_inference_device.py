@@ -19,7 +19,7 @@ def test_select_device():
     assert select_device(torch.device("cpu")) == torch.device("cpu")
     assert select_device("auto").type in ("cpu", "cuda", "mps")
     if not torch.cuda.is_available():
-        with pytest.raises(CellPolError, match="no CUDA GPU found; use --device cpu"):
+        with pytest.raises(CellPolError, match="No CUDA GPU found; choose the CPU as the device"):
             select_device("cuda")
     with pytest.raises(CellPolError, match="Unknown device"):
         select_device("tpu")

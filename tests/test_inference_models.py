@@ -38,8 +38,8 @@ def test_cli_cellpol_without_any_model(tmp_path, capsys, monkeypatch):
     status = main(["predict", str(image), "--out", str(tmp_path / "o"), "--method", "cellpol", "--axes", "ZCYX",
                    "--voxel-size", "1", "1", "1"])
     assert status == EXIT_USAGE
-    assert "No starter model is installed (resources/models): pass --model PATH or use --method classic" \
-        in capsys.readouterr().err
+    assert ("No starter model is installed (resources/models): give a model file or use the classic method. "
+            "(command line: --model PATH or --method classic)") in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------------

@@ -82,6 +82,6 @@ def test_running_out_of_gpu_memory_suggests_the_cpu():
     from app.core.inference import _out_of_memory
 
     message = str(_out_of_memory("running the network on 8 windows of 64×256×256 voxels at a time",
-                                 [torch.device("cuda", 0)], "a smaller --window (Z Y X) or --batch-size"))
-    assert "GPU" in message and "(cuda:0" in message and "--device cpu" in message
+                                 [torch.device("cuda", 0)], "a smaller window or batch size"))
+    assert "GPU" in message and "(cuda:0" in message and "run on the CPU" in message
     assert "computer with more memory" not in message

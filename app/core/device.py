@@ -62,16 +62,16 @@ def select_device(name: Union[str, torch.device, None] = "auto") -> torch.device
         return torch.device("cpu")
     if name == "cuda" or name.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise CellPolError("no CUDA GPU found; use --device cpu")
+            raise CellPolError("No CUDA GPU found; choose the CPU as the device.", settings={"device": "cpu"})
         device = torch.device(name)
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise CellPolError(
-                f"no CUDA GPU number {device.index} (found {torch.cuda.device_count()}); use --device cuda"
-            )
+                f"No CUDA GPU number {device.index} (found {torch.cuda.device_count()}); choose the first GPU.",
+                settings={"device": "cuda"})
         return device
     if name == "mps":
         if not _mps_available():
-            raise CellPolError("no Apple GPU (MPS) found; use --device cpu")
+            raise CellPolError("No Apple GPU (MPS) found; choose the CPU as the device.", settings={"device": "cpu"})
         return torch.device("mps")
     raise CellPolError(f"Unknown device {name!r}; use auto, cpu, cuda or mps.")
 

@@ -309,8 +309,8 @@ def train(spec: ModelSpec, sampler: PatchSampler, config: TrainConfig, checkpoin
                              if fingerprint.get(k) != saved_fingerprint.get(k))
             raise CellPolError(
                 f"The checkpoint in {checkpoint_dir} belongs to a different training run (it differs in: "
-                f"{', '.join(differs)}). Delete that folder (or start again with --overwrite) to train anew, or "
-                "run with the original settings to resume it."
+                f"{', '.join(differs)}). Delete that folder (or start again, replacing it) to train anew, or "
+                "run with the original settings to resume it.", settings={"overwrite": True}
             )
         start_step, history = int(state["step"]), list(state.get("losses", []))
         epochs = list(state.get("epochs", []))

@@ -117,8 +117,8 @@ class StarterPredictor:
         found = starter_models(folder)
         self.paths = {dims: found.get(dims) for dims in (3, 2)}
         if not any(self.paths.values()):
-            raise CellPolError("No starter model is installed (resources/models): pass --model PATH or use "
-                               "--method classic.")
+            raise CellPolError("No starter model is installed (resources/models): give a model file or use the "
+                               "classic method.", settings={"model": None, "method": "classic"})
         self.device = select_device(device)
         self.options = options
         self._predictors: dict[int, Predictor] = {}
@@ -131,7 +131,7 @@ class StarterPredictor:
             if path is None:
                 raise CellPolError(f"No {dims}D starter model is installed, and this image is "
                                    f"{'a single plane' if dims == 2 else 'a 3D stack'}: pass a {dims}D model "
-                                   "with --model PATH or use --method classic.")
+                                   "file or use the classic method.", settings={"model": None, "method": "classic"})
             self._predictors[dims] = Predictor.from_files([path], self.device, **self.options)
         return self._predictors[dims]
 

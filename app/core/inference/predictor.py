@@ -421,7 +421,7 @@ class Predictor:
         if volume.nucleus_channel is None or volume.golgi_channel is None:
             raise ChannelError(
                 f"Prediction needs a nucleus and a Golgi channel; this image has {volume.n_channels} channel(s). "
-                "Choose them with --nucleus-channel and --golgi-channel."
+                "Choose the nucleus and the Golgi channel.", settings={"nucleus_channel": None, "golgi_channel": None}
             )
         name = self.members[0].name
         if self.spatial_dims == 2 and not volume.is_2d:
@@ -432,7 +432,7 @@ class Predictor:
         if self.spatial_dims == 3 and volume.is_2d and self.multiple[0] != 1:
             raise CellPolError(
                 f"Model '{name}' is a 3D model that pools along z, so it cannot run on a single-plane (2D) "
-                "image; use a 2D model or --method classic."
+                "image; use a 2D model or the classic method.", settings={"method": "classic"}
             )
 
     def _prepare(self, volume: Volume, where: torch.device) -> tuple[dict[tuple, torch.Tensor], Resampling]:
@@ -526,7 +526,7 @@ class Predictor:
                     f"running the network on {windows} window{'s' if windows != 1 else ''} of "
                     f"{'×'.join(map(str, grid.window))} voxels at a time",
                     [_oom_device(exc, self.device)],
-                    "a smaller --window (Z Y X) or --batch-size",
+                    "a smaller window or batch size", {"window": None, "batch_size": None},
                 ) from None
             raise
 

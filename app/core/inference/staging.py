@@ -9,7 +9,7 @@ memory, after :func:`_is_oom` and :func:`_oom_device` tell whether and where tha
 from __future__ import annotations
 
 from copy import deepcopy
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -173,17 +173,22 @@ def _memory_name(device: torch.device) -> str:
     return f"the memory of {device}"
 
 
-def _out_of_memory(what: str, devices: Sequence[torch.device], smaller: str) -> CellPolError:
+def _out_of_memory(what: str, devices: Sequence[torch.device], smaller: str,
+                   settings: Optional[dict] = None) -> CellPolError:
     """One clear message for running out of the memory of ``devices`` (in the order tried) while doing
     ``what``; the advice fits the memory that ran out (no "use the CPU" on a CPU run).
 
-    ``smaller`` is what to make smaller, e.g. ``"a smaller --window (Z Y X) or --batch-size"``.
+    ``smaller`` is what to make smaller, e.g. ``"a smaller window or batch size"``, and ``settings`` the
+    settings that change it (:attr:`~app.core.errors.CellPolError.settings`).
     """
     names = list(dict.fromkeys(_memory_name(d) for d in devices))
     advice = [smaller]
+    settings = dict(settings or {})
     if all(d.type != "cpu" for d in devices):
-        advice.append("run on the CPU (--device cpu), which uses the computer's memory")
+        advice.append("run on the CPU, which uses the computer's memory")
+        settings["device"] = "cpu"
     else:
         advice += ["close other programs", "use a computer with more memory"]
     advice_text = ", ".join(advice[:-1]) + ", or " + advice[-1]
-    return CellPolError(f"out of memory: {what} does not fit in {' nor in '.join(names)}. Use {advice_text}.")
+    return CellPolError(f"out of memory: {what} does not fit in {' nor in '.join(names)}. Use {advice_text}.",
+                        settings=settings)
