@@ -9,7 +9,8 @@ import pytest
 
 #: Modules whose docstring examples are part of the contract: reading a volume, vectors, peak finding,
 #: pairing and scoring.
-MODULES = ("app.core.imageio", "app.core.pairs", "app.core.evaluate")
+MODULES = ("app.core.imageio", "app.core.pairs", "app.core.evaluate", "app.core.inference.peaks",
+           "app.core.inference.pairing")
 
 
 @pytest.mark.parametrize("name", MODULES)

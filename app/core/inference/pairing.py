@@ -268,6 +268,23 @@ def match_pairs(
     unpaired costing one half. It is solved with :func:`scipy.optimize.linear_sum_assignment` separately on
     each connected component of the candidate graph (the same optimum as one global problem, without an
     N×M dense matrix).
+
+    Examples
+    --------
+    Two nuclei and two Golgi; nucleus 0 could take either Golgi, nucleus 1 only Golgi 1:
+
+    >>> import numpy as np
+    >>> rows, cols = np.array([0, 0, 1]), np.array([0, 1, 1])
+    >>> cost, length_um = np.array([0.2, 0.6, 0.1]), np.array([3.0, 9.0, 4.0])
+    >>> nuclei, golgi, edges = match_pairs(2, 2, rows, cols, cost, length_um, 14.0)
+    >>> nuclei.tolist(), golgi.tolist(), edges.tolist()
+    ([0, 1], [0, 1], [0, 2])
+
+    Two nuclei want one Golgi: the cheaper edge wins and the other nucleus stays unpaired:
+
+    >>> match_pairs(2, 1, np.array([0, 1]), np.array([0, 0]), np.array([0.3, 0.1]), np.array([3.0, 5.0]),
+    ...             14.0)[0].tolist()
+    [1]
     """
     rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
     cost, distance_um = np.asarray(cost, dtype=np.float64), np.asarray(distance_um, dtype=np.float64)

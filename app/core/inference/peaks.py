@@ -254,6 +254,20 @@ def find_peaks(
         The integer peak voxels.
     heights : ndarray, shape (N,)
         Heatmap values at those voxels.
+
+    Examples
+    --------
+    Two blobs on one plane; the fainter one is kept because it lies farther than 3 µm from the brighter:
+
+    >>> import numpy as np
+    >>> yy, xx = np.mgrid[0:20, 0:20]
+    >>> heatmap = (np.exp(-((yy - 5) ** 2 + (xx - 6) ** 2) / 4.0)
+    ...            + 0.8 * np.exp(-((yy - 14) ** 2 + (xx - 12) ** 2) / 4.0))[None].astype(np.float32)
+    >>> positions, voxels, heights = find_peaks(heatmap, 0.3, 3.0, (1.0, 0.5, 0.5))
+    >>> voxels.tolist(), heights.round(2).tolist()
+    ([[0, 5, 6], [0, 14, 12]], [1.0, 0.8])
+    >>> len(find_peaks(heatmap, 0.9, 3.0, (1.0, 0.5, 0.5))[0])   # above the fainter one's height
+    1
     """
     heatmap = np.asarray(heatmap)
     if heatmap.ndim != 3:
