@@ -1,7 +1,12 @@
 """The ``cellpol`` command: the same jobs as the desktop app, headless, with progress bars.
 
 Every problem the user can cause (bad file, wrong channel, missing voxel size) ends as one line on
-stderr and a non-zero exit status, never a traceback.
+stderr and a non-zero exit status, never a traceback. Core messages name settings; :func:`flag_hint`
+adds the flags that set them.
+
+Each command imports what it needs inside its function, deliberately: ``cellpol --help``, ``cellpol
+info`` or a typo should not wait for torch, Qt and VTK to load (seconds on a cold disk), and a command
+pays only for its own dependencies.
 """
 
 from __future__ import annotations
