@@ -27,13 +27,11 @@ Why each term
 With all weights 0 (the paper) the matching maximises ``Σ (1 − |Δe|/Δ)`` over the chosen edges: a
 maximum-weight matching prefers one confident pair over two doubtful ones, where a "pair as many as
 possible" cost would force chains of marginal pairs. Calibration picks ``w``, because a small network's
-embeddings may separate a cell from its neighbours less well than distance does (the first starter model:
-TPR/FDR at τL = 0 on held-out retina volumes 0.56/0.51 with w = 0, 0.79/0.31 with w = 1, same peaks).
-``v`` blends in the peaks' strength: most wrong pairs of the shipped starter joined a right nucleus to a
-faint Golgi-channel peak (a vessel, a speck) nearer than the right Golgi. ``ρ`` counts how far the Golgi
-peak sits on a tube of the heatmap (a vessel) rather than a compact hill: in the stage-8 starter's wrong
-pairs on held-out retina volumes the wrong Golgi-channel peak was as tall and as near as the right Golgi
-but the more tube-like of the two in 76 of 111.
+embeddings may separate a cell from its neighbours less well than distance does. ``v`` blends in the
+peaks' strength: most wrong pairs of the starters joined a right nucleus to a faint Golgi-channel peak (a
+vessel, a speck) nearer than the right Golgi. ``ρ`` counts how far the Golgi peak sits on a tube of the
+heatmap (a vessel) rather than a compact hill: the wrong peaks were as tall and as near as the right
+Golgi, but more tube-like. The measurements behind each: ``benchmarks/RESULTS.md``, "Pairing rule".
 
 Judging each edge in its best window needs only ``overlap ≥ d_max`` (one window then holds any segment of
 length ≤ ``d_max``); owning each *nucleus* by one window would need ``overlap ≥ 2·d_max`` to guarantee its
