@@ -97,6 +97,25 @@ def test_a_tiny_model_learns_on_simulated_volumes(train_dir, val_dir, tmp_path):
     assert spec.voxel_size == MODEL_VOXEL and spec.network.base_filters == 8
 
 
+def test_the_job_reports_its_stages_in_order(train_dir, val_dir, tmp_path):
+    """The order the CLI and the window follow: the images read, what was found, the trainer's steps, epochs
+    and checkpoints, the choice of weights, the calibration and one ``done`` last."""
+    options = TrainingOptions(images=train_dir, val_images=val_dir, out=tmp_path / "m", init=None,
+                              model_voxel_size=MODEL_VOXEL, levels=2, base_filters=4, steps=4, epoch_steps=2,
+                              batch_size=1, validation_patches=1, calibrate="always", device="cpu")
+    events, path = run(options)
+    kinds = [e.kind for e in events if not (e.kind == "checkpoint" and e.best)]  # a best epoch adds one
+    assert kinds == (["loading"] * 4 + ["info"] * 3 + ["step", "step", "epoch", "checkpoint"] * 2
+                     + ["info", "calibration", "done"])
+    assert [(e.step, e.total_steps) for e in events[:4]] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    info = [e.message for e in events if e.kind == "info"]
+    assert info[0].startswith("Training data: 2 image(s)") and info[1].startswith("Validating on 2 given")
+    assert "from scratch" in info[2] and info[3].startswith("Keeping the last weights")
+    best = [e for e in events if e.kind == "checkpoint" and e.best]
+    assert best and best[0].step == 2 and events[events.index(best[0]) - 1].kind == "epoch"
+    assert events[-1].path == path and {"tpr5", "fdr5", "j5"} <= set(events[-1].metrics)
+
+
 def test_a_2d_network_trains_on_2d_images(tmp_path):
     images = simulate_into(tmp_path / "flat", 2, seed=5, shape=(1, 128, 128))
     options = TrainingOptions(images=images, out=tmp_path / "flat_model", init=None, model_voxel_size=(1, 1, 1),

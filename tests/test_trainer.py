@@ -199,6 +199,23 @@ def test_validation_events_choose_the_best_checkpoint(sampler, tmp_path):
     assert epochs[0].losses["total"] == pytest.approx(np.mean(step_losses[:3]))
 
 
+def test_a_finished_run_started_again_only_says_done(sampler, tmp_path):
+    scores = iter([0.2, 0.6])
+
+    def validator(model, spec):
+        return {"j5": next(scores), "val_loss": 1.0}
+
+    first = list(train(tiny_spec(), sampler, small_config(), tmp_path / "ck", validator=validator))
+    saved = (tmp_path / "ck" / "last.ckpt.safetensors").read_bytes()
+    again = list(train(tiny_spec(), sampler, small_config(), tmp_path / "ck", validator=validator))
+    assert [e.kind for e in again] == ["done"] and again[0].step == again[0].total_steps == 6
+    # The last loss row and the best epoch come from the checkpoint, which is not written again.
+    last_step = [e for e in first if e.kind == "step"][-1]
+    assert again[0].losses == first[-1].losses == {"step": 6, **{k: round(v, 6) for k, v in last_step.losses.items()}}
+    assert again[0].metrics["best"]["step"] == 6 and again[0].metrics == first[-1].metrics
+    assert (tmp_path / "ck" / "last.ckpt.safetensors").read_bytes() == saved
+
+
 def test_a_checkpoint_of_another_run_is_refused(sampler, tmp_path):
     list(train(tiny_spec(), sampler, small_config(steps=2), tmp_path / "ck", fingerprint={"data": ["a"]}))
     with pytest.raises(CellPolError, match="different training run.*data"):

@@ -29,6 +29,25 @@ VOXEL = (1.0, 0.5, 0.5)
 PATCH = (16, 64, 64)
 
 
+def test_the_package_offers_every_name_the_module_did():
+    names = ["CHECKPOINT_FORMAT", "DEFAULT_PATCH_FIELD_UM", "EVAL_COLUMNS", "FORMAT_NAME", "FORMAT_VERSION",
+             "GENERATED_PREFIX", "GOLGI_BOX_UM", "GeneratorSpec", "HISTORY_KEPT", "L1_WEIGHT", "LAST", "LOG_COLUMNS",
+             "LOSS_KEYS", "LayoutParams", "MAX_VOLUME_SHAPE", "MaskedVolume", "NGMIC_FOLDERS", "NUCLEUS_BOX_UM",
+             "PatchDiscriminator", "PathLike", "PauseToken", "SSIM_SIGMA", "ShapeLibrary", "TrainEvent",
+             "UNetGenerator", "Vox2VoxConfig", "Vox2VoxOptions", "check_shape", "evaluate_generator", "generate",
+             "generate_job", "load_generator", "masked_volume", "output_paths", "pause_point", "run_generator",
+             "save_generator", "ssim3d", "train_vox2vox"]
+    assert [name for name in names if not hasattr(vox2vox, name)] == []
+    assert vox2vox.__all__ == ["Vox2VoxConfig", "UNetGenerator", "PatchDiscriminator", "GeneratorSpec",
+                               "Vox2VoxOptions", "train_vox2vox", "generate", "generate_job", "save_generator",
+                               "load_generator", "ssim3d", "evaluate_generator", "run_generator", "output_paths",
+                               "L1_WEIGHT"]
+    from app.training.vox2vox import files, networks, training
+
+    assert vox2vox.UNetGenerator is networks.UNetGenerator and vox2vox.load_generator is files.load_generator
+    assert vox2vox.train_vox2vox is training.train_vox2vox
+
+
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sim")
@@ -118,6 +137,30 @@ def test_training_lowers_the_loss_reports_ssim_and_writes_a_generator(trained):
     assert spec.provenance["final_ssim"]["ssim"] == pytest.approx(done.metrics["ssim"])
     document = json.loads(done.path.read_text())
     assert document["format"] == "cellpol-vox2vox" and document["shapes"]["nuclei"] == len(library.nuclei)
+
+
+def test_training_reports_its_stages_in_order(trained):
+    _, events = trained
+    assert [e.kind for e in events] == ["info"] * 4 + (["step"] * 4 + ["epoch", "checkpoint"]) * 2 + ["done"]
+    assert [e.message.split(" ")[0] for e in events[:4]] == ["Training", "SSIM:", "Layout", "Generator:"]
+    assert [(e.step, e.epoch) for e in events if e.kind == "epoch"] == [(4, 1), (8, 2)]
+    assert all(e.path.name == "last.ckpt.safetensors" for e in events if e.kind == "checkpoint")
+
+
+def test_a_run_started_again_after_its_last_step_writes_the_generator_without_training(images, trained, tmp_path):
+    import shutil
+
+    reference, events = trained
+    shutil.copytree(reference.with_name("g.checkpoints"), tmp_path / "g.checkpoints")
+    again = list(train_vox2vox(options(images, tmp_path / "g", checkpoint_every=4)))
+    assert [e.kind for e in again] == ["info"] * 5 + ["done"]
+    assert "Resuming from the checkpoint at step 8" in again[4].message
+    # The final SSIM is the checkpoint's last evaluation (kept to 5 decimals), not a new one.
+    assert again[-1].metrics == {k: round(v, 5) for k, v in events[-1].metrics.items()}
+    resumed, _, _ = load_generator(tmp_path / "g.json")
+    finished, _, _ = load_generator(reference.with_suffix(".json"))
+    for (name, a), b in zip(resumed.state_dict().items(), finished.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 def test_a_killed_run_resumes_at_its_checkpoint_with_the_same_result(images, trained, tmp_path):

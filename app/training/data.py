@@ -7,7 +7,7 @@ voxel size with :func:`app.core.preprocess.resample`, normalised per channel wit
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -16,6 +16,7 @@ import numpy as np
 from app.core.errors import CellPolError
 from app.core.pairs import PairSet
 from app.core.preprocess import normalize, resample
+from app.core.simulate import PRESETS, SimConfig, scene_layout_options, simulate, varied_sample_options
 from app.core.volume import Volume
 
 
@@ -70,14 +71,10 @@ class AugmentConfig:
         return cls(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
     def to_dict(self) -> dict[str, float]:
-        from dataclasses import asdict
-
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data) -> "AugmentConfig":
-        from dataclasses import fields
-
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -198,8 +195,6 @@ def synthetic_pool(n: int, voxel_size: Sequence[float], seed: int, field_um: Seq
     (:func:`app.core.simulate.scene_layout_options`) from streams of its own, so the other draws stay
     those of a run without it.
     """
-    from app.core.simulate import PRESETS, SimConfig, simulate, scene_layout_options, varied_sample_options
-
     presets = list(presets or PRESETS)
     rng = np.random.default_rng(seed)
     pool = []

@@ -22,9 +22,12 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from app.core.batch import ReadOptions, image_stem
 from app.core.errors import CellPolError
+from app.core.imageio import find_images
 from app.core.jobs import CancelToken, check_cancel
 from app.core.pairs import PREDICTION_SUFFIX, VECTORS_SUFFIX, PairSet, read_pairs, vectors_content, vectors_stem
+from app.core.project import Project
 from app.core.volume import Volume
 
 PathLike = Union[str, os.PathLike]
@@ -46,8 +49,6 @@ class AnnotatedFile:
 
     @property
     def name(self) -> str:
-        from app.core.batch import image_stem
-
         return image_stem(self.image)
 
 
@@ -111,9 +112,6 @@ def match_files(images: Union[PathLike, Sequence[PathLike]], vectors: Optional[P
         No images; an image without a vectors file; a vectors file without an image (when the images are
         given as folders); two images with the same stem.
     """
-    from app.core.batch import image_stem
-    from app.core.imageio import find_images
-
     inputs = _as_list(images)
     found = find_images(inputs)
     if not found:
@@ -179,8 +177,6 @@ def match_project(project: PathLike) -> tuple[list[AnnotatedFile], int]:
     CellPolError
         Not a project, or no annotated image in it.
     """
-    from app.core.project import Project
-
     opened = Project.open(project)
     files, unannotated = [], 0
     for image in opened.images():
@@ -241,8 +237,6 @@ def load_annotated(file: AnnotatedFile, voxel_size: Optional[Sequence[float]] = 
     CellPolError
         Unreadable files, missing voxel size, bad channel roles, vectors outside the image.
     """
-    from app.core.batch import ReadOptions
-
     options = ReadOptions(voxel_size if voxel_size is not None else file.voxel_size, axes, nucleus_channel,
                           golgi_channel)
     try:

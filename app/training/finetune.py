@@ -53,20 +53,31 @@ import platform
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generator, Optional, Sequence, Union
+from typing import Any, Generator, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from app.core import evaluate
+from app.core.device import select_device
 from app.core.errors import CellPolError
 from app.core.fileutil import atomic_write_text, clean_stale_temporaries, ensure_folder, sha256_file
+from app.core.inference import Predictor, find_starter_model
 from app.core.jobs import CancelToken, check_cancel
-from app.core.modelfile import DecodingSpec, ModelSpec, load_model, model_paths, save_model
+from app.core.modelfile import (
+    DecodingSpec,
+    ModelSpec,
+    NormalizationSpec,
+    load_model,
+    load_spec,
+    model_paths,
+    save_model,
+)
 from app.core.network import NetworkConfig, required_multiple
 from app.core.pairs import PairSet
 from app.core.volume import Volume, parse_voxel_size
 from app.training import dataset
+from app.training.calibrate import best_row, calibrate_decoding
 from app.training.data import AugmentConfig, PatchSampler, PreparedVolume, fixed_patches, prepare, synthetic_pool
 from app.training.losses import LossConfig, compute_loss
 from app.training.targets import make_targets
@@ -284,8 +295,6 @@ class ValidationRun:
         self.cancel = cancel
 
     def __call__(self, model: torch.nn.Module, spec: ModelSpec) -> dict[str, float]:
-        from app.core.inference import Predictor
-
         metrics: dict[str, float] = {}
         module = copy.deepcopy(model).eval()
         if self.loss_patches:
@@ -360,8 +369,6 @@ def resolve_init(init: Optional[PathLike]) -> tuple[Optional[Path], bool]:
     if init is None or (isinstance(init, str) and init.strip().lower() in ("", "none", "scratch")):
         return None, False
     if isinstance(init, str) and init.strip().lower() == STARTER:
-        from app.core.inference import find_starter_model
-
         return find_starter_model(), True
     json_path, _ = model_paths(init)
     if not json_path.is_file():
@@ -475,16 +482,95 @@ def run_training(options: TrainingOptions, cancel: Optional[CancelToken] = None,
     opts = options
     opts.check()
     paths = output_paths(opts.out)
-    steps = opts.steps
-    if paths["model"].exists() and not opts.overwrite:
+    _check_output(paths, opts.overwrite)
+    init_path, init_is_starter = resolve_init(opts.init)
+    data = yield from _load_data(opts, cancel)
+    start = yield from _choose_start(opts, init_path, init_is_starter, data)
+    patches = yield from _make_patches(opts, data, start)
+    config = _train_config(opts, start)
+    device = select_device(opts.device)
+    validator = _make_validator(opts, data, start, patches, config, device, cancel)
+    init_sha = sha256_file(model_paths(start.init_path)[1]) if start.init_path is not None else None
+    fingerprint = _fingerprint(opts, data, start, patches, config, init_sha)
+    run = _RunState(_provenance(opts, data, start, patches, config, device, init_sha))
+    spec = _model_spec(opts, paths, data, start, run.provenance)
+    yield from _begin(opts, paths, start, spec, validator, device, run)
+    yield from _train_and_log(spec, patches.sampler, config, paths, start, validator, fingerprint, run, cancel,
+                              pause)
+    chosen = yield from _choose_kept_weights(opts, paths, data)
+    model, _ = load_model(chosen, device)
+    predictor, outputs = _predict_validation(model, spec, device, data, cancel)
+    decoding = yield from _calibrate(opts, start, data, spec, predictor, outputs, run)
+    path = yield from _write_model(opts, paths, data, model, spec, predictor, outputs, decoding, chosen, run)
+    return path
+
+
+@dataclass
+class _Data:
+    """The images read: their split, every image (training, then the given validation images) and whether 2D."""
+
+    split: dataset.Split
+    images: list[dataset.AnnotatedImage]
+    is_2d: bool
+
+    @property
+    def n_train_pairs(self) -> int:
+        return sum(len(i.pairs) for i in self.split.train)
+
+    @property
+    def n_validation_pairs(self) -> int:
+        return sum(len(item.pairs) for item in self.split.validation)
+
+
+@dataclass
+class _Start:
+    """What training starts from: the initial model (``None`` from scratch) and the description the model keeps."""
+
+    init_path: Optional[Path]
+    init_spec: Optional[ModelSpec]
+    network: NetworkConfig
+    voxel: tuple[float, float, float]
+    normalization: NormalizationSpec
+    decoding: DecodingSpec
+
+    def prepared(self, items: Sequence[dataset.AnnotatedImage]) -> list[PreparedVolume]:
+        """``items`` resampled and normalised as the model sees images."""
+        normalization = self.normalization
+        return [prepare(i.volume, i.pairs, self.voxel, normalization.low_percentile, normalization.high_percentile,
+                        normalization.clip, name=i.name) for i in items]
+
+
+@dataclass
+class _Patches:
+    """Where the training patches come from: the sampler, the patch size and how many simulated volumes."""
+
+    sampler: PatchSampler
+    shape: tuple[int, int, int]
+    synthetic_volumes: int
+
+
+@dataclass
+class _RunState:
+    """What the run gathers for the model file as it goes: its provenance, training time and best epoch."""
+
+    provenance: dict[str, Any]
+    trained_seconds: float = 0.0
+    best_checkpoint: Optional[dict] = None
+
+
+def _check_output(paths: dict[str, Path], overwrite: bool) -> None:
+    """Refuse to replace a model unless asked; say a read-only or misplaced output before any work."""
+    if paths["model"].exists() and not overwrite:
         raise CellPolError(f"{paths['model']} already exists; choose another output, or replace it.",
                            settings={"overwrite": True})
     ensure_folder(paths["model"].parent)  # a read-only or misplaced output is said before any work
     for folder in (paths["model"].parent, paths["checkpoints"]):
         clean_stale_temporaries(folder)
-    init_path, init_is_starter = resolve_init(opts.init)
 
-    # --- data ---------------------------------------------------------------------------------
+
+def _load_data(opts: TrainingOptions, cancel: Optional[CancelToken]) -> Generator[TrainEvent, None, _Data]:
+    """Step 1: find, read, check and split the images (``info`` and ``loading`` events)."""
+    steps = opts.steps
     read_options = {"voxel_size": opts.voxel_size, "axes": opts.axes, "nucleus_channel": opts.nucleus_channel,
                     "golgi_channel": opts.golgi_channel}
     notes: list[str] = []
@@ -501,23 +587,24 @@ def run_training(options: TrainingOptions, cancel: Optional[CancelToken] = None,
         yield _event("loading", len(all_files), file.image.name, step=k + 1)
     train_items, val_items = loaded[:len(train_files)], loaded[len(train_files):]
     split = dataset.make_split(train_items, val_items, opts.seed, opts.val_fraction, warnings)
-    is_2d = train_items[0].is_2d
-    n_pairs = sum(len(i.pairs) for i in split.train)
-    yield _event("info", steps, f"Training data: {len(split.train)} image(s) with {n_pairs} pairs "
-                 f"({'2D' if is_2d else '3D'}).")
+    data = _Data(split, loaded, train_items[0].is_2d)
+    yield _event("info", steps, f"Training data: {len(split.train)} image(s) with {data.n_train_pairs} pairs "
+                 f"({'2D' if data.is_2d else '3D'}).")
     yield _event("info", steps, split.note, data={"split": split.mode})
     for warning in warnings:
         yield _event("info", steps, "Warning: " + warning)
+    return data
 
-    # --- model description ----------------------------------------------------------------------
+
+def _choose_start(opts: TrainingOptions, init_path: Optional[Path], init_is_starter: bool,
+                  data: _Data) -> Generator[TrainEvent, None, _Start]:
+    """Step 2: the model to fine-tune (the starter of the images' dimensionality, when the starter is asked
+    for) or a fresh network at the model voxel size; ``info`` events say which."""
+    steps, is_2d = opts.steps, data.is_2d
     init_spec: Optional[ModelSpec] = None
     if init_path is not None:
-        from app.core.modelfile import load_spec
-
         init_spec = load_spec(init_path)
         if (init_spec.network.spatial_dims == 2) != is_2d and init_is_starter:
-            from app.core.inference import find_starter_model
-
             other = find_starter_model(spatial_dims=2 if is_2d else 3)
             if other is not None:  # the starter of the images' dimensionality
                 init_path, init_spec = other, load_spec(other)
@@ -534,41 +621,37 @@ def run_training(options: TrainingOptions, cancel: Optional[CancelToken] = None,
     elif init_is_starter:
         yield _event("info", steps, "No starter model is installed (resources/models): training from scratch.")
     if init_spec is not None:
-        network, voxel = init_spec.network, init_spec.voxel_size
-        normalization, decoding = init_spec.normalization, init_spec.decoding
+        voxel = init_spec.voxel_size
         yield _event("info", steps, f"Fine-tuning {init_path.name} (voxel size {'×'.join(f'{v:g}' for v in voxel)} µm).")
-    else:
-        from app.core.modelfile import NormalizationSpec
+        return _Start(init_path, init_spec, init_spec.network, voxel, init_spec.normalization, init_spec.decoding)
+    voxel = (parse_voxel_size(opts.model_voxel_size) if opts.model_voxel_size is not None
+             else choose_model_voxel_size([i.volume for i in data.images]))
+    network = NetworkConfig.for_voxel_size(voxel, spatial_dims=2 if is_2d else 3, architecture=opts.architecture,
+                                           levels=opts.levels, base_filters=opts.base_filters)
+    yield _event("info", steps, f"Training a new {'2D' if is_2d else '3D'} network from scratch at voxel size "
+                 f"{'×'.join(f'{v:g}' for v in voxel)} µm.")
+    return _Start(None, None, network, voxel, NormalizationSpec(), DecodingSpec())
 
-        voxel = (parse_voxel_size(opts.model_voxel_size) if opts.model_voxel_size is not None
-                 else choose_model_voxel_size([i.volume for i in loaded]))
-        network = NetworkConfig.for_voxel_size(voxel, spatial_dims=2 if is_2d else 3, architecture=opts.architecture,
-                                               levels=opts.levels, base_filters=opts.base_filters)
-        normalization, decoding = NormalizationSpec(), DecodingSpec()
-        yield _event("info", steps, f"Training a new {'2D' if is_2d else '3D'} network from scratch at voxel size "
-                     f"{'×'.join(f'{v:g}' for v in voxel)} µm.")
 
-    # --- patches --------------------------------------------------------------------------------
-    def prepared(items: Sequence[dataset.AnnotatedImage]) -> list[PreparedVolume]:
-        return [prepare(i.volume, i.pairs, voxel, normalization.low_percentile, normalization.high_percentile,
-                        normalization.clip, name=i.name) for i in items]
-
-    train_volumes = prepared(split.train)
+def _make_patches(opts: TrainingOptions, data: _Data, start: _Start) -> Generator[TrainEvent, None, _Patches]:
+    """Step 3: the patch sampler over the training images and the simulated volumes mixed in."""
+    steps, is_2d = opts.steps, data.is_2d
+    train_volumes = start.prepared(data.split.train)
     patch_shape = (tuple(int(p) for p in opts.patch_shape) if opts.patch_shape is not None
-                   else choose_patch_shape(opts.patch_field_um, voxel, network, train_volumes))
+                   else choose_patch_shape(opts.patch_field_um, start.voxel, start.network, train_volumes))
     synthetic_volumes: list[PreparedVolume] = []
     if opts.synthetic:
         yield _event("info", steps, f"Simulating {opts.synthetic} synthetic volume(s) to mix in.")
         field_um = (0.01,) + SYNTHETIC_FIELD_UM[1:] if is_2d else SYNTHETIC_FIELD_UM
-        synthetic_volumes += synthetic_pool(opts.synthetic, voxel, seed=opts.seed * 1000 + 17, field_um=field_um,
-                                            presets=opts.synthetic_presets)
+        synthetic_volumes += synthetic_pool(opts.synthetic, start.voxel, seed=opts.seed * 1000 + 17,
+                                            field_um=field_um, presets=opts.synthetic_presets)
     if opts.synthetic_dir is not None:
         synth_files = dataset.match_files(opts.synthetic_dir, None, "synthetic")
         synth_items = [dataset.load_annotated(f) for f in synth_files]
         if any(i.is_2d != is_2d for i in synth_items):
             raise CellPolError(f"{opts.synthetic_dir}: the synthetic volumes must be {'2D' if is_2d else '3D'} like "
                                "the training images.")
-        synthetic_volumes += prepared(synth_items)
+        synthetic_volumes += start.prepared(synth_items)
     weights = None
     if synthetic_volumes:
         fraction = opts.synthetic_fraction
@@ -578,85 +661,116 @@ def run_training(options: TrainingOptions, cancel: Optional[CancelToken] = None,
                      f"{fraction:.0%} of the patches.")
     sampler = PatchSampler(train_volumes + synthetic_volumes, patch_shape, opts.augment, opts.foreground_fraction,
                            weights)
+    return _Patches(sampler, patch_shape, len(synthetic_volumes))  # type: ignore[arg-type]
 
-    # --- training settings ----------------------------------------------------------------------
+
+def _train_config(opts: TrainingOptions, start: _Start) -> TrainConfig:
+    """The trainer's settings: the options, with the fine-tuning or from-scratch defaults where unset."""
+    steps = opts.steps
     epoch_steps = opts.epoch_steps or min(100, steps)
     embedding_weight = (opts.embedding_weight if opts.embedding_weight is not None
-                        else FINETUNE_EMBEDDING_WEIGHT if init_spec is not None else 1.0)
-    config = TrainConfig(
+                        else FINETUNE_EMBEDDING_WEIGHT if start.init_spec is not None else 1.0)
+    return TrainConfig(
         steps=steps, batch_size=opts.batch_size,
-        learning_rate=opts.learning_rate or (FINETUNE_LEARNING_RATE if init_spec is not None else 2e-3),
+        learning_rate=opts.learning_rate or (FINETUNE_LEARNING_RATE if start.init_spec is not None else 2e-3),
         warmup_steps=opts.warmup_steps if opts.warmup_steps is not None else min(50, steps // 10),
         seed=opts.seed, device=opts.device, checkpoint_every=opts.checkpoint_every or epoch_steps,
         epoch_steps=epoch_steps, amp=opts.amp,
         loss=LossConfig(pull_weight=embedding_weight, push_weight=embedding_weight),
         embedding_warmup_steps=opts.embedding_warmup_steps,
     )
-    from app.core.inference import select_device
 
-    device = select_device(opts.device)
-    val_patches = fixed_patches(prepared(split.validation), patch_shape, opts.validation_patches, opts.seed)
-    validator = ValidationRun(split.validation, device, val_patches, opts.batch_size, config.sigma_um, config.loss,
-                              cancel=cancel)
-    init_sha = sha256_file(model_paths(init_path)[1]) if init_path is not None else None
-    fingerprint = {
+
+def _make_validator(opts: TrainingOptions, data: _Data, start: _Start, patches: _Patches, config: TrainConfig,
+                    device: torch.device, cancel: Optional[CancelToken]) -> ValidationRun:
+    """The per-epoch validation on the validation images and fixed patches of them."""
+    val_patches = fixed_patches(start.prepared(data.split.validation), patches.shape, opts.validation_patches,
+                                opts.seed)
+    return ValidationRun(data.split.validation, device, val_patches, opts.batch_size, config.sigma_um, config.loss,
+                         cancel=cancel)
+
+
+def _fingerprint(opts: TrainingOptions, data: _Data, start: _Start, patches: _Patches, config: TrainConfig,
+                 init_sha: Optional[str]) -> dict[str, Any]:
+    """What defines the run: a checkpoint of another fingerprint is not resumed."""
+    split = data.split
+    return {
         "train_images": [[i.name, len(i.pairs), list(i.volume.spatial_shape)] for i in split.train],
         "validation_images": [[i.name, len(i.pairs)] for i in split.validation],
-        "init_weights_sha256": init_sha, "steps": steps, "seed": opts.seed, "batch_size": opts.batch_size,
-        "learning_rate": config.learning_rate, "patch_shape": list(patch_shape), "voxel_size": list(voxel),
+        "init_weights_sha256": init_sha, "steps": opts.steps, "seed": opts.seed, "batch_size": opts.batch_size,
+        "learning_rate": config.learning_rate, "patch_shape": list(patches.shape), "voxel_size": list(start.voxel),
         "synthetic": [opts.synthetic, str(opts.synthetic_dir) if opts.synthetic_dir else None,
                       opts.synthetic_fraction],
         "augment": opts.augment.to_dict(), "foreground_fraction": opts.foreground_fraction,
-        "epoch_steps": epoch_steps, "loss": config.loss.fingerprint(),
+        "epoch_steps": config.epoch_steps, "loss": config.loss.fingerprint(),
         "embedding_warmup_steps": config.embedding_warmup_steps,
     }
-    name = opts.name or paths["model"].stem
-    provenance: dict[str, Any] = {
+
+
+def _provenance(opts: TrainingOptions, data: _Data, start: _Start, patches: _Patches, config: TrainConfig,
+                device: torch.device, init_sha: Optional[str]) -> dict[str, Any]:
+    """The model's provenance as known before training (the run adds to it)."""
+    split, init_path, init_spec = data.split, start.init_path, start.init_spec
+    return {
         "trained_by": "cellpol train",
         "init": {"path": str(init_path), "weights_sha256": init_sha,
                  "name": init_spec.name if init_spec else None} if init_path else None,
         "training_images": _describe(split.train),
         "validation_images": _describe(split.validation),
         "validation_split": split.mode, "validation_note": split.note,
-        "synthetic": {"volumes": len(synthetic_volumes), "generated": opts.synthetic,
+        "synthetic": {"volumes": patches.synthetic_volumes, "generated": opts.synthetic,
                       "dir": str(opts.synthetic_dir) if opts.synthetic_dir else None,
-                      "fraction": opts.synthetic_fraction if synthetic_volumes else 0.0,
+                      "fraction": opts.synthetic_fraction if patches.synthetic_volumes else 0.0,
                       "presets": list(opts.synthetic_presets) if opts.synthetic_presets else "all"},
-        "patch_shape_zyx": list(patch_shape), "foreground_fraction": opts.foreground_fraction,
+        "patch_shape_zyx": list(patches.shape), "foreground_fraction": opts.foreground_fraction,
         "augment": opts.augment.to_dict(), "train": train_config_dict(config),
         "device": str(device), "torch": torch.__version__, "host": platform.node(),
     }
-    spec = ModelSpec(network=network, voxel_size=voxel, normalization=normalization, decoding=decoding,
-                     provenance=provenance, name=name,
+
+
+def _model_spec(opts: TrainingOptions, paths: dict[str, Path], data: _Data, start: _Start,
+                provenance: dict[str, Any]) -> ModelSpec:
+    """The description of the model being trained (the trainer saves it with every checkpoint)."""
+    init_path, init_spec = start.init_path, start.init_spec
+    name = opts.name or paths["model"].stem
+    return ModelSpec(network=start.network, voxel_size=start.voxel, normalization=start.normalization,
+                     decoding=start.decoding, provenance=provenance, name=name,
                      description=opts.description or (f"Fine-tuned from {init_spec.name or init_path.stem}"
                                                       if init_spec else "Trained from scratch")
-                     + f" on {len(split.train)} image(s) with {n_pairs} pairs.")
+                     + f" on {len(data.split.train)} image(s) with {data.n_train_pairs} pairs.")
 
-    # --- baseline, then train ---------------------------------------------------------------------
+
+def _begin(opts: TrainingOptions, paths: dict[str, Path], start: _Start, spec: ModelSpec,
+           validator: ValidationRun, device: torch.device, run: _RunState) -> Iterator[TrainEvent]:
+    """Discard an earlier run when overwriting; then say where a resumed run resumes, or score the initial
+    model on the validation images (the ``baseline`` event)."""
     if opts.overwrite:  # only now that the input is known to be good
         if paths["checkpoints"].is_dir():
             shutil.rmtree(paths["checkpoints"])
         for key in ("log", "validation_log"):
             if paths[key].exists():
                 paths[key].unlink()
-    resuming = checkpoint_exists(paths["checkpoints"])
-    if resuming:
+    if checkpoint_exists(paths["checkpoints"]):
         state = read_checkpoint_state(paths["checkpoints"]) or {}
-        yield _event("info", steps, f"Resuming from the checkpoint at step {state.get('step', '?')} in "
+        yield _event("info", opts.steps, f"Resuming from the checkpoint at step {state.get('step', '?')} in "
                      f"{paths['checkpoints']}.", step=int(state.get("step", 0) or 0))
-    elif init_path is not None:
-        module, _ = load_model(init_path, device)
+    elif start.init_path is not None:
+        module, _ = load_model(start.init_path, device)
         baseline = validator(module, spec)
-        yield _event("baseline", steps, "initial model on the validation images", metrics=baseline)
-        provenance["baseline_validation"] = baseline
+        yield _event("baseline", opts.steps, "initial model on the validation images", metrics=baseline)
+        run.provenance["baseline_validation"] = baseline
         del module
 
+
+def _train_and_log(spec: ModelSpec, sampler: PatchSampler, config: TrainConfig, paths: dict[str, Path],
+                   start: _Start, validator: ValidationRun, fingerprint: dict[str, Any], run: _RunState,
+                   cancel: Optional[CancelToken], pause: Optional[PauseToken]) -> Iterator[TrainEvent]:
+    """Step 4: the trainer's events, steps and epochs also written to the CSV logs; its ``done`` event is
+    not passed on (the job's own comes last) but its time and best epoch are kept in ``run``."""
     log = CsvLog(paths["log"], LOG_COLUMNS)
     validation_log = CsvLog(paths["validation_log"], VALIDATION_COLUMNS)
-    trained_seconds = 0.0
-    best_info: Optional[dict] = None
-    for event in train(spec, sampler, config, paths["checkpoints"], cancel=cancel, init=init_path, pause=pause,
-                       validator=validator, fingerprint=fingerprint):
+    for event in train(spec, sampler, config, paths["checkpoints"], cancel=cancel, init=start.init_path,
+                       pause=pause, validator=validator, fingerprint=fingerprint):
         if event.kind == "step":
             log.write({"step": event.step, "epoch": event.epoch, "learning_rate": event.learning_rate,
                        "seconds": round(event.seconds, 3), **event.losses})
@@ -665,64 +779,86 @@ def run_training(options: TrainingOptions, cancel: Optional[CancelToken] = None,
                                   "train_total": event.losses.get("total"), **event.metrics,
                                   "best": int(event.best)})
         if event.kind == "done":
-            trained_seconds = event.seconds
-            best_info = event.metrics.get("best")
+            run.trained_seconds = event.seconds
+            run.best_checkpoint = event.metrics.get("best")
             continue
         yield event
 
-    # --- best model, calibration, final evaluation -------------------------------------------------
-    from app.core.inference import Predictor
-    from app.training.calibrate import best_row, calibrate_decoding
 
-    n_validation_pairs = sum(len(item.pairs) for item in split.validation)
+def _choose_kept_weights(opts: TrainingOptions, paths: dict[str, Path],
+                         data: _Data) -> Generator[TrainEvent, None, Path]:
+    """Step 5: the checkpoint whose weights become the model (``keep``): the best epoch's or the last."""
+    n_validation_pairs = data.n_validation_pairs
     best_json = paths["checkpoints"] / "best.json"
     keep_best = opts.keep == "best" or (opts.keep == "auto" and n_validation_pairs >= MIN_CALIBRATION_PAIRS)
     chosen = best_json if keep_best and best_json.is_file() else paths["checkpoints"] / "last.json"
     if opts.keep == "auto" and not keep_best:
-        yield _event("info", steps, f"Keeping the last weights: the validation images hold {n_validation_pairs} "
+        yield _event("info", opts.steps, f"Keeping the last weights: the validation images hold {n_validation_pairs} "
                      f"pairs, too few to tell the best epoch reliably (at least {MIN_CALIBRATION_PAIRS}).")
-    model, _ = load_model(chosen, device)
+    return chosen
+
+
+def _predict_validation(model: torch.nn.Module, spec: ModelSpec, device: torch.device, data: _Data,
+                        cancel: Optional[CancelToken]) -> tuple[Predictor, dict[int, Any]]:
+    """The kept model's predictor and its network outputs on every validation image (by ``id`` of the volume),
+    computed once for the calibration and the final evaluation."""
     predictor = Predictor.from_modules([(copy.deepcopy(model), spec)], device)
     outputs = {}
-    for item in split.validation:
+    for item in data.split.validation:
         check_cancel(cancel)
         outputs[id(item.volume)] = predictor.run_network(item.volume, cancel=cancel)
+    return predictor, outputs
+
+
+def _calibrate(opts: TrainingOptions, start: _Start, data: _Data, spec: ModelSpec, predictor: Predictor,
+               outputs: dict[int, Any], run: _RunState) -> Generator[TrainEvent, None, DecodingSpec]:
+    """Step 6: the decoding the model keeps: re-chosen on the validation images (``calibrate``), or kept from
+    the initial model when they hold too few pairs (an ``info`` event says so)."""
+    steps, n_validation_pairs, split = opts.steps, data.n_validation_pairs, data.split
     final_decoding = spec.decoding
     mode = {True: "always", False: "never"}.get(opts.calibrate, opts.calibrate)  # type: ignore[arg-type]
-    calibrate = mode == "always" or (mode == "auto" and (init_spec is None
+    calibrate = mode == "always" or (mode == "auto" and (start.init_spec is None
                                                          or n_validation_pairs >= MIN_CALIBRATION_PAIRS))
     if mode == "auto" and not calibrate:
         note = (f"The validation images hold {n_validation_pairs} pairs, too few to re-choose the decoding "
                 f"thresholds reliably (at least {MIN_CALIBRATION_PAIRS}); keeping those of "
-                f"{init_path.name}. Set calibration to always to re-choose them anyway.")
-        provenance["calibration"] = {"method": "kept from the initial model", "reason": note}
+                f"{start.init_path.name}. Set calibration to always to re-choose them anyway.")
+        run.provenance["calibration"] = {"method": "kept from the initial model", "reason": note}
         yield _event("info", steps, note)
     if calibrate:
         validation_pairs = [(item.volume, item.pairs) for item in split.validation]
         final_decoding, table = calibrate_decoding(_CachedNetwork(predictor, outputs), validation_pairs, level=5)
         row = best_row(table) or {}
-        provenance["calibration"] = {
+        run.provenance["calibration"] = {
             "method": "grid search maximising TPR - FDR at tauL=5 on the validation images",
             "validation_split": split.mode, "best": row, "settings_tried": len(table),
         }
         yield _event("calibration", steps, "decoding calibrated on the validation images",
                      metrics={**dataclasses.asdict(final_decoding),
                               **{k: row.get(k) for k in ("tpr", "fdr", "j")}})
+    return final_decoding
+
+
+def _write_model(opts: TrainingOptions, paths: dict[str, Path], data: _Data, model: torch.nn.Module,
+                 spec: ModelSpec, predictor: Predictor, outputs: dict[int, Any], decoding: DecodingSpec,
+                 chosen: Path, run: _RunState) -> Generator[TrainEvent, None, Path]:
+    """Step 7: the final evaluation with the paper's protocol, the model file (with its provenance) and the
+    ``done`` event."""
+    steps, split = opts.steps, data.split
     result = score_outputs(predictor, [outputs[id(i.volume)] for i in split.validation], split.validation,
-                           final_decoding)
+                           decoding)
     final = summary_metrics(result)
-    provenance.update({
-        "steps": steps, "training_seconds": round(trained_seconds, 1),
-        "seconds_per_step": round(trained_seconds / max(1, steps), 3),
-        "best_checkpoint": {k: v for k, v in (best_info or {}).items() if k != "key"},
+    run.provenance.update({
+        "steps": steps, "training_seconds": round(run.trained_seconds, 1),
+        "seconds_per_step": round(run.trained_seconds / max(1, steps), 3),
+        "best_checkpoint": {k: v for k, v in (run.best_checkpoint or {}).items() if k != "key"},
         "weights_from": chosen.stem, "keep": opts.keep, "final_validation": final,
     })
-    final_spec = dataclasses.replace(spec, decoding=final_decoding, provenance=provenance)
+    final_spec = dataclasses.replace(spec, decoding=decoding, provenance=run.provenance)
     path = save_model(paths["model"], model, final_spec)
-    yield TrainEvent("done", steps, steps, {}, 0.0, trained_seconds, path, metrics=final, data=result,
+    yield TrainEvent("done", steps, steps, {}, 0.0, run.trained_seconds, path, metrics=final, data=result,
                      message=split.note)
     return path
-
 
 __all__ = ["TrainingOptions", "run_training", "ValidationRun", "PauseToken", "STARTER", "choose_model_voxel_size",
            "choose_patch_shape", "output_paths", "resolve_init", "score_outputs", "summary_metrics"]

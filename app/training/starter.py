@@ -29,9 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
+import app.core.simulate as simulation  # simulation.simulate is looked up at each call (a test replaces it)
 from app.core.fileutil import sha256_file
-from app.core.modelfile import DecodingSpec, ModelSpec, load_model, model_paths, save_model
-from app.core.network import NetworkConfig
+from app.core.inference import Predictor
+from app.core.modelfile import DecodingSpec, ModelSpec, load_model, load_spec, model_paths, save_model
+from app.core.network import NetworkConfig, build_network
+from app.core.simulate import SimConfig, scene_layout_options, varied_sample_options
+from app.training.calibrate import best_row, calibrate_decoding
 from app.training.data import PatchSampler, synthetic_pool
 from app.training.losses import LossConfig
 from app.training.trainer import TrainConfig, train, train_config_dict
@@ -103,8 +107,6 @@ def main(argv=None) -> int:
                                          negative_weight=args.negative_weight, push_radius_um=args.push_radius))
     init_provenance, init_path = None, args.init
     if args.init is not None:
-        from app.core.modelfile import load_spec
-
         init_spec = load_spec(args.init)
         same_backbone = dataclasses.replace(init_spec.network, architecture=network.architecture) == network
         if not same_backbone or tuple(init_spec.voxel_size) != MODEL_VOXEL_SIZE:
@@ -168,8 +170,6 @@ def main(argv=None) -> int:
 
 def transfer_weights(source, network: NetworkConfig, out: Path) -> Path:
     """Save a model of architecture ``network`` whose weights are those of ``source`` it shares by name."""
-    from app.core.network import build_network
-
     model, spec = load_model(source)
     target = build_network(network)
     shared = {k: v for k, v in model.state_dict().items() if k in target.state_dict()}
@@ -187,8 +187,6 @@ def validation_set(presets, seed: int, n: int = 6, dims: int = 3, vary_samples: 
     ``vary_samples``: the scenes draw their sample and optics from the training ranges too
     (:func:`app.core.simulate.varied_sample_options`), so the decoding is chosen for varied data.
     """
-    from app.core.simulate import SimConfig, simulate, scene_layout_options, varied_sample_options
-
     rng = np.random.default_rng(7_000_000 + seed)
     out = []
     for k in range(n):
@@ -199,16 +197,13 @@ def validation_set(presets, seed: int, n: int = 6, dims: int = 3, vary_samples: 
         options.update(scene_layout_options((seed, k), vary_layout))
         config = SimConfig(shape=shape, voxel_size=(vz, vxy, vxy), preset=preset,
                            seed=int(rng.integers(1_000_000, 2**31)), **options)
-        out.append(simulate(config))
+        out.append(simulation.simulate(config))
     return out
 
 
 def calibrate_and_save(out: Path, presets, seed: int, dims: int = 3, n_volumes: int = 6,
                        vary_samples: bool = False, vary_layout: float = 0.0) -> None:
     """Choose decoding thresholds on validation volumes (TPR − FDR at τL = 5) and store them."""
-    from app.core.inference import Predictor
-    from app.training.calibrate import best_row, calibrate_decoding
-
     model, spec = load_model(out.with_suffix(".json"))
     predictor = Predictor.from_modules([(model, spec)], "cpu")
     best, table = calibrate_decoding(predictor, validation_set(list(presets), seed, n=n_volumes, dims=dims,

@@ -47,8 +47,11 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+from safetensors.torch import save as st_save
 
-from app.core.device import autocast_dtype
+from app.core.device import autocast_dtype, select_device
 from app.core.errors import CellPolError
 from app.core.fileutil import atomic_path, atomic_write_json
 from app.core.jobs import CancelToken
@@ -157,8 +160,6 @@ def checkpoint_exists(checkpoint_dir: Path) -> bool:
 
 def read_checkpoint_state(checkpoint_dir: Path) -> Optional[dict[str, Any]]:
     """The run state of the checkpoint in ``checkpoint_dir`` (step, fingerprint, best, ...), or None."""
-    from safetensors import SafetensorError, safe_open
-
     folder = Path(checkpoint_dir)
     path = folder / f"{LAST}.ckpt.safetensors"
     try:
@@ -177,8 +178,6 @@ def read_checkpoint_state(checkpoint_dir: Path) -> Optional[dict[str, Any]]:
 def _save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, spec: ModelSpec,
                      state: dict[str, Any]) -> Path:
     """Write the resumable checkpoint (one atomic file), then ``last.json`` as a loadable model."""
-    from safetensors.torch import save as st_save
-
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     tensors.update({f"optimizer.{k}": v.detach().to("cpu").contiguous()
@@ -201,9 +200,6 @@ def _json_default(value: Any) -> Any:
 
 def _load_checkpoint(folder: Path, device: torch.device) -> tuple[torch.nn.Module, ModelSpec, dict, dict]:
     """``(model, spec, optimizer tensors, state)`` from ``folder`` (the current or the first layout)."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-
     path = folder / f"{LAST}.ckpt.safetensors"
     if path.is_file():
         try:
@@ -284,49 +280,86 @@ def train(spec: ModelSpec, sampler: PatchSampler, config: TrainConfig, checkpoin
     TrainEvent
         See the module docstring.
     """
-    from app.core.inference import select_device
-
     checkpoint_dir = Path(checkpoint_dir)
+    device = _training_device(config)
+    torch.manual_seed(config.seed)  # a fresh network's weights
+    fingerprint = json.loads(json.dumps(dict(fingerprint), default=_json_default)) if fingerprint else None
+    model, state, optimizer_tensors = _starting_point(spec, checkpoint_dir, init, device, fingerprint)
+    _check_patch_shape(spec, sampler)
+    session = _Session(spec, sampler, config, checkpoint_dir, device, model, state, optimizer_tensors, fingerprint)
+    yield from session.steps(pause, cancel, validator)
+    yield session.finish()
+
+
+@dataclass
+class _RunState:
+    """What a run accumulates step by step, as its checkpoint keeps it (plus the epoch in progress)."""
+
+    start_step: int = 0  # the step this sitting starts from (the checkpoint's)
+    history: list[dict[str, float]] = field(default_factory=list)  # one loss row per step
+    epochs: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
+    best: Optional[dict[str, Any]] = None  # the best epoch so far (with a validator)
+    elapsed_s: float = 0.0  # training seconds before this sitting
+    grad_scaler: Optional[dict] = None  # the fp16 gradient scaler's state
+    epoch_losses: list[dict[str, float]] = field(default_factory=list)  # loss rows of the epoch in progress
+    saved_at: int = 0  # the step of the last checkpoint
+    learning_rate: float = 0.0  # that of the last step
+
+    @classmethod
+    def from_checkpoint(cls, state: Mapping[str, Any]) -> "_RunState":
+        return cls(start_step=int(state["step"]), history=list(state.get("losses", [])),
+                   epochs=list(state.get("epochs", [])), best=state.get("best"),
+                   elapsed_s=float(state.get("elapsed_s", 0.0)), grad_scaler=state.get("grad_scaler"))
+
+
+def _training_device(config: TrainConfig) -> torch.device:
+    """The device ``config.device`` names, with cuDNN's deterministic kernels where asked for."""
     device = select_device(config.device)
     if config.deterministic and device.type == "cuda":
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
-    torch.manual_seed(config.seed)
-    start_step, history, epochs = 0, [], []
-    best: Optional[dict[str, Any]] = None
-    elapsed_before = 0.0
-    optimizer_tensors: dict[str, torch.Tensor] = {}
-    scaler_state: Optional[dict] = None
-    fingerprint = json.loads(json.dumps(dict(fingerprint), default=_json_default)) if fingerprint else None
+    return device
+
+
+def _starting_point(spec: ModelSpec, checkpoint_dir: Path, init: Optional[Path], device: torch.device,
+                    fingerprint: Optional[dict[str, Any]]
+                    ) -> tuple[torch.nn.Module, _RunState, dict[str, torch.Tensor]]:
+    """``(network, run state, optimiser tensors)``: the checkpoint's when there is one (after checking that it
+    is of this run), else ``init``'s weights or a fresh network, at step 0."""
     if checkpoint_exists(checkpoint_dir):
-        model, saved_spec, optimizer_tensors, state = _load_checkpoint(checkpoint_dir, device)
+        model, saved_spec, optimizer_tensors, saved = _load_checkpoint(checkpoint_dir, device)
         if saved_spec.network != spec.network:
             raise CellPolError(f"The checkpoint in {checkpoint_dir} is of another architecture than the model being "
                                "trained; delete that folder to start again.")
-        saved_fingerprint = state.get("fingerprint")
-        if fingerprint is not None and saved_fingerprint is not None and saved_fingerprint != fingerprint:
-            differs = sorted(k for k in set(fingerprint) | set(saved_fingerprint)
-                             if fingerprint.get(k) != saved_fingerprint.get(k))
-            raise CellPolError(
-                f"The checkpoint in {checkpoint_dir} belongs to a different training run (it differs in: "
-                f"{', '.join(differs)}). Delete that folder (or start again, replacing it) to train anew, or "
-                "run with the original settings to resume it.", settings={"overwrite": True}
-            )
-        start_step, history = int(state["step"]), list(state.get("losses", []))
-        epochs = list(state.get("epochs", []))
-        best = state.get("best")
-        elapsed_before = float(state.get("elapsed_s", 0.0))
-        scaler_state = state.get("grad_scaler")
+        _check_fingerprint(checkpoint_dir, fingerprint, saved.get("fingerprint"))
+        state = _RunState.from_checkpoint(saved)
         # The checkpoint is the authority; ``last.json`` is its loadable copy, written after it, so a kill
         # between the two leaves the copy one checkpoint behind: bring it up to date before going on.
         save_model(checkpoint_dir / LAST, model, saved_spec)
-    elif init is not None:
+        return model, state, optimizer_tensors
+    if init is not None:
         model, init_spec = load_model(init, device)
         if init_spec.network != spec.network:
             raise CellPolError(f"{init}: its architecture differs from the one being trained.")
-    else:
-        model = build_network(spec.network).to(device)
+        return model, _RunState(), {}
+    return build_network(spec.network).to(device), _RunState(), {}
 
+
+def _check_fingerprint(checkpoint_dir: Path, fingerprint: Optional[Mapping[str, Any]],
+                       saved_fingerprint: Optional[Mapping[str, Any]]) -> None:
+    """Raise :class:`CellPolError` naming what differs when the checkpoint belongs to another run."""
+    if fingerprint is not None and saved_fingerprint is not None and saved_fingerprint != fingerprint:
+        differs = sorted(k for k in set(fingerprint) | set(saved_fingerprint)
+                         if fingerprint.get(k) != saved_fingerprint.get(k))
+        raise CellPolError(
+            f"The checkpoint in {checkpoint_dir} belongs to a different training run (it differs in: "
+            f"{', '.join(differs)}). Delete that folder (or start again, replacing it) to train anew, or "
+            "run with the original settings to resume it.", settings={"overwrite": True}
+        )
+
+
+def _check_patch_shape(spec: ModelSpec, sampler: PatchSampler) -> None:
+    """Raise :class:`CellPolError` when the sampler's patch does not fit the network's pooling."""
     multiple = required_multiple(spec.network)
     patch = tuple(getattr(sampler, "patch_shape", ()) or ())
     if patch:
@@ -336,69 +369,104 @@ def train(spec: ModelSpec, sampler: PatchSampler, config: TrainConfig, checkpoin
             raise CellPolError(f"The training patch {patch} must be a multiple of {need} (the network's pooling)"
                                + (" with one plane" if spec.network.spatial_dims == 2 else "") + ".")
 
-    memory_format = (preferred_memory_format(spec.network) if device.type in ("cpu", "cuda")
-                     else torch.contiguous_format)
-    model = model.to(memory_format=memory_format)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    if start_step and optimizer_tensors:
-        load_optimizer_state(optimizer, {k: v.to(device) for k, v in optimizer_tensors.items()})
-    autocast_dtype = choose_autocast_dtype(device, config.amp)
-    scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
-    if scaler is not None and scaler_state:
-        scaler.load_state_dict(scaler_state)
-    spatial_2d = spec.network.spatial_dims == 2
 
-    clock = TrainingClock(elapsed_before)
-    seconds = clock.seconds
+class _Session:
+    """One sitting of a run: the network and its optimiser on the device, the clock, the checkpoints, and the
+    run's state (:class:`_RunState`); :meth:`steps` trains, :meth:`finish` ends."""
 
-    def state_now(step: int) -> dict[str, Any]:
-        return {"step": step, "total_steps": config.steps, "losses": history[-HISTORY_KEPT:], "epochs": epochs,
-                "best": best, "elapsed_s": round(seconds(), 3), "fingerprint": fingerprint,
-                "grad_scaler": scaler.state_dict() if scaler is not None else None}
+    def __init__(self, spec: ModelSpec, sampler: PatchSampler, config: TrainConfig, checkpoint_dir: Path,
+                 device: torch.device, model: torch.nn.Module, state: _RunState,
+                 optimizer_tensors: Mapping[str, torch.Tensor], fingerprint: Optional[dict[str, Any]]) -> None:
+        self.spec, self.sampler, self.config = spec, sampler, config
+        self.checkpoint_dir, self.device, self.fingerprint = checkpoint_dir, device, fingerprint
+        self.state = state
+        self.memory_format = (preferred_memory_format(spec.network) if device.type in ("cpu", "cuda")
+                              else torch.contiguous_format)
+        self.model = model.to(memory_format=self.memory_format)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate,
+                                           weight_decay=config.weight_decay)
+        if state.start_step and optimizer_tensors:
+            load_optimizer_state(self.optimizer, {k: v.to(device) for k, v in optimizer_tensors.items()})
+        self.autocast_dtype = choose_autocast_dtype(device, config.amp)
+        self.scaler = torch.amp.GradScaler("cuda") if self.autocast_dtype == torch.float16 else None
+        if self.scaler is not None and state.grad_scaler:
+            self.scaler.load_state_dict(state.grad_scaler)
+        self.clock = TrainingClock(state.elapsed_s)
+        state.saved_at = state.start_step
+        state.epoch_losses = [h for h in state.history
+                              if h["step"] > state.start_step - state.start_step % config.epoch_steps]
 
-    saved_at = start_step
+    # --- checkpoints ------------------------------------------------------------------------------
+    def checkpoint_state(self, step: int) -> dict[str, Any]:
+        state = self.state
+        return {"step": step, "total_steps": self.config.steps, "losses": state.history[-HISTORY_KEPT:],
+                "epochs": state.epochs, "best": state.best, "elapsed_s": round(self.clock.seconds(), 3),
+                "fingerprint": self.fingerprint,
+                "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None}
 
-    def save(step: int) -> Path:
-        nonlocal saved_at
-        saved_at = step
-        return _save_checkpoint(checkpoint_dir, model, optimizer, spec, state_now(step))
+    def save(self, step: int) -> Path:
+        self.state.saved_at = step
+        return _save_checkpoint(self.checkpoint_dir, self.model, self.optimizer, self.spec, self.checkpoint_state(step))
 
-    def save_if_needed(step: int) -> Path:
-        if saved_at != step or not checkpoint_exists(checkpoint_dir):
-            save(step)
-        return checkpoint_dir / f"{LAST}.json"
+    def save_if_needed(self, step: int) -> Path:
+        if self.state.saved_at != step or not checkpoint_exists(self.checkpoint_dir):
+            self.save(step)
+        return self.checkpoint_dir / f"{LAST}.json"
 
-    epoch_losses: list[dict[str, float]] = [h for h in history
-                                            if h["step"] > start_step - start_step % config.epoch_steps]
-    model.train()
-    learning_rate = _lr_at(start_step, config)
-    for step in range(start_step, config.steps):
-        yield from pause_point(step, config.steps, pause, cancel, clock, save_if_needed)
+    # --- the step loop ----------------------------------------------------------------------------
+    def steps(self, pause: Optional[PauseToken], cancel: Optional[CancelToken],
+              validator: Optional[Validator]) -> Iterator[TrainEvent]:
+        """Every step from the start step on: ``step``, ``epoch`` (+ best ``checkpoint``) and ``checkpoint``
+        events, pausing and cancelling before each step."""
+        config, state = self.config, self.state
+        self.model.train()
+        state.learning_rate = _lr_at(state.start_step, config)
+        for step in range(state.start_step, config.steps):
+            yield from pause_point(step, config.steps, pause, cancel, self.clock, self.save_if_needed)
+            batch, targets = self.draw_batch(step)
+            losses = self.optimise(step, batch, targets)
+            yield TrainEvent("step", step + 1, config.steps, losses, state.learning_rate, self.clock.seconds(),
+                             epoch=step // config.epoch_steps + 1)
+            done = step + 1
+            if done % config.epoch_steps == 0 or done == config.steps:
+                yield from self.end_epoch(done, validator)
+            if done % config.checkpoint_every == 0 or done == config.steps:
+                path = self.save(done)
+                yield TrainEvent("checkpoint", done, config.steps, losses, state.learning_rate, self.clock.seconds(),
+                                 path, epoch=(done - 1) // config.epoch_steps + 1)
 
+    def draw_batch(self, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Step ``step``'s batch and targets on the device, drawn from a generator seeded by the step."""
+        config, spec = self.config, self.spec
         rng = np.random.default_rng([config.seed, step])  # a resumed run sees the same batches
         torch.manual_seed(step_seed(config.seed, step))  # and the same dropout masks
         images, target_list = [], []
         for _ in range(config.batch_size):
-            image, pairs = sampler.sample(rng)
+            image, pairs = self.sampler.sample(rng)
             images.append(image)
             target_list.append(make_targets(pairs, image.shape[1:], spec.voxel_size, config.sigma_um))
         batch = torch.from_numpy(np.stack(images))
         targets = {key: torch.from_numpy(np.stack([t[key] for t in target_list])[:, None])
                    for key in target_list[0]}
-        if spatial_2d:  # (B, C, 1, Y, X) → (B, C, Y, X)
+        if spec.network.spatial_dims == 2:  # (B, C, 1, Y, X) → (B, C, Y, X)
             batch = batch[:, :, 0]
             targets = {key: value[:, :, 0] for key, value in targets.items()}
-        batch = batch.to(device).contiguous(memory_format=memory_format)
-        targets = {key: value.to(device) for key, value in targets.items()}
-        learning_rate = _lr_at(step, config)
+        batch = batch.to(self.device).contiguous(memory_format=self.memory_format)
+        targets = {key: value.to(self.device) for key, value in targets.items()}
+        return batch, targets
+
+    def optimise(self, step: int, batch: torch.Tensor, targets: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """One optimiser step on ``batch``; its losses, added to the run's history."""
+        config, state, model, optimizer, scaler = self.config, self.state, self.model, self.optimizer, self.scaler
+        state.learning_rate = _lr_at(step, config)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate
-        autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+            group["lr"] = state.learning_rate
+        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
                     else contextlib.nullcontext())
         with autocast:
             outputs = model(batch)
         outputs = {k: v.float() for k, v in outputs.items()}
-        parts = compute_loss(outputs, targets, _loss_at(step, config), tuple(spec.voxel_size))
+        parts = compute_loss(outputs, targets, _loss_at(step, config), tuple(self.spec.voxel_size))
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(parts["total"]).backward()
@@ -415,40 +483,42 @@ def train(spec: ModelSpec, sampler: PatchSampler, config: TrainConfig, checkpoin
             raise CellPolError(f"Training diverged at step {step + 1} (the loss is not a number); "
                                "try a lower learning rate.")
         row = {"step": step + 1, **{k: round(v, 6) for k, v in losses.items()}}
-        history.append(row)
-        epoch_losses.append(row)
-        yield TrainEvent("step", step + 1, config.steps, losses, learning_rate, seconds(),
-                         epoch=step // config.epoch_steps + 1)
+        state.history.append(row)
+        state.epoch_losses.append(row)
+        return losses
 
-        done = step + 1
-        if done % config.epoch_steps == 0 or done == config.steps:
-            epoch = (done - 1) // config.epoch_steps + 1
-            keys = [k for k in epoch_losses[0] if k != "step"] if epoch_losses else []
-            means = {k: float(np.mean([r[k] for r in epoch_losses])) for k in keys}
-            epoch_losses = []
-            metrics: dict[str, Any] = {}
-            if validator is not None:
-                metrics = dict(validator(model, spec))
-                model.train()
-            key = _best_key(metrics, means)
-            is_best = validator is not None and (best is None or key > list(best["key"]))
-            epochs.append({"epoch": epoch, "step": done, "losses": means, "metrics": metrics, "best": is_best})
-            yield TrainEvent("epoch", done, config.steps, means, learning_rate, seconds(), epoch=epoch,
-                             metrics=metrics, best=is_best)
-            if is_best:
-                best = {"key": key, "step": done, "epoch": epoch, "metrics": metrics, "losses": means}
-                path = save_model(checkpoint_dir / BEST, model, spec)
-                atomic_write_json(checkpoint_dir / f"{BEST}.state.json", best)
-                yield TrainEvent("checkpoint", done, config.steps, means, learning_rate, seconds(), path,
-                                 epoch=epoch, metrics=metrics, best=True)
-        if done % config.checkpoint_every == 0 or done == config.steps:
-            path = save(done)
-            yield TrainEvent("checkpoint", done, config.steps, losses, learning_rate, seconds(), path,
-                             epoch=(done - 1) // config.epoch_steps + 1)
-    if saved_at != config.steps and config.steps > start_step:
-        save(config.steps)
-    yield TrainEvent("done", config.steps, config.steps, history[-1] if history else {}, 0.0, seconds(),
-                     checkpoint_dir / f"{LAST}.json", metrics={"best": best} if best else {})
+    def end_epoch(self, done: int, validator: Optional[Validator]) -> Iterator[TrainEvent]:
+        """The ``epoch`` event after step ``done`` (mean losses, the validator's metrics) and, for a new best
+        epoch, its model ``best`` and a ``checkpoint`` event."""
+        config, state = self.config, self.state
+        epoch = (done - 1) // config.epoch_steps + 1
+        keys = [k for k in state.epoch_losses[0] if k != "step"] if state.epoch_losses else []
+        means = {k: float(np.mean([r[k] for r in state.epoch_losses])) for k in keys}
+        state.epoch_losses = []
+        metrics: dict[str, Any] = {}
+        if validator is not None:
+            metrics = dict(validator(self.model, self.spec))
+            self.model.train()
+        key = _best_key(metrics, means)
+        is_best = validator is not None and (state.best is None or key > list(state.best["key"]))
+        state.epochs.append({"epoch": epoch, "step": done, "losses": means, "metrics": metrics, "best": is_best})
+        yield TrainEvent("epoch", done, config.steps, means, state.learning_rate, self.clock.seconds(), epoch=epoch,
+                         metrics=metrics, best=is_best)
+        if is_best:
+            state.best = {"key": key, "step": done, "epoch": epoch, "metrics": metrics, "losses": means}
+            path = save_model(self.checkpoint_dir / BEST, self.model, self.spec)
+            atomic_write_json(self.checkpoint_dir / f"{BEST}.state.json", state.best)
+            yield TrainEvent("checkpoint", done, config.steps, means, state.learning_rate, self.clock.seconds(), path,
+                             epoch=epoch, metrics=metrics, best=True)
+
+    def finish(self) -> TrainEvent:
+        """Save the last step if not yet saved; the ``done`` event."""
+        config, state = self.config, self.state
+        if state.saved_at != config.steps and config.steps > state.start_step:
+            self.save(config.steps)
+        return TrainEvent("done", config.steps, config.steps, state.history[-1] if state.history else {}, 0.0,
+                          self.clock.seconds(), self.checkpoint_dir / f"{LAST}.json",
+                          metrics={"best": state.best} if state.best else {})
 
 
 def train_config_dict(config: TrainConfig) -> dict[str, Any]:
