@@ -9,7 +9,7 @@ import pytest
 
 #: Modules whose docstring examples are part of the contract: reading a volume, vectors, peak finding,
 #: pairing and scoring.
-MODULES = ("app.core.imageio", "app.core.pairs", "app.core.evaluate", "app.core.inference.peaks",
+MODULES = ("app.core.imageio.reading", "app.core.pairs", "app.core.evaluate.scoring", "app.core.inference.peaks",
            "app.core.inference.pairing")
 
 

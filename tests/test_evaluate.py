@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 
+import matplotlib.image
 import numpy as np
 import pytest
 
@@ -500,8 +501,6 @@ def test_write_evaluation_creates_tables_and_a_real_png(folders, tmp_path):
 
     png = paths["curves"].read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    import matplotlib.image
-
     pixels = matplotlib.image.imread(paths["curves"])
     assert pixels.shape[0] >= 400 and pixels.shape[1] >= 800
     assert pixels[..., :3].std() > 0.05  # not a blank canvas

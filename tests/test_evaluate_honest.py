@@ -14,6 +14,7 @@ import pytest
 import tifffile
 from scipy.spatial.distance import cdist
 
+from app.cli import flag_hint
 from app.core import evaluate
 from app.core.errors import CellPolError
 from app.core.evaluate import (
@@ -183,8 +184,6 @@ def test_unknown_image_size_stops_the_run_with_one_message(bare_folders):
     assert "b (" in message and "folder of the images" in message and "border margin of 0" in message
     # The message names the settings; the command line adds its flags.
     assert info.value.settings == {"images_dir": None, "border_margin_um": 0}
-    from app.cli import flag_hint
-
     assert flag_hint(info.value) == " (command line: --images DIR or --border-margin 0)"
     assert "Traceback" not in message and "\n" not in message
 
@@ -363,7 +362,7 @@ def random_sets(seed, n_pred, n_gt, extent=60.0, noise=3.0):
 @pytest.mark.parametrize("seed", range(8))
 @pytest.mark.parametrize("dense_limit", [evaluate._DENSE_COMPONENT_ENTRIES, 0], ids=["dense-components", "sparse"])
 def test_radius_matching_equals_the_dense_assignment(seed, dense_limit, monkeypatch):
-    monkeypatch.setattr(evaluate, "_DENSE_COMPONENT_ENTRIES", dense_limit)
+    monkeypatch.setattr(evaluate.matching, "_DENSE_COMPONENT_ENTRIES", dense_limit)  # read where the solver lives
     n_pred, n_gt = [(40, 50), (60, 45), (80, 80), (25, 70)][seed % 4]
     pred_n, pred_g, gt_n, gt_g = random_sets(seed, n_pred, n_gt)
     rows_d, cols_d, capped_d, cost = dense_match(pred_n, pred_g, gt_n, gt_g, 10.0)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from app.cli import main
 from app.core import simulate
 from app.core.errors import CellPolError, FileFormatError, MissingVoxelSizeError
 from app.core.imageio import (
@@ -27,6 +28,7 @@ from app.core.imageio import (
     read_volume,
     write_imagej_tiff,
 )
+from app.core.modelfile import load_spec
 from app.core.project import Project
 from app.core.volume import Volume, parse_voxel_size
 
@@ -142,8 +144,6 @@ def test_plausible_voxel_sizes_pass(values) -> None:
 
 
 def test_shipped_models_still_load() -> None:
-    from app.core.modelfile import load_spec
-
     specs = sorted((REPO / "resources" / "models").glob("*.json"))
     assert specs
     for spec_path in specs:
@@ -195,8 +195,6 @@ def test_a_z_step_larger_than_a_cell_is_read_with_a_warning(tmp_path: Path) -> N
 
 
 def test_cli_reports_a_file_voxel_size_in_nm_in_one_line(tmp_path: Path, capsys) -> None:
-    from app.cli import main
-
     path = _imagej(tmp_path / "nm.tif", np.zeros((3, 8, 8), np.uint8), "ZYX", unit="um", spacing=300, pixel=100)
     assert main(["info", str(path)]) == 2
     err = capsys.readouterr().err

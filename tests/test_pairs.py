@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+import app.core.pairs as pairs_module
 from app.core.errors import CellPolError, FileFormatError
 from app.core.pairs import (
     CSV_COLUMNS,
@@ -110,8 +111,6 @@ def test_corrupt_sidecar_and_binary_file(tmp_path):
 def test_failed_write_keeps_previous_file(tmp_path, monkeypatch):
     path = write_pairs(tmp_path / "keep.vectors.csv", make_pairs(2))
     before = path.read_text()
-    import app.core.pairs as pairs_module
-
     def boom(pairs):
         raise RuntimeError("disk full")
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from app.core.errors import CancelledError, CellPolError, OutputError
 from app.core.fileutil import atomic_write_text, clean_stale_temporaries, ensure_folder
+from app.core.imageio import IMAGE_SUFFIXES, read_volume
 from app.core.jobs import CancelToken, ItemDone, Job, Result, check_cancel
 from app.core.pairs import HUMAN_SOURCES, PairSet, prediction_name, read_pairs, vectors_content, write_pairs
 from app.core.volume import Volume
@@ -46,8 +47,6 @@ _FOLDER_WIDE_ERRORS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), err
 
 def image_stem(path: str | os.PathLike) -> str:
     """File name without its image suffix (``a.ome.tif`` → ``a``)."""
-    from app.core.imageio import IMAGE_SUFFIXES
-
     name = Path(path).name
     for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):  # ".ome.tif" before ".tif"
         if name.lower().endswith(suffix):
@@ -119,8 +118,6 @@ class ReadOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def read(self, path: Path) -> Volume:
-        from app.core.imageio import read_volume
-
         volume = read_volume(
             path,
             voxel_size=self.voxel_size,

@@ -12,6 +12,7 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
+from skimage.filters import threshold_otsu
 
 from app.core.errors import CellPolError
 from app.core.pairs import PairSet
@@ -43,8 +44,6 @@ class ClassicParams:
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     """Otsu's threshold of ``values`` (any shape, any real dtype)."""
-    from skimage.filters import threshold_otsu
-
     values = np.asarray(values)
     if values.size == 0 or float(values.min()) == float(values.max()):
         return float(values.max()) if values.size else 0.0

@@ -38,6 +38,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
+from skimage.filters import threshold_otsu
 
 from app.core.errors import CellPolError
 from app.core.pairs import PairSet
@@ -140,8 +141,6 @@ def object_mask(channel: np.ndarray, centroid: Sequence[float], voxel_size: Sequ
     crop = np.asarray(channel[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], dtype=np.float32)
     if crop.size < 2 or float(crop.max()) <= float(crop.min()):
         return None
-    from skimage.filters import threshold_otsu
-
     smooth = ndi.gaussian_filter(crop, np.maximum(0.5, SMOOTH_UM / voxel) * (np.array(crop.shape) > 1))
     if float(smooth.max()) <= float(smooth.min()):
         return None

@@ -32,8 +32,12 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 from torch import nn
 
+from app import __version__
 from app.core.errors import CellPolError, FileFormatError
 from app.core.fileutil import atomic_path, atomic_write_json, sha256_file
 from app.core.network import NetworkConfig, build_network
@@ -327,9 +331,6 @@ def write_model_files(json_path: Path, weights_path: Path, tensors: Mapping[str,
     ``description`` entries, and the app version and time at the end. Shared by every model kind (the
     detector here, the Vox2Vox generator), each with its own ``format`` value.
     """
-    from app import __version__
-    from safetensors.torch import save as st_save
-
     head_keys = ("format", "version", "name", "description")
     payload = st_save(dict(tensors), metadata={"format": str(document.get("format", "")),
                                                "version": str(document.get("version", ""))})
@@ -410,9 +411,6 @@ def read_model_weights(json_path: Path, weights_path: Path,
     Falls back on the file named in the JSON (a bare name next to it). Returns the tensors and the path
     read. Every problem is one :class:`FileFormatError`.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load as st_load
-
     if not weights_path.is_file():
         # Fall back on the file name recorded in the JSON (a bare name next to it, never a path elsewhere).
         named = document.get("weights")

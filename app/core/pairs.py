@@ -32,6 +32,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
+from app import __version__
 from app.core.errors import CellPolError, FileFormatError, OutputError
 from app.core.fileutil import atomic_path, atomic_write_json, atomic_write_text, sha256_bytes
 from app.core.volume import parse_voxel_size
@@ -235,8 +236,6 @@ def write_pairs(
     :data:`CONTENTS`) says what the file holds; default: from the sources (only ``predicted``: a
     prediction; only ``simulated``: ground truth; else an annotation).
     """
-    from app import __version__
-
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"Cannot write {path}: a folder of that name is in the way (give a file name).",

@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from app import __version__
 from app.core.annotation import find_recovery, vectors_path_for
 from app.core.batch import image_stem
 from app.core.errors import CellPolError, FileFormatError
 from app.core.fileutil import atomic_write_json
+from app.core.imageio import find_images, read_image_info
 from app.core.pairs import prediction_name, read_pairs
 from app.core.volume import parse_voxel_size
 
@@ -147,8 +149,6 @@ class Project:
 
     def save(self) -> None:
         """Rewrite the project file atomically."""
-        from app import __version__
-
         data: dict[str, Any] = {
             "format": PROJECT_FORMAT, "version": PROJECT_VERSION, "name": self.name, "created": self.created,
             "app_version": __version__, "folders": list(PROJECT_FOLDERS),
@@ -161,8 +161,6 @@ class Project:
     # --- images and where their files live ----------------------------------------------------
     def images(self) -> list[Path]:
         """The images in ``images/``, in natural order."""
-        from app.core.imageio import find_images
-
         folder = self.folder("images")
         return find_images([folder]) if folder.is_dir() and any(folder.iterdir()) else []
 
@@ -249,8 +247,6 @@ class Project:
         path = Path(image_path)
         status = ImageStatus(path, has_predictions=self.predictions_path(path).is_file())
         if read_header:
-            from app.core.imageio import read_image_info
-
             try:
                 info = read_image_info(path)
             except CellPolError as exc:

@@ -18,14 +18,13 @@ freed anyway, so we give them a reference count no session can exhaust (what 3.1
 
 from __future__ import annotations
 
+import ctypes
 import sys
 
 
 def _protect_singletons() -> None:
     if sys.implementation.name != "cpython" or sys.version_info >= (3, 12):
         return
-    import ctypes
-
     for singleton in (True, False, None):
         # ob_refcnt is the first field of every CPython object.
         ctypes.c_ssize_t.from_address(id(singleton)).value += 1 << 40

@@ -18,6 +18,9 @@ DEMO_VOXEL_SIZE = (0.5, 0.33, 0.33)
 
 def demo_data(seed: int = 1, shape=DEMO_SHAPE, voxel_size=DEMO_VOXEL_SIZE) -> tuple[Volume, PairSet]:
     """A simulated two-channel volume (nuclei, Golgi) with its ground-truth vectors."""
+    # Deliberately lazy, here and in demo_predictions: the window imports this module at start-up, and the
+    # simulator and the classic peer bring scipy (~0.3 s), a learned model torch (~1 s); the demo loads them when
+    # it runs.
     from app.core.simulate import SimConfig, simulate
 
     return simulate(SimConfig(shape=tuple(shape), voxel_size=tuple(voxel_size), seed=seed))

@@ -29,6 +29,7 @@ from app.core.annotation import (
     vectors_path_for,
 )
 from app.core.errors import CellPolError, FileFormatError, MissingVoxelSizeError
+from app.core.imageio import read_image_info, read_volume
 from app.core.pairs import (
     PairSet,
     read_3dngmic_vectors,
@@ -40,6 +41,8 @@ from app.core.pairs import (
 )
 from app.core.project import PROJECT_FILE, Project
 from app.core.volume import Volume, parse_voxel_size
+from app.ui.dialogs import VoxelSizeDialog
+from app.ui.display import default_displays
 from app.ui.state import ViewerState
 
 MAX_RECENT = 10
@@ -93,8 +96,6 @@ class DocumentController(QtCore.QObject):
         """``(voxel_size, axes, remember)`` or ``None`` if cancelled."""
         if not self.interactive:
             return None
-        from app.ui.dialogs import VoxelSizeDialog
-
         dialog = VoxelSizeDialog(info, self._last_voxel_size(), ask_axes, self.parent_widget)
         if dialog.exec() != QtWidgets.QDialog.DialogCode.Accepted:
             return None
@@ -197,8 +198,6 @@ class DocumentController(QtCore.QObject):
     def open_path(self, path, voxel_size: Optional[Sequence[float]] = None, axes: Optional[str] = None) -> bool:
         """Open an image (asking for the voxel size if the file has none), a project folder, or import a
         vectors file into the open image. Returns whether something was opened."""
-        from app.core.imageio import read_image_info, read_volume
-
         path = Path(path)
         if path.is_dir() or path.name == PROJECT_FILE:
             return self.open_project(path)
@@ -314,8 +313,6 @@ class DocumentController(QtCore.QObject):
 
     def _displays_for(self, volume: Volume):
         """Default displays with the colours and gammas remembered for the nucleus/Golgi roles."""
-        from app.ui.display import default_displays
-
         displays = default_displays(volume)
         prefs = self._settings_json("channel_display", {})
         for index, display in enumerate(displays):
