@@ -102,7 +102,15 @@ class NormalizationSpec:
 
 @dataclass(frozen=True)
 class DecodingSpec:
-    """How heatmaps and embeddings become vectors (absolute thresholds; distances in µm)."""
+    """How heatmaps and embeddings become vectors (absolute thresholds; distances in µm).
+
+    Each setting is used, and its rule written, in one place: the peak thresholds, minimum distances and
+    valley ratios by :func:`app.core.inference.peaks.find_peaks`; ``embedding_delta`` (Δ),
+    ``max_pair_distance_um`` (d_max) and the pairing weights by :func:`app.core.inference.pairing.pairing_cost`
+    (the module :mod:`app.core.inference.pairing` says why each term exists); ``ridge_radius_um`` by
+    :func:`app.core.inference.peaks.ridge_scores`. Weights and ratios of 0 switch their term off (the paper's
+    decoding); calibration chooses them per model.
+    """
 
     peak_threshold_nucleus: float = 0.4
     peak_threshold_golgi: float = 0.4
@@ -110,24 +118,10 @@ class DecodingSpec:
     min_distance_golgi_um: float = 1.5
     embedding_delta: float = 2.0
     max_pair_distance_um: float = 14.0
-    #: How pairs are chosen among admissible edges (|Δe| < Δ and d ≤ d_max): each edge costs
-    #: ``(1 − w)·|Δe|/Δ + w·d/d_max`` and the one-to-one assignment minimises the total. 0 = by embedding
-    #: alone (the paper); 1 = the embeddings only veto, the nearest admissible Golgi wins. Chosen by
-    #: calibration: a network whose embeddings separate neighbours well calibrates towards 0.
     pairing_distance_weight: float = 0.0
-    #: How much the peaks' strength counts when choosing among admissible edges: the edge cost above
-    #: becomes ``(1 − v)·cost + v·(1 − √(h_n·h_g))`` with ``h`` the heatmap heights, so a nucleus prefers
-    #: a strong Golgi peak a little further away to a faint one (a vessel, a speck) next to it. 0 = off.
     pairing_height_weight: float = 0.0
-    #: Peaks of a class closer than its minimum distance are both kept where the heatmap between them dips
-    #: below this fraction of the lower one (two touching objects, not one hill); 0 = plain minimum distance.
     peak_valley_nucleus: float = 0.0
     peak_valley_golgi: float = 0.0
-    #: How much a Golgi peak on a *ridge* of the Golgi heatmap counts against it in pairing: the edge cost
-    #: above gains ``ρ · ridge`` with ``ridge`` the heatmap ``ridge_radius_um`` away on *both* sides of the
-    #: peak along its most ridge-like in-plane axis, as a fraction of the peak
-    #: (:func:`app.core.inference.ridge_scores`): about 0 for a compact Golgi, near 1 for a peak on a tube
-    #: (a vessel). 0 = off.
     pairing_ridge_weight: float = 0.0
     ridge_radius_um: float = 3.5
 
