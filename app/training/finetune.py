@@ -61,7 +61,7 @@ import torch
 from app.core import evaluate
 from app.core.device import select_device
 from app.core.errors import CellPolError
-from app.core.fileutil import atomic_write_text, clean_stale_temporaries, ensure_folder, sha256_file
+from app.core.fileutil import atomic_write_text, sha256_file
 from app.core.inference import Predictor, find_starter_model
 from app.core.jobs import CancelToken, check_cancel
 from app.core.modelfile import (
@@ -79,6 +79,7 @@ from app.core.volume import Volume, parse_voxel_size
 from app.training import dataset
 from app.training.calibrate import best_row, calibrate_decoding
 from app.training.data import AugmentConfig, PatchSampler, PreparedVolume, fixed_patches, prepare, synthetic_pool
+from app.training.jobcontrol import check_output
 from app.training.losses import LossConfig, compute_loss
 from app.training.targets import make_targets
 from app.training.trainer import (
@@ -482,7 +483,7 @@ def run_training(options: TrainingOptions, cancel: Optional[CancelToken] = None,
     opts = options
     opts.check()
     paths = output_paths(opts.out)
-    _check_output(paths, opts.overwrite)
+    check_output(paths, opts.overwrite)
     init_path, init_is_starter = resolve_init(opts.init)
     data = yield from _load_data(opts, cancel)
     start = yield from _choose_start(opts, init_path, init_is_starter, data)
@@ -558,14 +559,6 @@ class _RunState:
     best_checkpoint: Optional[dict] = None
 
 
-def _check_output(paths: dict[str, Path], overwrite: bool) -> None:
-    """Refuse to replace a model unless asked; say a read-only or misplaced output before any work."""
-    if paths["model"].exists() and not overwrite:
-        raise CellPolError(f"{paths['model']} already exists; choose another output, or replace it.",
-                           settings={"overwrite": True})
-    ensure_folder(paths["model"].parent)  # a read-only or misplaced output is said before any work
-    for folder in (paths["model"].parent, paths["checkpoints"]):
-        clean_stale_temporaries(folder)
 
 
 def _load_data(opts: TrainingOptions, cancel: Optional[CancelToken]) -> Generator[TrainEvent, None, _Data]:

@@ -16,12 +16,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
-from app.core.errors import CancelledError
+from app.core.errors import CancelledError, CellPolError
+from app.core.fileutil import clean_stale_temporaries, ensure_folder
 from app.core.jobs import CancelToken, JobEvent, PauseToken, check_cancel
 
-__all__ = ["PauseToken", "TrainEvent", "TrainingClock", "pause_point"]
+__all__ = ["PauseToken", "TrainEvent", "TrainingClock", "check_output", "pause_point"]
 
 
 @dataclass
@@ -84,3 +85,15 @@ def pause_point(step: int, total: int, pause: Optional[PauseToken], cancel: Opti
     except CancelledError:
         save_if_needed(step)
         raise
+
+
+def check_output(paths: Mapping[str, Path], overwrite: bool) -> None:
+    """Before a training job does any work: refuse to replace its model (``paths["model"]``) unless asked,
+    say at once when the output folder is read-only or misplaced, and remove the temporaries a killed run
+    left beside the model and in ``paths["checkpoints"]``."""
+    if paths["model"].exists() and not overwrite:
+        raise CellPolError(f"{paths['model']} already exists; choose another output, or replace it.",
+                           settings={"overwrite": True})
+    ensure_folder(paths["model"].parent)
+    for folder in (paths["model"].parent, paths["checkpoints"]):
+        clean_stale_temporaries(folder)

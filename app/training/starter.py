@@ -22,7 +22,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import dataclasses
 import platform
-import shutil
 import sys
 import time
 from pathlib import Path

@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from app.core import masks as masks_mod
 from app.core.device import select_device
 from app.core.errors import CellPolError
-from app.core.fileutil import atomic_path, clean_stale_temporaries, ensure_folder
+from app.core.fileutil import atomic_path
 from app.core.jobs import CancelToken, check_cancel
 from app.core.masks import GOLGI_BOX_UM, NUCLEUS_BOX_UM, LayoutParams, ShapeLibrary
 from app.core.modelfile import model_paths
@@ -35,7 +35,7 @@ from app.core.volume import parse_voxel_size
 from app.training import dataset
 from app.training.data import AugmentConfig, PatchSampler, PreparedVolume
 from app.training.finetune import CsvLog, choose_model_voxel_size
-from app.training.jobcontrol import TrainingClock, pause_point
+from app.training.jobcontrol import TrainingClock, check_output, pause_point
 from app.training.trainer import (
     PauseToken,
     TrainEvent,
@@ -223,7 +223,7 @@ def train_vox2vox(options: Vox2VoxOptions, cancel: Optional[CancelToken] = None,
     opts = options
     opts.check()
     paths = output_paths(opts.out)
-    _check_output(paths, opts.overwrite)
+    check_output(paths, opts.overwrite)
     boxes = {"nucleus": [float(v) for v in masks_mod.check_box(opts.nucleus_box_um, "nucleus")],
              "golgi": [float(v) for v in masks_mod.check_box(opts.golgi_box_um, "Golgi")]}
     device = select_device(opts.device)
@@ -271,14 +271,6 @@ class _RunState:
     final: Optional[dict[str, float]] = None  # the latest evaluation of this sitting
 
 
-def _check_output(paths: Mapping[str, Path], overwrite: bool) -> None:
-    """Refuse to replace a generator unless asked; say a read-only or misplaced output before any work."""
-    if paths["model"].exists() and not overwrite:
-        raise CellPolError(f"{paths['model']} already exists; choose another output, or replace it.",
-                           settings={"overwrite": True})
-    ensure_folder(paths["model"].parent)  # a read-only or misplaced output is said before any work
-    for folder in (paths["model"].parent, paths["checkpoints"]):
-        clean_stale_temporaries(folder)
 
 
 def _load_data(opts: Vox2VoxOptions, boxes: Mapping[str, Sequence[float]],
