@@ -127,3 +127,26 @@ def autocast_dtype(device: torch.device, purpose: str = "inference", amp: bool =
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return None
+
+
+def describe_device(device: Union[str, torch.device, None] = "auto") -> str:
+    """One line saying what ``device`` (as :func:`select_device` takes it) runs on.
+
+    A CUDA GPU: its name and memory (``"CUDA:0 NVIDIA H100, 79.1 GiB"``); an Apple GPU: ``"Apple GPU (MPS)"``;
+    the CPU: its threads and whether it has native bf16 (``"CPU, 8 threads, bf16 native"``), which decides
+    whether prediction there runs in bf16 (:func:`autocast_dtype`).
+
+    Raises
+    ------
+    CellPolError
+        As :func:`select_device`, if the device is not present.
+    """
+    resolved = select_device(device)
+    if resolved.type == "cuda":
+        index = resolved.index if resolved.index is not None else torch.cuda.current_device()
+        properties = torch.cuda.get_device_properties(index)
+        return f"CUDA:{index} {properties.name}, {properties.total_memory / 2 ** 30:.1f} GiB"
+    if resolved.type == "mps":
+        return "Apple GPU (MPS)"
+    bf16 = "bf16 native" if cpu_bf16_is_fast() else "bf16 not native"
+    return f"CPU, {torch.get_num_threads()} threads, {bf16}"

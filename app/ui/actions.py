@@ -5,6 +5,10 @@ The main window gives each command its slot and gets a ``{name: QAction}`` dict 
 (:func:`create_actions`); panels put buttons on the same actions (:func:`app.ui.widgets.action_buttons`), so a
 command has one text, one shortcut and one enabled state wherever it appears. The keyboard-shortcuts dialog
 lists them from here too (:func:`shortcut_rows`), so it is always current.
+
+Every action has a stable id, its Qt ``objectName``: ``cellpol.<group>.<name>`` (:func:`action_id`, e.g.
+``cellpol.file.open``, ``cellpol.view3d.reset_3d``), for scripts, tests and saved toolbars; it does not
+change when the menu text does.
 """
 
 from __future__ import annotations
@@ -53,6 +57,21 @@ class ActionSpec:
     icon_text: str = ""
     exclusive: str = ""
 
+    @property
+    def id(self) -> str:
+        """The stable id (``objectName``) of the action: ``cellpol.<group>.<name>``."""
+        return action_id(self.group, self.name)
+
+
+#: The id segment of each group (``cellpol.<segment>.<name>``).
+GROUP_IDS = {"File": "file", "Edit": "edit", "Annotate": "annotate", "View": "view", "Analysis": "analysis",
+             "Project": "project", "3D view": "view3d", "Help": "help"}
+
+
+def action_id(group: str, name: str) -> str:
+    """``cellpol.<group>.<name>``: the group's :data:`GROUP_IDS` segment and the action's name."""
+    return f"cellpol.{GROUP_IDS[group]}.{name}"
+
 
 def _spec(name: str, text: str, group: str, shortcuts: Union[None, Shortcut, Sequence[Shortcut]] = None,
           **options) -> ActionSpec:
@@ -77,6 +96,8 @@ ACTIONS: tuple[ActionSpec, ...] = (
           tip="Project CSV, the authors' header-less CSV, or 3DNGMic .npy"),
     _spec("export_legacy", "Authors' annotation CSV…", "File"),
     _spec("export_3dngmic", "3DNGMic vectors .npy…", "File"),
+    _spec("predict", "&Predict…", "Analysis", "Ctrl+P",
+          tip="Predict the polarity vectors of the open image or of a folder of images with a model"),
     _spec("reference", "Compare with reference…", "Analysis",
           tip="Score the pairs against reference vectors (ground truth) as the paper does: TPR/FDR/TP/FP/FN at "
               "τL = 0 and 5; the markers are coloured TP/FP and the missed reference pairs drawn as FN"),
@@ -120,6 +141,7 @@ ACTIONS: tuple[ActionSpec, ...] = (
     _spec("slab_next_axis", "3D: slab across the next axis (z → y → x)", "3D view", "Shift+C"),
     _spec("reset_3d", "3D: reset camera", "3D view", "Shift+F"),
     _spec("shortcuts", "&Keyboard shortcuts", "Help", [StandardKey.HelpContents, "?"]),
+    _spec("show_log", "Show &log", "Help", tip="Open the log file (unexpected errors are written there)"),
     _spec("about", "&About CellPol Studio", "Help"),
 )
 
@@ -144,11 +166,11 @@ MENUS: tuple[MenuSpec, ...] = (
         "undo", "redo", None, "delete", "delete_at", "repair", "cancel", None, "select_all", "next_pair",
         "previous_pair")),
     MenuSpec("annotate", "&Annotate", ("place_mode", "place_nucleus", "place_golgi", "snap")),
-    MenuSpec("analysis", "A&nalysis", ("reference", "clear_reference", "evaluation_colours")),
+    MenuSpec("analysis", "A&nalysis", ("predict", "reference", "clear_reference", "evaluation_colours")),
     MenuSpec("view", "&View", (
         "mip", "fit", "slice_up", "slice_down", None, "channel_1", "channel_2", None,
         "render_mip", "planes", "slab", "slab_z", "slab_y", "slab_x", "reset_3d")),
-    MenuSpec("help", "&Help", ("shortcuts", "about")),
+    MenuSpec("help", "&Help", ("shortcuts", "show_log", None, "about")),
 )
 
 #: The main toolbar (``None``: a separator).
@@ -186,6 +208,7 @@ def create_actions(owner: QtWidgets.QWidget, slots: Mapping[str, Callable]) -> d
     exclusive: dict[str, QtGui.QActionGroup] = {}
     for spec in ACTIONS:
         action = QtGui.QAction(spec.text, owner)
+        action.setObjectName(spec.id)
         if spec.shortcuts:
             action.setShortcuts([QtGui.QKeySequence(s) for s in spec.shortcuts])
             action.setShortcutContext(QtCore.Qt.ShortcutContext.WindowShortcut)
@@ -231,11 +254,13 @@ def fill_toolbar(toolbar: QtWidgets.QToolBar, actions: Mapping[str, QtGui.QActio
         toolbar.addSeparator() if name is None else toolbar.addAction(actions[name])
 
 
-def shortcut_rows(actions: Mapping[str, QtGui.QAction]) -> list[tuple[str, str, str]]:
-    """``(keys, action, group)`` for every action with a shortcut, as the shortcuts dialog lists them."""
+def shortcut_rows(actions: Mapping[str, QtGui.QAction], with_ids: bool = False) -> list[tuple[str, ...]]:
+    """``(keys, action, group)`` for every action with a shortcut, as the shortcuts dialog lists them;
+    ``with_ids``: ``(keys, action, group, id)``, the id being the action's ``objectName``."""
     rows = []
     for name, action in actions.items():
         keys = ", ".join(native_text(s) for s in action.shortcuts() if not s.isEmpty())
         if keys:
-            rows.append((keys, action.text().replace("&", ""), _GROUPS.get(name, "")))
+            row = (keys, action.text().replace("&", ""), _GROUPS.get(name, ""))
+            rows.append(row + (action.objectName(),) if with_ids else row)
     return rows

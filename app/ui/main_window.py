@@ -7,7 +7,9 @@ The window only wires things together: the annotation model is :class:`app.core.
 the panels :mod:`app.ui.annotation_panel`, :mod:`app.ui.channel_controls`, :mod:`app.ui.project_panel` and
 :mod:`app.ui.evaluation_panel`. The commands (text, keys, menus, toolbar) are :mod:`app.ui.actions`; the window
 gives each its slot. The status bar is :mod:`app.ui.status_bar`, the legend :mod:`app.ui.legend`, screenshots
-:mod:`app.ui.screenshot`. ``run_app`` is the entry point of ``cellpol gui``.
+:mod:`app.ui.screenshot`. Long jobs start through :meth:`MainWindow.start_job` (:func:`app.ui.workers.start_job`) and
+are listed in the Jobs dock (:mod:`app.ui.jobs_dock`); Tools ▸ Device chooses where torch jobs run
+(:attr:`MainWindow.device`). ``run_app`` is the entry point of ``cellpol gui``.
 """
 
 from __future__ import annotations
@@ -22,21 +24,24 @@ from PySide6 import QtCore, QtGui, QtWidgets
 
 from app import __version__
 from app.core.errors import CellPolError
+from app.core.jobs import Progress
 from app.core.project import MANUAL_SOURCES
 from app.ui.actions import create_actions, create_menus, fill_toolbar, shortcut_rows
 from app.ui.annotation_panel import AnnotationPanel
+from app.ui.applog import log_dir, log_path
 from app.ui.channel_controls import ChannelControls
 from app.ui.demo import demo_data, demo_predictions
 from app.ui.dialogs import ShortcutsDialog, VoxelSizeDialog
 from app.ui.document import IMAGE_FILTER, IMAGE_SUFFIXES, VECTOR_FILTERS, DocumentController
 from app.ui.evaluation_panel import EvaluationPanel
+from app.ui.jobs_dock import JobsDock
 from app.ui.legend import Legend
 from app.ui.project_panel import ProjectPanel
 from app.ui.screenshot import grab_window, save_screenshot
 from app.ui.slice_views import OrthoViews
 from app.ui.state import ViewerState
 from app.ui.status_bar import StatusBar
-from app.ui.workers import run_in_thread
+from app.ui.workers import JobFactory, JobHandle, run_in_thread, start_job
 
 __all__ = ["MainWindow", "demo_data", "grab_window", "run_app", "save_screenshot"]
 
@@ -104,6 +109,8 @@ class MainWindow(QtWidgets.QMainWindow):
         menus = create_menus(self.menuBar(), self.actions)
         self.recent_menu, self.view_menu = menus["recent"], menus["view"]
         self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
+        self.device = "auto"
+        self._create_device_menu(menus["help"])
         self._create_docks()
         self.main_toolbar = self.addToolBar("Main")
         self.main_toolbar.setObjectName("main_toolbar")
@@ -113,6 +120,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.position_label, self.mode_label = self.status_bar.position_label, self.status_bar.mode_label
         self._connect()
         self._restore_settings()
+        self.status_bar.show_device(f"Device: {self.device}", "Tools ▸ Device says what it is and chooses another")
         self._update_history()
 
     # ------------------------------------------------------------------------------------------
@@ -130,6 +138,7 @@ class MainWindow(QtWidgets.QMainWindow):
             "import": self.import_dialog,
             "export_legacy": lambda: self.export_dialog("legacy"),
             "export_3dngmic": lambda: self.export_dialog("3dngmic"),
+            "predict": self.show_predict_panel,
             "reference": self.reference_dialog,
             "clear_reference": lambda: self.document.set_reference(None),
             "voxel_size": self.voxel_size_dialog,
@@ -163,6 +172,7 @@ class MainWindow(QtWidgets.QMainWindow):
                 (self.viewer3d.slab_axis + 1) % 3 if self.viewer3d else 0),
             "reset_3d": self.reset_3d_camera,
             "shortcuts": self.show_shortcuts,
+            "show_log": self.show_log,
             "about": self.show_about,
         }
         for index in range(4):
@@ -212,6 +222,12 @@ class MainWindow(QtWidgets.QMainWindow):
         self.resizeDocks([self.vectors_dock], [460], QtCore.Qt.Orientation.Horizontal)
         if self.viewer3d is not None:
             self.resizeDocks([self.view3d_dock, self.vectors_dock], [420, 480], QtCore.Qt.Orientation.Vertical)
+        self.predict_dock: Optional[QtWidgets.QDockWidget] = None  # made on first use (show_predict_panel)
+        self.predict_panel = None
+        self.jobs_dock = JobsDock(self)
+        self.addDockWidget(QtCore.Qt.DockWidgetArea.BottomDockWidgetArea, self.jobs_dock)
+        self.jobs_dock.hide()  # shown by the first job
+        docks.append(self.jobs_dock)
         self.view_menu.addSeparator()
         for dock in docks:
             self.view_menu.addAction(dock.toggleViewAction())
@@ -246,6 +262,8 @@ class MainWindow(QtWidgets.QMainWindow):
             self.restoreState(window_state, LAYOUT_VERSION)
         self.project_dock.hide()  # until a project is open
         self.evaluation_dock.hide()  # until a reference is loaded
+        self.jobs_dock.hide()  # until a job starts
+        self.device = str(s.value("jobs/device", "auto")) or "auto"
         self.state.snap = _as_bool(s.value("annotate/snap", True))
         self.state.snap_radius_um = float(s.value("annotate/snap_radius_um", 2.0))
         self.state.depth_um = float(s.value("annotate/depth_um", 2.0))
@@ -267,6 +285,7 @@ class MainWindow(QtWidgets.QMainWindow):
         s.setValue("annotate/snap_radius_um", self.state.snap_radius_um)
         s.setValue("annotate/depth_um", self.state.depth_um)
         s.setValue("annotate/place_mode", self.state.place_mode)
+        s.setValue("jobs/device", self.device)
         if self.viewer3d is not None:
             s.setValue("view3d/mip", self.viewer3d.blend_mode == "mip")
             s.setValue("view3d/planes", self.viewer3d.show_planes)
@@ -366,7 +385,13 @@ class MainWindow(QtWidgets.QMainWindow):
                 f"{score.tp[level]} TP, {score.fp[level]} FP, {score.fn[level]} FN (E shows these colours; "
                 "Analysis ▸ Comparison).", 15000)
 
-        self.run_job(demo_predictions, volume, on_result=done)
+        def job(cancel, pause):
+            yield Progress(0, 1, "Predicting vectors on the demo volume")
+            result = demo_predictions(volume)
+            yield Progress(1, 1, f"{len(result[0])} vectors ({result[1]['method']})")
+            return result
+
+        self.start_job("Demo prediction", job).succeeded.connect(done)
 
     def save(self) -> bool:
         return self.document.save()
@@ -616,13 +641,33 @@ class MainWindow(QtWidgets.QMainWindow):
 
     # --- help ---------------------------------------------------------------------------------
     def show_shortcuts(self) -> ShortcutsDialog:
-        dialog = ShortcutsDialog(self.shortcut_rows(), self)
+        rows = shortcut_rows(self.actions, with_ids=True)
+        dialog = ShortcutsDialog([row[:3] for row in rows], self)
+        # The stable ids (objectNames) in a fourth column, for scripts and bug reports.
+        table = dialog.table
+        table.setColumnCount(4)
+        table.setHorizontalHeaderLabels(["Keys", "Action", "Group", "Id"])
+        for r, row in enumerate(rows):
+            table.setItem(r, 3, QtWidgets.QTableWidgetItem(row[3]))
+        table.resizeColumnToContents(3)
+        dialog.resize(max(dialog.width(), 760), dialog.height())
         dialog.show()
         return dialog
 
     def shortcut_rows(self) -> list[tuple[str, str, str]]:
         """``(keys, action, group)`` of every action with a shortcut."""
         return shortcut_rows(self.actions)
+
+    def show_log(self) -> bool:
+        """Help ▸ Show log: open the log file (or, before anything was logged, its folder)."""
+        target = log_path()
+        if not target.exists():  # nothing logged yet: open the folder
+            target = log_dir()
+            target.mkdir(parents=True, exist_ok=True)
+        opened = QtGui.QDesktopServices.openUrl(QtCore.QUrl.fromLocalFile(str(target)))
+        if not opened:
+            self.statusBar().showMessage(f"The log is {target}", 10000)
+        return opened
 
     def show_about(self) -> None:
         QtWidgets.QMessageBox.about(
@@ -633,6 +678,107 @@ class MainWindow(QtWidgets.QMainWindow):
     # ------------------------------------------------------------------------------------------
     # Jobs and lifetime
     # ------------------------------------------------------------------------------------------
+    def start_job(self, title: str, factory: JobFactory, can_pause: bool = False) -> JobHandle:
+        """Start a job (``factory(cancel, pause)`` returns its generator, :mod:`app.core.jobs`) in a worker
+        thread and show it in the Jobs dock, which also reports how it fails. Connect to the handle's
+        ``succeeded`` for the result."""
+        handle = start_job(title, factory, can_pause=can_pause, parent=self)
+        self.jobs_dock.add(handle)
+        if self.jobs_dock.isHidden():
+            self.jobs_dock.show()
+        self.jobs_dock.raise_()
+        return handle
+
+    # --- prediction -------------------------------------------------------------------------------
+    def show_predict_panel(self) -> "PredictPanel":
+        """The Predict dock (made on first use: its model card reads the model files, which loads torch)."""
+        if self.predict_dock is None:
+            from app.ui.predict_panel import PredictPanel  # lazily: torch, see the docstring
+
+            self.predict_panel = PredictPanel(self.start_job, lambda: self.state.volume, lambda: self.device,
+                                              self.add_predictions, self.open_with_predictions)
+            self.predict_dock = self._dock("Predict", "predict_dock", self.predict_panel)
+            self.addDockWidget(QtCore.Qt.DockWidgetArea.RightDockWidgetArea, self.predict_dock)
+            self.tabifyDockWidget(self.vectors_dock, self.predict_dock)
+            self.view_menu.addAction(self.predict_dock.toggleViewAction())
+        self.predict_dock.show()
+        self.predict_dock.raise_()
+        return self.predict_panel
+
+    def add_predictions(self, pairs) -> None:
+        """Put predicted vectors of the open image into the annotation model (one undoable step)."""
+        if self.state.volume is None:
+            return
+        self.model.add_pairs(pairs.with_voxel_size(self.state.volume.voxel_size), text="predict image")
+        self.statusBar().showMessage(f"{len(pairs)} vectors predicted; Ctrl+Z takes them back.", 10000)
+
+    def open_with_predictions(self, image, predictions) -> None:
+        """Open ``image`` and add the vectors predicted for it (a row of the Predict panel's results)."""
+        if self.open_path(image) and predictions is not None:
+            self.document.import_vectors(predictions, "project")
+
+    # --- device -----------------------------------------------------------------------------------
+    def _create_device_menu(self, before: QtWidgets.QMenu) -> None:
+        """Tools ▸ Device, filled when opened: finding the GPUs imports torch (below)."""
+        tools = QtWidgets.QMenu("&Tools", self)
+        self.menuBar().insertMenu(before.menuAction(), tools)
+        self.device_menu = tools.addMenu("&Device")
+        self.device_menu.setObjectName("cellpol.tools.device")
+        self.device_menu.aboutToShow.connect(self._fill_device_menu)
+        self._device_group = QtGui.QActionGroup(self)
+
+    def available_devices(self) -> list[tuple[str, str]]:
+        """``(device, menu text)`` for auto, the CPU, each CUDA GPU and Apple's MPS where present."""
+        # torch is imported here, not at the top: it takes seconds and hundreds of MB, and the window (and
+        # every UI test) starts without it (`python -X importtime -c "import app.ui.main_window"`).
+        import torch
+
+        devices = [("auto", "Automatic (GPU if present)"), ("cpu", "CPU")]
+        for index in range(torch.cuda.device_count()):
+            devices.append((f"cuda:{index}", f"CUDA:{index} {torch.cuda.get_device_name(index)}"))
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            devices.append(("mps", "Apple GPU (MPS)"))
+        return devices
+
+    def _fill_device_menu(self) -> None:
+        self.device_menu.clear()
+        for action in self._device_group.actions():
+            self._device_group.removeAction(action)
+        for device, text in self.available_devices():
+            action = self.device_menu.addAction(text)
+            action.setObjectName(f"cellpol.tools.device.{device.replace(':', '_')}")
+            action.setCheckable(True)
+            action.setChecked(device == self.device)
+            action.triggered.connect(lambda _=False, d=device: self.set_device(d))
+            self._device_group.addAction(action)
+        self.update_device_label()
+
+    def set_device(self, device: str) -> bool:
+        """Run torch jobs on ``device`` (``auto``, ``cpu``, ``cuda:N``, ``mps``: what
+        :func:`app.core.device.select_device` takes); ``False``, with a message, where it is absent."""
+        from app.core.device import select_device  # imports torch: see available_devices
+
+        try:
+            select_device(device)
+        except CellPolError as exc:
+            self.statusBar().showMessage(str(exc), 8000)
+            return False
+        self.device = device
+        self.update_device_label()
+        return True
+
+    def update_device_label(self) -> str:
+        """Say in the status bar what :attr:`device` runs on (imports torch: see available_devices)."""
+        from app.core.device import describe_device
+
+        try:
+            text = describe_device(self.device)
+        except CellPolError as exc:
+            text = f"{self.device}: {exc}"
+        self.status_bar.show_device(text, f"Jobs run on: {text} (Tools ▸ Device)")
+        return text
+
     def run_job(self, function, *args, on_result=None, **kwargs):
         """Run a job in a worker thread; errors become one message (never a traceback dialog)."""
         def failed(exc: BaseException) -> None:
@@ -648,11 +794,11 @@ class MainWindow(QtWidgets.QMainWindow):
         """Process events until every job has finished (scripted use); ``False`` on timeout."""
         deadline = time.monotonic() + timeout
         app = QtWidgets.QApplication.instance()
-        while self._workers and time.monotonic() < deadline:
+        while (self._workers or self.jobs_dock.running()) and time.monotonic() < deadline:
             app.processEvents(QtCore.QEventLoop.ProcessEventsFlag.AllEvents, 50)
             time.sleep(0.01)
         app.processEvents()
-        return not self._workers
+        return not (self._workers or self.jobs_dock.running())
 
     def closeEvent(self, event: QtGui.QCloseEvent) -> None:
         if not self._closed and self.ask_on_close and not self.document.maybe_save():
@@ -698,6 +844,7 @@ def run_app(files: Sequence[str] = (), demo: bool = False, screenshot: Optional[
     window = MainWindow(settings=settings)
     if scripted:
         window.document.interactive = False
+        window.jobs_dock.interactive = False
         window.ask_on_close = False
         screen = QtGui.QGuiApplication.primaryScreen()
         if screen is not None:

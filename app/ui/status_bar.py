@@ -1,5 +1,5 @@
 """The window's status bar: messages on the left; the annotation mode, the position and intensities under
-the mouse (or at the crosshair), and the time of the last autosave on the right."""
+the mouse (or at the crosshair), the time of the last autosave, and the device jobs run on on the right."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ class StatusBar(QtWidgets.QStatusBar):
 
     Attributes
     ----------
-    mode_label, position_label, autosave_label : QLabel
+    mode_label, position_label, autosave_label, device_label : QLabel
         The permanent labels, left to right.
     """
 
@@ -35,9 +35,12 @@ class StatusBar(QtWidgets.QStatusBar):
         self.mode_label = QtWidgets.QLabel()
         self.autosave_label = QtWidgets.QLabel()
         self.autosave_label.setStyleSheet("color: #777;")
+        self.device_label = QtWidgets.QLabel()
+        self.device_label.setStyleSheet("color: #777;")
         self.addPermanentWidget(self.mode_label)
         self.addPermanentWidget(self.position_label)
         self.addPermanentWidget(self.autosave_label)
+        self.addPermanentWidget(self.device_label)
         self.showMessage("Ready")
         state.hover_changed.connect(self.show_position)
         state.cursor_changed.connect(lambda _cursor: self.show_position(state.hover))
@@ -77,3 +80,8 @@ class StatusBar(QtWidgets.QStatusBar):
         """The time of the last autosave (its file in the tooltip)."""
         self.autosave_label.setText(f"autosaved {time.strftime('%H:%M:%S')}")
         self.autosave_label.setToolTip(path)
+
+    def show_device(self, text: str, tip: str = "") -> None:
+        """What the jobs run on (the window's Tools ▸ Device)."""
+        self.device_label.setText(text)
+        self.device_label.setToolTip(tip)

@@ -1,0 +1,33 @@
+"""Predicting from the window: Analysis ▸ Predict… opens the Predict dock; "Predict this image" runs the model
+in a worker (listed in the Jobs dock) and adds the vectors to the open image as predictions, one undo step."""
+
+from __future__ import annotations
+
+import numpy as np
+from PySide6 import QtCore, QtWidgets
+
+from app.core.simulate import synthesize_dataset
+from test_ui_annotation import make_window, open_image
+
+
+def test_predict_this_image_from_the_window_adds_predicted_vectors(qtbot, tmp_path):
+    synthesize_dataset(tmp_path / "stacks", 1, shape=(16, 128, 128), voxel_size=(1.0, 0.5, 0.5), seed=7)
+    settings = QtCore.QSettings(str(tmp_path / "settings.ini"), QtCore.QSettings.Format.IniFormat)
+    window = make_window(qtbot, settings)
+    try:
+        open_image(qtbot, window, tmp_path / "stacks" / "synth_0000.tif")
+        before = len(window.model)
+        window.actions["predict"].trigger()
+        panel = window.predict_panel
+        assert window.actions["predict"].objectName() == "cellpol.analysis.predict"
+        assert panel is not None and window.predict_dock.isVisible()
+        panel.findChild(QtWidgets.QPushButton, "cellpol.predict.image").click()
+        qtbot.waitUntil(lambda: len(window.model) > before, timeout=60000)
+        added = window.model.to_pairset().subset(slice(before, None))  # beside the image's own annotations
+        assert len(added) > 0 and set(added.sources) == {"predicted"}
+        assert np.all((added.scores >= 0) & (added.scores <= 1))
+        assert window.jobs_dock.isVisible() and window.jobs_dock.running() == []
+        window.undo()  # one undo step takes the prediction back
+        assert len(window.model) == before
+    finally:
+        window.release()
