@@ -667,15 +667,19 @@ class AnnotationModel:
         self._rows = {p.id: r for r, p in enumerate(self._pairs)}
 
     def _insert(self, items: list[tuple[Optional[int], Pair]]) -> None:
+        new_ids = [pair.id for _, pair in items]
+        clash = next((i for i in new_ids if i in self._rows), None)
+        if clash is None and len(set(new_ids)) != len(new_ids):
+            clash = next(i for i in new_ids if new_ids.count(i) > 1)
+        if clash is not None:
+            raise CellPolError(f"Pair id {clash} already exists.")
         for row, pair in items:  # rows ascending, so earlier inserts do not shift later ones
-            if pair.id in self._rows:
-                raise CellPolError(f"Pair id {pair.id} already exists.")
             if row is None:
                 self._pairs.append(pair)
             else:
                 self._pairs.insert(row, pair)
-            self._reindex()
-        self.changed.emit("add", tuple(p.id for _, p in items))
+        self._reindex()  # once: a thousand predicted pairs are one edit, not a thousand re-indexings
+        self.changed.emit("add", tuple(new_ids))
 
     def _remove(self, ids: list[int]) -> None:
         gone = set(ids)
