@@ -16,6 +16,7 @@ Mouse and trackpad, the same on every platform:
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import numpy as np
@@ -40,6 +41,18 @@ _MIN_SCALE = 0.35  # marker size at the edge of the depth window
 
 def _colour(rgb, alpha: int = 255) -> QtGui.QColor:
     return QtGui.QColor(int(rgb[0]), int(rgb[1]), int(rgb[2]), int(alpha))
+
+
+# pyqtgraph renders one symbol image per distinct (symbol, size, pen object, brush object): the same pen and
+# brush objects for the same look keep a thousand markers to a few renderings.
+@functools.lru_cache(maxsize=1024)
+def _marker_pen(rgb: tuple, alpha: int, width: float) -> QtGui.QPen:
+    return pg.mkPen(_colour(rgb, alpha), width=width)
+
+
+@functools.lru_cache(maxsize=1024)
+def _marker_brush(rgb: Optional[tuple], alpha: int) -> QtGui.QBrush:
+    return QtGui.QBrush(QtCore.Qt.BrushStyle.NoBrush) if rgb is None else pg.mkBrush(_colour(rgb, alpha))
 
 
 class _SliceViewBox(pg.ViewBox):
@@ -307,7 +320,10 @@ class SliceView(QtWidgets.QWidget):
             window = state.depth_um / size[self.axis]
             crosses = state.mip | ((low - window <= index) & (index <= high + window))
             view_n, view_g = self.to_view(nuclei), self.to_view(golgi)
-            w_n, w_g = self._depth_weights(depth_n), self._depth_weights(depth_g)
+            # Depth weights in eighths: pyqtgraph renders one symbol image per distinct size and colour, so
+            # a thousand predicted cells at a thousand depths cost a thousand renderings; eight steps look alike.
+            w_n, w_g = (np.maximum(np.round(w * 8) / 8, 1 / 8) for w in (self._depth_weights(depth_n),
+                                                                         self._depth_weights(depth_g)))
             for k in np.flatnonzero(crosses):
                 is_selected = ids[k] in selected
                 colour = SELECTED_COLOUR if is_selected else colours[k]
@@ -320,13 +336,14 @@ class SliceView(QtWidgets.QWidget):
                     alpha = int(90 + 165 * weight)
                     spots_pos.append(view_pt)
                     spots_size.append(base * weight * (1.3 if is_selected else 1.0))
+                    rgb = tuple(int(c) for c in colour[:3])
                     if which == NUCLEUS:
-                        spots_brush.append(QtGui.QBrush(QtCore.Qt.BrushStyle.NoBrush))
-                        spots_pen.append(pg.mkPen(_colour(colour, alpha), width=2.5 if is_selected else 2))
+                        spots_brush.append(_marker_brush(None, 0))
+                        spots_pen.append(_marker_pen(rgb, alpha, 2.5 if is_selected else 2))
                         spots_symbol.append("o")
                     else:
-                        spots_brush.append(pg.mkBrush(_colour(colour, alpha)))
-                        spots_pen.append(pg.mkPen(_colour((0, 0, 0), alpha), width=1))
+                        spots_brush.append(_marker_brush(rgb, alpha))
+                        spots_pen.append(_marker_pen((0, 0, 0), alpha, 1))
                         spots_symbol.append("d")
                     keys.append((ids[k], which) if selectable else None)
 

@@ -42,3 +42,6 @@ def read_only_rows(table: QtWidgets.QAbstractItemView,
     table.verticalHeader().setVisible(False)
     table.verticalHeader().setDefaultSectionSize(20)
     table.horizontalHeader().setSectionResizeMode(QtWidgets.QHeaderView.ResizeMode.ResizeToContents)
+    # Size the columns from the first rows only: measuring every cell of a thousand predicted pairs stalled the
+    # window (benchmarks/ui_stall.py).
+    table.horizontalHeader().setResizeContentsPrecision(100)
