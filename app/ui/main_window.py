@@ -700,6 +700,7 @@ class MainWindow(QtWidgets.QMainWindow):
             self.predict_dock = self._dock("Predict", "predict_dock", self.predict_panel)
             self.addDockWidget(QtCore.Qt.DockWidgetArea.RightDockWidgetArea, self.predict_dock)
             self.tabifyDockWidget(self.vectors_dock, self.predict_dock)
+            self.resizeDocks([self.predict_dock], [520], QtCore.Qt.Orientation.Horizontal)
             self.view_menu.addAction(self.predict_dock.toggleViewAction())
         self.predict_dock.show()
         self.predict_dock.raise_()

@@ -206,6 +206,7 @@ class PredictPanel(QtWidgets.QWidget):
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.verticalHeader().setVisible(False)
         self.table.cellDoubleClicked.connect(self._row_activated)
+        self.table.setMinimumHeight(130)
 
         # --- progress and cancel
         self.progress = QtWidgets.QProgressBar(objectName="cellpol.predict.progress")
@@ -220,7 +221,12 @@ class PredictPanel(QtWidgets.QWidget):
         form = QtWidgets.QFormLayout()
         form.addRow("Model", self.model_combo)
         layout.addLayout(form)
-        layout.addWidget(self.card)
+        card_area = QtWidgets.QScrollArea(objectName="cellpol.predict.card_area")  # a long card scrolls
+        card_area.setWidget(self.card)
+        card_area.setWidgetResizable(True)
+        card_area.setFrameShape(QtWidgets.QFrame.Shape.NoFrame)
+        card_area.setMaximumHeight(110)
+        layout.addWidget(card_area)
         layout.addWidget(self.image_button)
         row = QtWidgets.QHBoxLayout()
         row.addWidget(QtWidgets.QLabel("Score ≥"))

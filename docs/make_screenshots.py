@@ -1,0 +1,74 @@
+"""Screenshots of the window at work, for the README: after "Predict this image" and after a folder batch.
+
+    xvfb-run -a -s "-screen 0 1280x1024x24" python docs/make_screenshots.py [--out docs]
+
+Simulated data only (made here, 3 small stacks, one of them deliberately broken for the batch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def settle(app, seconds: float = 0.5) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        app.processEvents()
+
+
+def wait_for(app, handle, timeout: float = 300) -> None:
+    end = time.perf_counter() + timeout
+    while handle is not None and handle.running and time.perf_counter() < end:
+        app.processEvents()
+        time.sleep(0.01)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(REPO / "docs"))
+    args = parser.parse_args()
+    from PySide6 import QtCore, QtWidgets
+
+    from app.core.simulate import synthesize_dataset
+    from app.ui.main_window import MainWindow
+    from app.ui.screenshot import save_screenshot
+
+    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
+    out = Path(args.out)
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        synthesize_dataset(scratch / "stacks", 3, shape=(24, 256, 256), voxel_size=(1.0, 0.4, 0.4), preset="retina",
+                           seed=3)
+        for side in (scratch / "stacks").glob("synth_0000.vectors.*"):
+            side.unlink()  # the first image is unannotated, as a user's new image is
+        (scratch / "stacks" / "synth_0002.tif").write_bytes(b"not a TIFF: a broken file in the folder")
+        settings = QtCore.QSettings(str(scratch / "settings.ini"), QtCore.QSettings.Format.IniFormat)
+        window = MainWindow(settings=settings, enable_3d=True)
+        window.document.interactive = False
+        window.ask_on_close = False
+        window.resize(1280, 900)
+        window.show()
+        window.open_path(scratch / "stacks" / "synth_0000.tif")
+        panel = window.show_predict_panel()
+        settle(app)
+        panel.predict_image()
+        wait_for(app, panel.handle)
+        settle(app, 1.0)
+        print(save_screenshot(window, out / "screenshot_predict_image.png"))
+        panel.predict_folder(scratch / "stacks", scratch / "predictions")
+        wait_for(app, panel.handle)
+        settle(app, 1.0)
+        print(save_screenshot(window, out / "screenshot_predict_folder.png"))
+        window.release()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
