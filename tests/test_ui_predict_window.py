@@ -27,6 +27,18 @@ def test_predict_this_image_from_the_window_adds_predicted_vectors(qtbot, tmp_pa
         assert len(added) > 0 and set(added.sources) == {"predicted"}
         assert np.all((added.scores >= 0) & (added.scores <= 1))
         assert window.jobs_dock.isVisible() and window.jobs_dock.running() == []
+        # Coloured by score; the slider hides the predictions below it in the views (not the annotations).
+        assert window.state.colour_mode == "score"
+        scores = np.sort(added.scores)
+        middle = float((scores[0] + scores[-1]) / 2)
+        panel.set_threshold(middle)  # the slider steps in hundredths
+        threshold = panel.threshold
+        shown = [p for p in window.model.pairs if window.state.shows(p)]
+        assert window.state.score_threshold == threshold and abs(threshold - middle) <= 0.005
+        assert before <= len(shown) < len(window.model)
+        assert all(p.score >= threshold for p in shown if p.source == "predicted")
+        assert "hidden" in window.legend.text()
+        panel.set_threshold(0.0)
         window.undo()  # one undo step takes the prediction back
         assert len(window.model) == before
     finally:

@@ -31,6 +31,17 @@ SOURCE_COLOURS: dict[str, RGB] = {
 EVALUATION_COLOURS: dict[str, RGB] = {"TP": (60, 255, 120), "FP": (255, 60, 60), "FN": (70, 130, 255),
                                       "border": (150, 150, 150)}
 DEFAULT_OVERLAY_COLOUR: RGB = (235, 235, 235)
+#: Colour ramp of the "score" colour mode, from a prediction's lowest score (0) to its highest (1): grey (doubtful)
+#: through blue to the cyan of predictions, clear of the annotations' yellow and orange and the channels' colours.
+SCORE_RAMP: tuple[RGB, RGB, RGB] = ((140, 140, 160), (90, 140, 255), (40, 230, 255))
+
+
+def score_colour(score: float) -> RGB:
+    """The colour of a predicted pair's score in [0, 1] (:data:`SCORE_RAMP`, linear between its stops)."""
+    t = min(1.0, max(0.0, float(score))) * 2.0
+    low, high = (SCORE_RAMP[0], SCORE_RAMP[1]) if t <= 1.0 else (SCORE_RAMP[1], SCORE_RAMP[2])
+    f = t if t <= 1.0 else t - 1.0
+    return tuple(int(round(a + (b - a) * f)) for a, b in zip(low, high))  # type: ignore[return-value]
 SELECTED_COLOUR: RGB = (255, 255, 255)
 
 

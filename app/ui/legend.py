@@ -6,7 +6,7 @@ from typing import Optional
 
 from PySide6 import QtCore, QtWidgets
 
-from app.ui.display import EVALUATION_COLOURS, SOURCE_COLOURS
+from app.ui.display import EVALUATION_COLOURS, SOURCE_COLOURS, score_colour
 from app.ui.state import ViewerState
 
 
@@ -37,6 +37,11 @@ class Legend(QtWidgets.QLabel):
         """Show the colours of the current colour mode."""
         if self.state.colour_mode == "evaluation":
             items = [_swatch(EVALUATION_COLOURS[k], k) for k in ("TP", "FP", "FN", "border")]
+        elif self.state.colour_mode == "score":
+            items = [_swatch(score_colour(v), f"score {v:g}") for v in (0.0, 0.5, 1.0)]
+            items += [_swatch(SOURCE_COLOURS[k], k) for k in ("manual", "corrected")]
+            if self.state.score_threshold > 0:
+                items.append(f"predictions below {self.state.score_threshold:.2f} hidden")
         else:
             items = [_swatch(SOURCE_COLOURS[k], k) for k in ("manual", "predicted", "corrected", "imported")]
         self.setText("<b>Vectors</b><br>" + "&nbsp; ".join(items) +

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from PySide6 import QtCore, QtGui, QtWidgets
 
@@ -42,6 +42,9 @@ from app.ui.slice_views import OrthoViews
 from app.ui.state import ViewerState
 from app.ui.status_bar import StatusBar
 from app.ui.workers import JobFactory, JobHandle, run_in_thread, start_job
+
+if TYPE_CHECKING:  # the panel is imported when first shown (it loads torch)
+    from app.ui.predict_panel import PredictPanel
 
 __all__ = ["MainWindow", "demo_data", "grab_window", "run_app", "save_screenshot"]
 
@@ -697,6 +700,7 @@ class MainWindow(QtWidgets.QMainWindow):
 
             self.predict_panel = PredictPanel(self.start_job, lambda: self.state.volume, lambda: self.device,
                                               self.add_predictions, self.open_with_predictions)
+            self.predict_panel.threshold_changed.connect(self.state.set_score_threshold)
             self.predict_dock = self._dock("Predict", "predict_dock", self.predict_panel)
             self.addDockWidget(QtCore.Qt.DockWidgetArea.RightDockWidgetArea, self.predict_dock)
             self.tabifyDockWidget(self.vectors_dock, self.predict_dock)
@@ -711,7 +715,9 @@ class MainWindow(QtWidgets.QMainWindow):
         if self.state.volume is None:
             return
         self.model.add_pairs(pairs.with_voxel_size(self.state.volume.voxel_size), text="predict image")
-        self.statusBar().showMessage(f"{len(pairs)} vectors predicted; Ctrl+Z takes them back.", 10000)
+        self.state.set_colour_mode("score")  # predictions coloured by their score (the legend says how)
+        self.statusBar().showMessage(f"{len(pairs)} vectors predicted, coloured by score (grey 0 → cyan 1); "
+                                     "Ctrl+Z takes them back.", 10000)
 
     def open_with_predictions(self, image, predictions) -> None:
         """Open ``image`` and add the vectors predicted for it (a row of the Predict panel's results)."""

@@ -25,10 +25,8 @@ from PySide6 import QtCore, QtGui, QtWidgets
 
 from app.core.annotation import GOLGI, NUCLEUS
 from app.ui.display import (
-    DEFAULT_OVERLAY_COLOUR,
     EVALUATION_COLOURS,
     SELECTED_COLOUR,
-    SOURCE_COLOURS,
     CompositeRenderer,
 )
 from app.ui.state import AXIS_NAMES, VIEW_AXES, ViewerState
@@ -283,11 +281,6 @@ class SliceView(QtWidgets.QWidget):
         self._update_title()
 
     # --- overlay ----------------------------------------------------------------------------
-    def _pair_colour(self, pair) -> tuple:
-        state = self.state
-        if state.colour_mode == "evaluation" and pair.id in state.labels:
-            return EVALUATION_COLOURS[state.labels[pair.id]]
-        return SOURCE_COLOURS.get(pair.source, DEFAULT_OVERLAY_COLOUR)
 
     def _depth_weights(self, depth: np.ndarray) -> np.ndarray:
         """1 on the slice, falling to ``_MIN_SCALE`` at the depth window's edge; NaN outside it."""
@@ -347,10 +340,12 @@ class SliceView(QtWidgets.QWidget):
                         spots_symbol.append("d")
                     keys.append((ids[k], which) if selectable else None)
 
-        if pairs:
-            nuclei = model.positions(NUCLEUS)
-            golgi = model.positions(GOLGI)
-            add_pairs(nuclei, golgi, [self._pair_colour(p) for p in pairs], [p.id for p in pairs], True)
+        shown = np.array([state.shows(p) for p in pairs], dtype=bool)
+        if shown.any():
+            nuclei = model.positions(NUCLEUS)[shown]
+            golgi = model.positions(GOLGI)[shown]
+            drawn = [p for p, keep in zip(pairs, shown) if keep]
+            add_pairs(nuclei, golgi, [state.pair_colour(p) for p in drawn], [p.id for p in drawn], True)
         if state.colour_mode == "evaluation" and state.reference is not None and len(state.fn_rows):
             ref = state.reference
             rows = state.fn_rows

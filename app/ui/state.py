@@ -8,6 +8,8 @@ One :class:`ViewerState` per window. Views read it and listen to its Qt signals;
 
 from __future__ import annotations
 
+import math
+
 from typing import Optional, Sequence
 
 import numpy as np
@@ -16,7 +18,8 @@ from PySide6 import QtCore
 from app.core.annotation import GOLGI, NUCLEUS, AnnotationModel, snap_to_peak
 from app.core.pairs import PairSet
 from app.core.volume import Volume
-from app.ui.display import ChannelDisplay, default_displays
+from app.ui.display import (DEFAULT_OVERLAY_COLOUR, EVALUATION_COLOURS, SOURCE_COLOURS, ChannelDisplay,
+                             default_displays, score_colour)
 
 #: View kinds by the axis they look along: XY looks along z (0), XZ along y (1), YZ along x (2).
 AXIS_NAMES = {0: "XY", 1: "XZ", 2: "YZ"}
@@ -50,7 +53,8 @@ class ViewerState(QtCore.QObject):
         self.snap = True
         self.snap_radius_um = 2.0
         self.depth_um = 2.0
-        self.colour_mode = "source"            # or "evaluation"
+        self.colour_mode = "source"            # or "evaluation", or "score" (predictions by their score)
+        self.score_threshold = 0.0             # predicted pairs scoring below it are not drawn
         self.labels: dict[int, str] = {}       # pair id → TP / FP
         self.reference: Optional[PairSet] = None
         self.fn_rows = np.zeros(0, dtype=np.int64)
@@ -139,10 +143,28 @@ class ViewerState(QtCore.QObject):
 
     # --- overlay options --------------------------------------------------------------------
     def set_colour_mode(self, mode: str) -> None:
-        if mode not in ("source", "evaluation"):
+        if mode not in ("source", "evaluation", "score"):
             raise ValueError(mode)
         self.colour_mode = mode
         self.overlay_changed.emit()
+
+    def set_score_threshold(self, threshold: float) -> None:
+        """Draw only the predicted pairs scoring at least ``threshold`` (the Predict panel's slider)."""
+        self.score_threshold = float(threshold)
+        self.overlay_changed.emit()
+
+    def shows(self, pair) -> bool:
+        """Whether the views draw ``pair``: everything but predictions scoring below :attr:`score_threshold`
+        (the user's own and corrected pairs always show)."""
+        return not (pair.source == "predicted" and math.isfinite(pair.score) and pair.score < self.score_threshold)
+
+    def pair_colour(self, pair) -> tuple[int, int, int]:
+        """The colour of ``pair`` in the views (the selection's colour is the views' own)."""
+        if self.colour_mode == "evaluation" and pair.id in self.labels:
+            return EVALUATION_COLOURS[self.labels[pair.id]]
+        if self.colour_mode == "score" and pair.source == "predicted" and math.isfinite(pair.score):
+            return score_colour(pair.score)
+        return SOURCE_COLOURS.get(pair.source, DEFAULT_OVERLAY_COLOUR)
 
     def set_evaluation(self, reference: Optional[PairSet], labels: dict[int, str], fn_rows: np.ndarray) -> None:
         self.reference, self.labels, self.fn_rows = reference, dict(labels), np.asarray(fn_rows, dtype=np.int64)

@@ -56,10 +56,8 @@ from vtkmodules.vtkRenderingVolumeOpenGL2 import vtkSmartVolumeMapper  # noqa: E
 
 from app.core.annotation import GOLGI, NUCLEUS  # noqa: E402
 from app.ui.display import (  # noqa: E402
-    DEFAULT_OVERLAY_COLOUR,
     EVALUATION_COLOURS,
     SELECTED_COLOUR,
-    SOURCE_COLOURS,
     ChannelDisplay,
     CompositeRenderer,
 )
@@ -438,10 +436,8 @@ class Viewer3D(QtWidgets.QWidget):
         for pair in pairs:
             if pair.id in selected:
                 rgb = SELECTED_COLOUR
-            elif state.colour_mode == "evaluation" and pair.id in state.labels:
-                rgb = EVALUATION_COLOURS[state.labels[pair.id]]
             else:
-                rgb = SOURCE_COLOURS.get(pair.source, DEFAULT_OVERLAY_COLOUR)
+                rgb = state.pair_colour(pair)
             colours.append(rgb)
         return np.asarray(colours, dtype=np.uint8).reshape(-1, 3)
 
@@ -472,9 +468,10 @@ class Viewer3D(QtWidgets.QWidget):
         state = self.state
         if state.volume is None:
             return
-        pairs = state.model.pairs
-        nuclei = self.world(state.model.positions(NUCLEUS))
-        golgi = self.world(state.model.positions(GOLGI))
+        shown = np.array([state.shows(p) for p in state.model.pairs], dtype=bool).reshape(-1)
+        pairs = [p for p, keep in zip(state.model.pairs, shown) if keep]
+        nuclei = self.world(state.model.positions(NUCLEUS)[shown])
+        golgi = self.world(state.model.positions(GOLGI)[shown])
         colours = self._pair_colours(pairs)
         if state.colour_mode == "evaluation" and state.reference is not None and len(state.fn_rows):
             rows = state.fn_rows
