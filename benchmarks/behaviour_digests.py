@@ -25,6 +25,8 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
+from machine import cpu_name  # noqa: E402  (benchmarks/machine.py)
+
 
 def digest(*arrays: Any) -> str:
     """SHA-256 over arrays (dtype, shape and bytes) and plain values (their JSON)."""
@@ -167,8 +169,7 @@ def main() -> int:
     digests: dict[str, str] = {}
     for section in SECTIONS.values():
         digests.update(section())
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    cpu = cpu_name()
     report = {"cpu": cpu, "python": platform.python_version(), "digests": digests}
     for name, value in digests.items():
         print(f"{value}  {name}")

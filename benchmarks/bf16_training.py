@@ -14,7 +14,6 @@ is emulated and ~40x slower, and training never uses it).
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import tempfile
@@ -23,6 +22,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from machine import cpu_name  # noqa: E402  (benchmarks/machine.py)
 
 import torch  # noqa: E402
 
@@ -33,16 +34,6 @@ import app.training.trainer as trainer  # noqa: E402
 from app.training.finetune import TrainingOptions, run_training  # noqa: E402
 
 VOXEL = (1.0, 0.5, 0.5)
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def train_once(folder: Path, val: Path, out: Path, steps: int, seed: int, bf16: bool, lr: float | None,

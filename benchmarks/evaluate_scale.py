@@ -35,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from machine import cpu_name  # noqa: E402  (benchmarks/machine.py)
+
 VOXEL = (1.0, 0.666, 0.666)
 SPACING_UM = 12.0
 
@@ -49,17 +51,6 @@ def _rss_mb(kind: str) -> float:
         return math.nan
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 1024.0 if sys.platform != "darwin" else rss / 1024.0**2
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def cell_grid(n: int, seed: int, voxel=VOXEL, spacing: float = SPACING_UM):
@@ -85,6 +76,7 @@ def cell_grid(n: int, seed: int, voxel=VOXEL, spacing: float = SPACING_UM):
 def run_once(data_path: Path) -> dict:
     """One scoring in this process (called in a fresh one by :func:`main`)."""
     from app.core import evaluate
+    from app.core.evaluate import scoring
     from app.core.pairs import PairSet
 
     data = np.load(data_path)
@@ -94,7 +86,7 @@ def run_once(data_path: Path) -> dict:
     del data
     rss_before = _rss_mb("now")
     matching = []
-    original = evaluate.match_within_radius
+    original = scoring.match_within_radius  # where score_pairs looks it up
 
     def timed_match(*args, **kwargs):
         started = time.perf_counter()
@@ -102,7 +94,7 @@ def run_once(data_path: Path) -> dict:
         matching.append(time.perf_counter() - started)
         return out
 
-    evaluate.match_within_radius = timed_match
+    scoring.match_within_radius = timed_match
     started = time.perf_counter()
     score = evaluate.score_pairs(gt, pred, image_shape=shape)
     seconds = time.perf_counter() - started
@@ -147,7 +139,7 @@ def main() -> None:
           f"{statistics.median(r['matching_seconds'] for r in runs):.2f} s; largest peak RSS: "
           f"{max(r['peak_rss_mb'] for r in runs):.0f} MB (RSS with the sets loaded, before scoring: "
           f"{statistics.median(r['rss_before_mb'] for r in runs):.0f} MB)")
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} logical cores; Python {platform.python_version()}, "
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} logical cores; Python {platform.python_version()}, "
           f"numpy {np.__version__}, scipy {__import__('scipy').__version__}")
 
 

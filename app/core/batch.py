@@ -54,11 +54,6 @@ def image_stem(path: str | os.PathLike) -> str:
     return Path(name).stem
 
 
-def output_path(image: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Where the predictions for ``image`` go when no other input of the batch shares its name."""
-    return Path(out_dir) / prediction_name(image_stem(image))
-
-
 def plan_outputs(images: Sequence[Path], out_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
     """One distinct output per distinct input: ``[(image, output), ...]`` in input order.
 

@@ -244,7 +244,9 @@ def write_pairs(
     meta = {k: v for k, v in pairs.meta.items() if k not in _INTEGRITY_KEYS}
     meta.update({k: v for k, v in (provenance or {}).items() if k not in _INTEGRITY_KEYS})
     meta.pop("content", None)  # what a file held when read says nothing about what is written now
-    content = content or _content_from_sources(pairs.sources)
+    if content is None:  # from the sources: only predicted, a prediction; only simulated, ground truth
+        inferred = vectors_content({}, pairs.sources)
+        content = "annotation" if inferred == "unknown" else inferred
     if content not in CONTENTS:
         raise CellPolError(f"Unknown vectors content {content!r}; expected one of {', '.join(CONTENTS)}.")
     sidecar = {
@@ -270,15 +272,6 @@ def write_pairs(
 
 #: Sidecar keys that describe one write, not provenance to carry into the next.
 _INTEGRITY_KEYS = ("csv_sha256", "previous", "integrity")
-
-
-def _content_from_sources(sources: Any) -> str:
-    values = {str(s) for s in (sources if sources is not None else [])}
-    if values and values <= {"predicted"}:
-        return "prediction"
-    if values and values <= {"simulated"}:
-        return "ground-truth"
-    return "annotation"
 
 
 def _committed_sidecar(csv_path: Path) -> Optional[dict[str, Any]]:
@@ -365,11 +358,6 @@ def read_vectors_content(path: str | os.PathLike) -> str:
     except CellPolError:
         return "unknown"
     return vectors_content(pairs.meta, pairs.sources)
-
-
-def annotation_name(stem: str) -> str:
-    """``<stem>.vectors.csv``: where the annotations (or ground truth) of an image live."""
-    return stem + VECTORS_SUFFIX
 
 
 def prediction_name(stem: str) -> str:
