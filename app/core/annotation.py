@@ -487,12 +487,12 @@ class AnnotationModel:
         self._set_selection((pair.id,))
         return pair.id
 
-    def remove_pairs(self, ids: Iterable[int]) -> int:
+    def remove_pairs(self, ids: Iterable[int], text: Optional[str] = None) -> int:
         """Delete pairs (unknown ids are ignored); one undoable command. Returns how many."""
         rows = sorted({self._rows[int(i)] for i in ids if int(i) in self._rows})
         if not rows:
             return 0
-        text = "delete pair" if len(rows) == 1 else f"delete {len(rows)} pairs"
+        text = text or ("delete pair" if len(rows) == 1 else f"delete {len(rows)} pairs")
         self._execute(RemovePairs([(r, self._pairs[r]) for r in rows], text=text))
         return len(rows)
 
@@ -526,12 +526,12 @@ class AnnotationModel:
             raise CellPolError("Select exactly two pairs to exchange their Golgi (re-pair).")
         self.swap_golgi(*self._selection)
 
-    def set_sources(self, ids: Iterable[int], source: str) -> None:
+    def set_sources(self, ids: Iterable[int], source: str, text: Optional[str] = None) -> None:
         """Change the source of pairs (e.g. accept predictions as ``corrected``); undoable."""
         before = [self.get(i) for i in ids]
         after = [dataclasses.replace(p, source=str(source)) for p in before]
         if before != after:
-            self._execute(UpdatePairs(before, after, text=f"mark {source}"))
+            self._execute(UpdatePairs(before, after, text=text or f"mark {source}"))
 
     def replace_all(self, pairs: PairSet | Sequence[Pair], text: str = "replace all") -> None:
         """Replace every pair by ``pairs`` (an import); one undoable command. Ids are renumbered."""
@@ -544,13 +544,22 @@ class AnnotationModel:
 
     def add_pairs(self, pairs: PairSet, text: str = "import pairs") -> list[int]:
         """Append the pairs of a :class:`PairSet` (new ids); one undoable command."""
+        fresh = self.fresh_pairs(pairs)
+        if fresh:
+            self._execute(AddPairs(fresh, text=text))
+        return [p.id for p in fresh]
+
+    def fresh_pairs(self, pairs: PairSet) -> list[Pair]:
+        """The pairs of ``pairs`` with new ids of this model (not added: give them to a command)."""
         fresh = []
         for p in self._pairs_from(pairs):
             fresh.append(dataclasses.replace(p, id=self._next_id))
             self._next_id += 1
-        if fresh:
-            self._execute(AddPairs(fresh, text=text))
-        return [p.id for p in fresh]
+        return fresh
+
+    def execute(self, command: Command) -> None:
+        """Do ``command`` and put it on the undo stack (for edits defined outside this module, e.g. review)."""
+        self._execute(command)
 
     # --- dragging: live preview, one command at the end -------------------------------------
     def begin_drag(self, pair_id: int, which: str) -> None:

@@ -29,6 +29,7 @@ from app.core.errors import CellPolError, FileFormatError
 from app.core.fileutil import atomic_write_json
 from app.core.imageio import find_images, read_image_info
 from app.core.pairs import prediction_name, read_pairs
+from app.core.review import ReviewCounts, counts_of
 from app.core.volume import parse_voxel_size
 
 PROJECT_FILE = "cellpol-project.json"
@@ -63,6 +64,9 @@ class ImageStatus:
         (``manual`` or ``corrected``).
     has_predictions : bool
         The image's predictions exist (:meth:`Project.predictions_path`).
+    review : ReviewCounts
+        How many predictions are put up for review and how many are reviewed (:mod:`app.core.review`); before
+        the review starts, the total is the number of predictions in ``results/``.
     state : str
         :data:`NOT_STARTED`, :data:`SAVED`, :data:`UNSAVED` or :data:`UNREADABLE`.
     problem : str
@@ -75,6 +79,7 @@ class ImageStatus:
     n_pairs: int = 0
     n_manual: int = 0
     has_predictions: bool = False
+    review: ReviewCounts = field(default_factory=ReviewCounts)
     state: str = NOT_STARTED
     problem: str = ""
 
@@ -276,6 +281,13 @@ class Project:
                 status.n_pairs = len(pairs)
                 status.n_manual = int(sum(1 for s in pairs.sources if str(s) in MANUAL_SOURCES))
                 status.state = UNSAVED if recovery is not None else SAVED
+                status.review = counts_of(pairs.sources, pairs.meta)
+        if not status.review.total and status.has_predictions:  # not put up for review yet
+            try:
+                waiting = len(read_pairs(self.predictions_path(path)))
+                status.review = ReviewCounts(total=waiting, remaining=waiting)
+            except CellPolError as exc:
+                status.problem = status.problem or str(exc)
         return status
 
     def statuses(self, read_header: bool = True) -> list[ImageStatus]:

@@ -247,6 +247,7 @@ def load_annotated(file: AnnotatedFile, voxel_size: Optional[Sequence[float]] = 
         raise CellPolError(f"{file.image}: {exc}") from None
     pairs = read_pairs(file.vectors)
     check_annotations(pairs, file.vectors)
+    pairs = _without_unreviewed(pairs, file.vectors, warnings)
     if pairs.voxel_size is not None and warnings is not None:
         given, image = np.asarray(pairs.voxel_size), np.asarray(volume.voxel_size)
         axes_checked = slice(1, 3) if volume.is_2d else slice(0, 3)
@@ -273,6 +274,20 @@ def load_images(files: Sequence[AnnotatedFile], progress: Optional[Callable[[int
         if progress is not None:
             progress(k + 1, len(files), file.image.name)
     return out
+
+
+def _without_unreviewed(pairs: PairSet, vectors_path: Path, warnings: Optional[list[str]]) -> PairSet:
+    """The pairs minus predictions not reviewed yet (source ``predicted``): only what a human placed, accepted
+    or corrected teaches the model (:mod:`app.core.review`)."""
+    unreviewed = np.array([str(s) == "predicted" for s in pairs.sources], dtype=bool)
+    if not unreviewed.any():
+        return pairs
+    if warnings is not None:
+        warnings.append(
+            f"{vectors_path}: {int(unreviewed.sum())} prediction(s) not reviewed yet are left out of training; "
+            "their cells count as unannotated. Review them (accept, reject or correct) so they count."
+        )
+    return pairs.subset(~unreviewed)
 
 
 def check_training_set(train: Sequence[AnnotatedImage], validation: Sequence[AnnotatedImage] = ()) -> None:

@@ -40,6 +40,7 @@ from app.core.pairs import (
     write_pairs,
 )
 from app.core.project import PROJECT_FILE, Project
+from app.core.review import is_under_review
 from app.core.volume import Volume, parse_voxel_size
 from app.ui.dialogs import VoxelSizeDialog
 from app.ui.display import default_displays
@@ -395,7 +396,9 @@ class DocumentController(QtCore.QObject):
         if target is None:
             return False
         try:
-            write_pairs(target, self.model.to_pairset(), provenance=self.provenance())
+            # a review in progress is the user's annotations even while every pair is still predicted
+            content = "annotation" if is_under_review(self.model) else None
+            write_pairs(target, self.model.to_pairset(), provenance=self.provenance(), content=content)
         except (CellPolError, OSError) as exc:
             self.warn("Cannot save the annotations", _write_problem(target, exc))
             return False
