@@ -15,7 +15,7 @@ from app.core.project import Project  # noqa: E402
 from test_ui_annotation import GOLGI_A, NUCLEUS_A, cell_volume, click, key, make_window  # noqa: E402
 
 Qt = QtCore.Qt
-COLUMN = {"image": 0, "shape": 1, "voxel": 2, "pairs": 3, "predicted": 4, "status": 5}
+COLUMN = {"image": 0, "shape": 1, "voxel": 2, "pairs": 3, "predicted": 4, "reviewed": 5, "status": 6}
 
 
 @pytest.fixture

@@ -46,6 +46,9 @@ class ActionSpec:
         Shorter text for toolbar buttons.
     exclusive : str
         Actions with the same non-empty value form one exclusive :class:`QActionGroup`.
+    id_name : str
+        The last segment of the stable id when it differs from ``name`` (names are unique across groups, ids
+        only within one: ``review_start`` is ``cellpol.review.start``).
     """
 
     name: str
@@ -56,16 +59,17 @@ class ActionSpec:
     tip: str = ""
     icon_text: str = ""
     exclusive: str = ""
+    id_name: str = ""
 
     @property
     def id(self) -> str:
         """The stable id (``objectName``) of the action: ``cellpol.<group>.<name>``."""
-        return action_id(self.group, self.name)
+        return action_id(self.group, self.id_name or self.name)
 
 
 #: The id segment of each group (``cellpol.<segment>.<name>``).
 GROUP_IDS = {"File": "file", "Edit": "edit", "Annotate": "annotate", "View": "view", "Analysis": "analysis",
-             "Project": "project", "3D view": "view3d", "Help": "help"}
+             "Project": "project", "Review": "review", "3D view": "view3d", "Help": "help"}
 
 
 def action_id(group: str, name: str) -> str:
@@ -98,6 +102,10 @@ ACTIONS: tuple[ActionSpec, ...] = (
     _spec("export_3dngmic", "3DNGMic vectors .npy…", "File"),
     _spec("predict", "&Predict…", "Analysis", "Ctrl+P",
           tip="Predict the polarity vectors of the open image or of a folder of images with a model"),
+    _spec("review", "&Review predictions…", "Analysis", "Ctrl+R",
+          tip="Step through the predicted vectors, least confident first: accept, reject or correct them"),
+    _spec("evaluate", "&Evaluate prediction sets…", "Analysis", "Ctrl+E",
+          tip="Score one or more folders of predictions against ground truth: the paper's six curves against τL"),
     _spec("reference", "Compare with reference…", "Analysis",
           tip="Score the pairs against reference vectors (ground truth) as the paper does: TPR/FDR/TP/FP/FN at "
               "τL = 0 and 5; the markers are coloured TP/FP and the missed reference pairs drawn as FN"),
@@ -120,6 +128,17 @@ ACTIONS: tuple[ActionSpec, ...] = (
     _spec("select_all", "Select all pairs", "Edit", StandardKey.SelectAll),
     _spec("next_pair", "Next pair (table order)", "Edit", ["Tab", "N"]),
     _spec("previous_pair", "Previous pair", "Edit", ["Shift+Tab", "Shift+N"]),
+
+    _spec("review_start", "Review this image", "Review", id_name="start",
+          tip="Put this image's predictions (the project's results) up for review and go to the least confident"),
+    _spec("accept", "Accept prediction", "Review", "Y",
+          tip="The selected prediction is right: it becomes an annotation (source 'corrected')"),
+    _spec("reject", "Reject prediction", "Review", "X", tip="The selected prediction is wrong: it is deleted"),
+    _spec("next_unreviewed", "Next to review", "Review", "]", id_name="next",
+          tip="The next prediction still to review (least confident first)"),
+    _spec("previous_unreviewed", "Previous to review", "Review", "[", id_name="previous"),
+    _spec("next_uncertain", "Next most uncertain in project", "Review", "U",
+          tip="Open the image holding the prediction the model is least sure of, across the project, and go to it"),
 
     _spec("place_mode", "Place mode", "Annotate", "P", checkable=True, tip="Clicks place a nucleus, then its Golgi"),
     _spec("place_nucleus", "Place nucleus at the mouse", "Annotate", "A"),
@@ -166,7 +185,10 @@ MENUS: tuple[MenuSpec, ...] = (
         "undo", "redo", None, "delete", "delete_at", "repair", "cancel", None, "select_all", "next_pair",
         "previous_pair")),
     MenuSpec("annotate", "&Annotate", ("place_mode", "place_nucleus", "place_golgi", "snap")),
-    MenuSpec("analysis", "A&nalysis", ("predict", "reference", "clear_reference", "evaluation_colours")),
+    MenuSpec("analysis", "A&nalysis", ("predict", "review", "evaluate", None, "reference", "clear_reference",
+                                       "evaluation_colours")),
+    MenuSpec("review", "Re&view", ("review_start", None, "accept", "reject", "next_unreviewed",
+                                   "previous_unreviewed", None, "next_uncertain")),
     MenuSpec("view", "&View", (
         "mip", "fit", "slice_up", "slice_down", None, "channel_1", "channel_2", None,
         "render_mip", "planes", "slab", "slab_z", "slab_y", "slab_x", "reset_3d")),

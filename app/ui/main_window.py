@@ -25,7 +25,9 @@ from PySide6 import QtCore, QtGui, QtWidgets
 from app import __version__
 from app.core.errors import CellPolError
 from app.core.jobs import Progress
+from app.core.batch import image_stem
 from app.core.project import MANUAL_SOURCES
+from app.core.review import add_for_review, model_counts
 from app.ui.actions import create_actions, create_menus, fill_toolbar, shortcut_rows
 from app.ui.annotation_panel import AnnotationPanel
 from app.ui.applog import log_dir, log_path
@@ -37,13 +39,15 @@ from app.ui.evaluation_panel import EvaluationPanel
 from app.ui.jobs_dock import JobsDock
 from app.ui.legend import Legend
 from app.ui.project_panel import ProjectPanel
+from app.ui.review_panel import ReviewPanel, put_up_file
 from app.ui.screenshot import grab_window, save_screenshot
 from app.ui.slice_views import OrthoViews
 from app.ui.state import ViewerState
 from app.ui.status_bar import StatusBar
 from app.ui.workers import JobFactory, JobHandle, run_in_thread, start_job
 
-if TYPE_CHECKING:  # the panel is imported when first shown (it loads torch)
+if TYPE_CHECKING:  # these panels are imported when first shown (the Predict panel loads torch)
+    from app.ui.evaluate_panel import EvaluatePanel
     from app.ui.predict_panel import PredictPanel
 
 __all__ = ["MainWindow", "demo_data", "grab_window", "run_app", "save_screenshot"]
@@ -142,6 +146,14 @@ class MainWindow(QtWidgets.QMainWindow):
             "export_legacy": lambda: self.export_dialog("legacy"),
             "export_3dngmic": lambda: self.export_dialog("3dngmic"),
             "predict": self.show_predict_panel,
+            "review": self.show_review_panel,
+            "evaluate": self.show_evaluate_panel,
+            "review_start": lambda: self.show_review_panel().start(),
+            "accept": lambda: self.show_review_panel().accept(),
+            "reject": lambda: self.show_review_panel().reject(),
+            "next_unreviewed": lambda: self.show_review_panel().step(1),
+            "previous_unreviewed": lambda: self.show_review_panel().step(-1),
+            "next_uncertain": lambda: self.show_review_panel().next_uncertain(),
             "reference": self.reference_dialog,
             "clear_reference": lambda: self.document.set_reference(None),
             "voxel_size": self.voxel_size_dialog,
@@ -227,6 +239,10 @@ class MainWindow(QtWidgets.QMainWindow):
             self.resizeDocks([self.view3d_dock, self.vectors_dock], [420, 480], QtCore.Qt.Orientation.Vertical)
         self.predict_dock: Optional[QtWidgets.QDockWidget] = None  # made on first use (show_predict_panel)
         self.predict_panel = None
+        self.review_dock: Optional[QtWidgets.QDockWidget] = None  # made on first use (show_review_panel)
+        self.review_panel = None
+        self.evaluate_dock: Optional[QtWidgets.QDockWidget] = None  # made on first use (show_evaluate_panel)
+        self.evaluate_panel = None
         self.jobs_dock = JobsDock(self)
         self.addDockWidget(QtCore.Qt.DockWidgetArea.BottomDockWidgetArea, self.jobs_dock)
         self.jobs_dock.hide()  # shown by the first job
@@ -357,7 +373,9 @@ class MainWindow(QtWidgets.QMainWindow):
         pairs = self.model.pairs
         manual = sum(1 for p in pairs if p.source in MANUAL_SOURCES)
         exists = document.vectors_path is not None and document.vectors_path.exists()
-        self.project_panel.update_image(document.image_path, len(pairs), manual, self.model.is_dirty, exists)
+        counts = model_counts(self.model)
+        self.project_panel.update_image(document.image_path, len(pairs), manual, self.model.is_dirty, exists,
+                                        counts if counts.total else None)
 
     def open_demo(self) -> None:
         """A simulated volume with predictions (starter model, or the classic peer) and its ground truth
@@ -699,8 +717,11 @@ class MainWindow(QtWidgets.QMainWindow):
             from app.ui.predict_panel import PredictPanel  # lazily: torch, see the docstring
 
             self.predict_panel = PredictPanel(self.start_job, lambda: self.state.volume, lambda: self.device,
-                                              self.add_predictions, self.open_with_predictions)
+                                              self.add_predictions, self.open_with_predictions,
+                                              get_project=lambda: self.document.project)
             self.predict_panel.threshold_changed.connect(self.state.set_score_threshold)
+            self.predict_panel.batch_finished.connect(lambda _records: self._predictions_done())
+            self.document.document_changed.connect(self.predict_panel.refresh_models)
             self.predict_dock = self._dock("Predict", "predict_dock", self.predict_panel)
             self.addDockWidget(QtCore.Qt.DockWidgetArea.RightDockWidgetArea, self.predict_dock)
             self.tabifyDockWidget(self.vectors_dock, self.predict_dock)
@@ -711,18 +732,79 @@ class MainWindow(QtWidgets.QMainWindow):
         return self.predict_panel
 
     def add_predictions(self, pairs) -> None:
-        """Put predicted vectors of the open image into the annotation model (one undoable step)."""
+        """Put predicted vectors of the open image into the annotation model, to review (one undoable step)."""
         if self.state.volume is None:
             return
-        self.model.add_pairs(pairs.with_voxel_size(self.state.volume.voxel_size), text="predict image")
+        add_for_review(self.model, pairs.with_voxel_size(self.state.volume.voxel_size), text="predict image")
         self.state.set_colour_mode("score")  # predictions coloured by their score (the legend says how)
         self.statusBar().showMessage(f"{len(pairs)} vectors predicted, coloured by score (grey 0 → cyan 1); "
-                                     "Ctrl+Z takes them back.", 10000)
+                                     "review them with Analysis ▸ Review predictions; Ctrl+Z takes them back.",
+                                     10000)
 
     def open_with_predictions(self, image, predictions) -> None:
-        """Open ``image`` and add the vectors predicted for it (a row of the Predict panel's results)."""
-        if self.open_path(image) and predictions is not None:
-            self.document.import_vectors(predictions, "project")
+        """Open ``image`` and put the vectors predicted for it up for review (a row of the Predict panel's results)."""
+        opened = (self.open_project_image(image) if self.document.project is not None
+                  and self.document.project.contains(image) else self.open_path(image))
+        if opened and predictions is not None:
+            if put_up_file(self.document, predictions):
+                self.state.set_colour_mode("score")
+
+    def _predictions_done(self) -> None:
+        """A batch wrote predictions: the project panel's counts follow."""
+        if self.document.project is not None:
+            self.refresh_project()
+
+    # --- review and evaluation -------------------------------------------------------------------
+    def show_review_panel(self) -> ReviewPanel:
+        """The Review dock (made on first use)."""
+        if self.review_dock is None:
+            self.review_panel = ReviewPanel(self.state, self.document, self.actions, self.open_project_image)
+            self.review_dock = self._dock("Review", "review_dock", self.review_panel)
+            self.addDockWidget(QtCore.Qt.DockWidgetArea.RightDockWidgetArea, self.review_dock)
+            self.tabifyDockWidget(self.vectors_dock, self.review_dock)
+            self.view_menu.addAction(self.review_dock.toggleViewAction())
+        self.review_dock.show()
+        self.review_dock.raise_()
+        return self.review_panel
+
+    def show_evaluate_panel(self) -> "EvaluatePanel":
+        """The Evaluate dock (made on first use), below the views: its six plots need width."""
+        if self.evaluate_dock is None:
+            from app.ui.evaluate_panel import EvaluatePanel
+
+            self.evaluate_panel = EvaluatePanel(self.start_job, self.open_at, lambda: self.document.project)
+            self.evaluate_dock = self._dock("Evaluate", "evaluate_dock", self.evaluate_panel)
+            self.addDockWidget(QtCore.Qt.DockWidgetArea.BottomDockWidgetArea, self.evaluate_dock)
+            self.tabifyDockWidget(self.jobs_dock, self.evaluate_dock)
+            self.view_menu.addAction(self.evaluate_dock.toggleViewAction())
+        self.evaluate_dock.show()
+        self.evaluate_dock.raise_()
+        return self.evaluate_panel
+
+    def open_at(self, image, position) -> bool:
+        """Open ``image`` (a path, or the stem of a project image) and centre the views on ``position`` (z, y, x
+        voxels), selecting the pair there if there is one (the Evaluate panel's list of mistakes)."""
+        project = self.document.project
+        if isinstance(image, str) and not Path(image).exists():
+            matches = [p for p in (project.images() if project is not None else [])
+                       if image_stem(p) == image]
+            if not matches:
+                self.statusBar().showMessage(f"No image named {image} to open: evaluate with an images folder.",
+                                             8000)
+                return False
+            image = matches[0]
+        image = Path(image)
+        current = self.document.image_path
+        if current is None or current.resolve() != image.resolve():
+            opened = (self.open_project_image(image) if project is not None and project.contains(image)
+                      else self.open_path(image))
+            if not opened:
+                return False
+        self.state.set_cursor(position)
+        near = self.model.nearest(position, max_distance_um=3.0)
+        if near is not None:
+            self.model.select([near[0]])
+        return True
 
     # --- device -----------------------------------------------------------------------------------
     def _create_device_menu(self, before: QtWidgets.QMenu) -> None:

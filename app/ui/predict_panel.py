@@ -24,6 +24,7 @@ STARTER_LABEL = "Starter models (3D/2D)"
 CHOOSE_LABEL = "Choose file…"
 COLUMNS = ("Image", "Vectors", "Mean length µm", "Seconds", "Status", "Error")
 _PATHS_ROLE = QtCore.Qt.ItemDataRole.UserRole
+_PROJECT_ROLE = QtCore.Qt.ItemDataRole.UserRole + 2
 
 JobFactory = Callable[[CancelToken, PauseToken], Iterator[JobEvent]]
 
@@ -116,6 +117,27 @@ def _card_lines(spec: Any, path: Path, serves: str) -> str:
     return "\n".join(lines)
 
 
+def project_models(folder: Path) -> list[Path]:
+    """The models in a project's ``models/`` folder: ``*.json`` model files there or one folder down (a training
+    run's output), leaving out training checkpoints (``checkpoints/``, ``last``/``best``) and files that are not
+    models. Newest first."""
+    from app.core.errors import CellPolError
+    from app.core.modelfile import load_spec
+
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in list(folder.glob("*.json")) + list(folder.glob("*/*.json")):
+        if path.stem in ("last", "best") or "checkpoints" in path.parts[len(folder.parts):]:
+            continue
+        try:
+            load_spec(path)
+        except (CellPolError, OSError, ValueError):
+            continue
+        found.append(path)
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
 def filter_by_score(pairs: Any, threshold: float) -> Any:
     """The pairs scoring at least ``threshold`` (pairs without a score are kept), ``meta["score_threshold"]`` set."""
     scores = np.asarray(pairs.scores, dtype=float)
@@ -152,16 +174,29 @@ class PredictPanel(QtWidgets.QWidget):
         ``open_image(image_path, predictions_path_or_None)``: a results row was double-clicked.
     predictor_options : dict, optional
         Extra :class:`~app.core.inference.Predictor` options (``window``, ``batch_size``, ``context_um``, …).
+    get_project : callable, optional
+        ``get_project() -> Project or None``: the open project; "Predict project" predicts its ``images/`` into
+        its ``results/``, and its models are offered in the chooser (:meth:`refresh_models`).
+
+    Signals
+    -------
+    threshold_changed(float)
+        The score slider moved.
+    batch_finished(list)
+        A folder or project batch ended; the ``BatchRecord`` list of the images it went through.
     """
 
     threshold_changed = Signal(float)
+    batch_finished = Signal(object)
 
     def __init__(self, start_job: Callable[..., Any], get_volume: Callable[[], Any], get_device: Callable[[], str],
                  on_pairs: Callable[[Any], None], open_image: Optional[Callable[[Path, Optional[Path]], None]] = None,
                  predictor_options: Optional[dict[str, Any]] = None,
+                 get_project: Callable[[], Any] = lambda: None,
                  parent: Optional[QtWidgets.QWidget] = None) -> None:
         super().__init__(parent)
         self.setObjectName("cellpol.predict")
+        self._get_project = get_project
         self._start_job = start_job
         self._get_volume = get_volume
         self._get_device = get_device
@@ -197,8 +232,12 @@ class PredictPanel(QtWidgets.QWidget):
         # --- a folder
         self.folder_button = QtWidgets.QPushButton("Predict folder…", objectName="cellpol.predict.folder")
         self.folder_button.clicked.connect(self._choose_folder)
+        self.project_button = QtWidgets.QPushButton("Predict project", objectName="cellpol.predict.project")
+        self.project_button.setToolTip("Predict every image of the open project into its results/ folder")
+        self.project_button.clicked.connect(self.predict_project)
         self.overwrite_check = QtWidgets.QCheckBox("Overwrite existing predictions",
                                                    objectName="cellpol.predict.overwrite")
+        self.overwrite_check.setToolTip("Unticked, images whose predictions exist are skipped")
         self.table = QtWidgets.QTableWidget(0, len(COLUMNS), objectName="cellpol.predict.results")
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.setEditTriggers(QtWidgets.QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -236,6 +275,7 @@ class PredictPanel(QtWidgets.QWidget):
         layout.addWidget(self.shown_label)
         row = QtWidgets.QHBoxLayout()
         row.addWidget(self.folder_button)
+        row.addWidget(self.project_button)
         row.addWidget(self.overwrite_check)
         layout.addLayout(row)
         layout.addWidget(self.table, 1)
@@ -247,6 +287,7 @@ class PredictPanel(QtWidgets.QWidget):
 
         self._threshold_moved(self.threshold_slider.value())
         self.card.setText(model_card(None))
+        self.refresh_models()
 
     # --- model ---------------------------------------------------------------------------
     @property
@@ -267,6 +308,25 @@ class PredictPanel(QtWidgets.QWidget):
                 self.model_combo.setItemData(index, str(self._model), QtCore.Qt.ItemDataRole.ToolTipRole)
             self.model_combo.setCurrentIndex(index)
         self.card.setText(model_card(self._model))
+
+    def refresh_models(self) -> None:
+        """Offer the open project's models (``models/``) in the chooser, after the starters."""
+        project = self._get_project()
+        for index in reversed(range(self.model_combo.count())):
+            if self.model_combo.itemData(index, _PROJECT_ROLE):
+                self.model_combo.removeItem(index)
+        self.project_button.setEnabled(project is not None and not self.busy)
+        if project is None:
+            return
+        for offset, path in enumerate(project_models(project.folder("models"))):
+            index = 1 + offset
+            self.model_combo.insertItem(index, f"{path.stem} (project)", str(path))
+            self.model_combo.setItemData(index, True, _PROJECT_ROLE)
+            self.model_combo.setItemData(index, str(path), QtCore.Qt.ItemDataRole.ToolTipRole)
+        if self._model is not None:
+            found = self.model_combo.findData(str(self._model))
+            if found >= 0:
+                self.model_combo.setCurrentIndex(found)
 
     def _model_activated(self, index: int) -> None:
         data = self.model_combo.itemData(index)
@@ -330,6 +390,21 @@ class PredictPanel(QtWidgets.QWidget):
                                      self.overwrite_check.isChecked(), self.predictor_options)
         return self._start(f"Predict folder {Path(folder).name}", factory, self._folder_done)
 
+    def predict_project(self) -> Any:
+        """Predict every image of the open project into its ``results/`` (existing ones skipped unless asked)."""
+        project = self._get_project()
+        if project is None:
+            self._say("Open a project first (File ▸ Open project…).")
+            return None
+        if self.busy:
+            return None
+        self.table.setRowCount(0)
+        self.last_records = []
+        factory = folder_job_factory(self._model, self._get_device(), project.folder("images"),
+                                     project.folder("results"), self.overwrite_check.isChecked(),
+                                     self.predictor_options)
+        return self._start(f"Predict project {project.name}", factory, self._folder_done)
+
     def cancel(self) -> None:
         if self.handle is not None:
             self.handle.cancel()
@@ -351,6 +426,7 @@ class PredictPanel(QtWidgets.QWidget):
     def _set_running(self, running: bool) -> None:
         self.image_button.setEnabled(not running)
         self.folder_button.setEnabled(not running)
+        self.project_button.setEnabled(not running and self._get_project() is not None)
         self.model_combo.setEnabled(not running)
         self.cancel_button.setEnabled(running)
 
@@ -401,6 +477,7 @@ class PredictPanel(QtWidgets.QWidget):
         failed = sum(r.status == "failed" for r in records)
         skipped = sum(r.status == "skipped" for r in records)
         self._say(f"{ok} predicted, {skipped} skipped, {failed} failed.")
+        self.batch_finished.emit(records)
 
     def _failed(self, error: Any) -> None:
         self._say(f"Failed: {error}")

@@ -1,7 +1,8 @@
 """The project panel: the images of the open project with their annotation status.
 
 One row per image of ``images/``: name, shape and voxel size (from the file header), the pairs annotated
-(the user's own and all), whether predictions exist in ``results/``, and the annotation state. Double-click
+(the user's own and all), whether predictions exist in ``results/``, how many predictions are reviewed
+(:mod:`app.core.review`), and the annotation state. Double-click
 or Enter asks the window to open an image (:attr:`ProjectPanel.open_requested`); the window saves the
 current annotations first. The row of the open image follows the annotation model live.
 """
@@ -14,9 +15,11 @@ from typing import Optional
 from PySide6 import QtCore, QtGui, QtWidgets
 
 from app.core.project import NOT_STARTED, SAVED, UNREADABLE, UNSAVED, ImageStatus, Project
+from app.core.review import ReviewCounts
 from app.ui.widgets import action_buttons, read_only_rows
 
-COLUMNS = ("Image", "Shape Z×Y×X", "Voxel µm", "Pairs", "Predicted", "Status")
+COLUMNS = ("Image", "Shape Z×Y×X", "Voxel µm", "Pairs", "Predicted", "Reviewed", "Status")
+STATUS_COLUMN = COLUMNS.index("Status")
 PATH_ROLE = QtCore.Qt.ItemDataRole.UserRole + 1
 _STATE_TEXT = {NOT_STARTED: "—", SAVED: "saved", UNSAVED: "unsaved", UNREADABLE: "unreadable"}
 _STATE_COLOUR = {SAVED: "#3a9d5d", UNSAVED: "#d08a00", UNREADABLE: "#d04040"}
@@ -87,7 +90,8 @@ class ProjectPanel(QtWidgets.QWidget):
         voxel = " × ".join(f"{v:g}" for v in status.voxel_size) if status.voxel_size else "?"
         pairs = f"{status.n_manual} / {status.n_pairs}" if status.n_pairs != status.n_manual else str(status.n_pairs)
         values = (status.name, shape, voxel, pairs if status.n_pairs else "0",
-                  "yes" if status.has_predictions else "", _STATE_TEXT.get(status.state, status.state))
+                  "yes" if status.has_predictions else "", status.review.text(),
+                  _STATE_TEXT.get(status.state, status.state))
         for column, value in enumerate(values):
             item = self.table.item(row, column)
             if item is None:
@@ -100,8 +104,12 @@ class ProjectPanel(QtWidgets.QWidget):
             f"{status.n_manual} placed or corrected by hand, {status.n_pairs} in all" if status.n_pairs else "no pairs")
         if status.voxel_size is None:
             self.table.item(row, 2).setToolTip("No voxel size yet: asked when the image is opened")
+        review = status.review
+        self.table.item(row, COLUMNS.index("Reviewed")).setToolTip(
+            f"{review.reviewed} of {review.total} predictions reviewed: {review.accepted} accepted or corrected, "
+            f"{review.rejected} rejected" if review.total else "No predictions to review")
         colour = _STATE_COLOUR.get(status.state)
-        self.table.item(row, 5).setForeground(QtGui.QBrush(QtGui.QColor(colour)) if colour else QtGui.QBrush())
+        self.table.item(row, STATUS_COLUMN).setForeground(QtGui.QBrush(QtGui.QColor(colour)) if colour else QtGui.QBrush())
 
     def row_of(self, path) -> int:
         """The row of an image (``-1`` if it is not in the project)."""
@@ -137,16 +145,21 @@ class ProjectPanel(QtWidgets.QWidget):
             if last >= 0 and not self.table.selectedItems():
                 self.table.selectRow(last)
 
-    def update_image(self, path, n_pairs: int, n_manual: int, dirty: bool, saved_exists: bool) -> None:
-        """Show an image's live annotation counts (no disk access: called after every edit)."""
+    def update_image(self, path, n_pairs: int, n_manual: int, dirty: bool, saved_exists: bool,
+                     review: Optional[ReviewCounts] = None) -> None:
+        """Show an image's live annotation and review counts (no disk access: called after every edit).
+
+        ``review`` ``None``: the image has no predictions under review; the row keeps what it read from disk.
+        """
         row = self.row_of(path)
         if row < 0:
             return
         old = self.statuses[row]
         state = UNSAVED if dirty else (SAVED if saved_exists else NOT_STARTED)
-        if (old.n_pairs, old.n_manual, old.state) == (n_pairs, n_manual, state):
+        review = review if review is not None else old.review
+        if (old.n_pairs, old.n_manual, old.state, old.review) == (n_pairs, n_manual, state, review):
             return
-        old.n_pairs, old.n_manual, old.state, old.problem = n_pairs, n_manual, state, ""
+        old.n_pairs, old.n_manual, old.state, old.problem, old.review = n_pairs, n_manual, state, "", review
         self._fill_row(row, old)
         self._update_summary()
 
@@ -159,7 +172,10 @@ class ProjectPanel(QtWidgets.QWidget):
         if not self.statuses:
             self.summary.setText(f"No images yet: put them in {self.project.folder('images')}.")
         else:
-            self.summary.setText(f"{len(self.statuses)} images · {annotated} annotated · {pairs} pairs")
+            total = sum(s.review.total for s in self.statuses)
+            reviewed = sum(s.review.reviewed for s in self.statuses)
+            text = f"{len(self.statuses)} images · {annotated} annotated · {pairs} pairs"
+            self.summary.setText(text + (f" · {reviewed} of {total} predictions reviewed" if total else ""))
 
     def _request(self, row: int) -> None:
         if 0 <= row < len(self.statuses):
