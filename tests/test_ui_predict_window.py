@@ -43,3 +43,46 @@ def test_predict_this_image_from_the_window_adds_predicted_vectors(qtbot, tmp_pa
         assert len(window.model) == before
     finally:
         window.release()
+
+
+def test_predict_project_lists_project_models_writes_results_and_review_counts(qtbot, tmp_path):
+    import shutil
+
+    from app.core.project import Project
+    from app.ui.project_panel import COLUMNS
+
+    project = Project.create(tmp_path / "study")
+    synthesize_dataset(tmp_path / "stacks", 2, shape=(16, 96, 96), voxel_size=(1.0, 0.5, 0.5), seed=3)
+    for name in ("synth_0000.tif", "synth_0001.tif"):
+        shutil.copy(tmp_path / "stacks" / name, project.folder("images") / name)
+    for suffix in (".json", ".safetensors"):  # a model of the project's own (a copy of the starter)
+        shutil.copy(f"resources/models/cellpol_starter{suffix}", project.folder("models") / f"cellpol_starter{suffix}")
+    settings = QtCore.QSettings(str(tmp_path / "settings.ini"), QtCore.QSettings.Format.IniFormat)
+    window = make_window(qtbot, settings)
+    try:
+        assert window.open_path(project.root)
+        panel = window.show_predict_panel()
+        combo = panel.model_combo
+        labels = [combo.itemText(i) for i in range(combo.count())]
+        assert labels[1] == "cellpol_starter (project)" and labels[-1] == "Choose file…"
+        combo.setCurrentIndex(1)
+        combo.activated.emit(1)
+        assert panel.model == project.folder("models") / "cellpol_starter.json"
+        button = panel.findChild(QtWidgets.QPushButton, "cellpol.predict.project")
+        assert button.isEnabled()
+        button.click()
+        qtbot.waitUntil(lambda: not panel.busy, timeout=120000)
+        assert [r.status for r in panel.last_records] == ["ok", "ok"]
+        for image in project.images():
+            assert project.predictions_path(image).is_file()
+        table = window.project_panel.table
+        column = COLUMNS.index("Reviewed")
+        for row, record in enumerate(panel.last_records):
+            assert table.item(row, COLUMNS.index("Predicted")).text() == "yes"
+            assert table.item(row, column).text() == (f"0 / {record.n_vectors}" if record.n_vectors else "")
+        # the second run skips what exists unless asked
+        button.click()
+        qtbot.waitUntil(lambda: not panel.busy, timeout=120000)
+        assert [r.status for r in panel.last_records] == ["skipped", "skipped"]
+    finally:
+        window.release()
