@@ -173,3 +173,24 @@ def test_review_without_predictions_says_what_to_do(qtbot, window, tmp_path):
     assert window.review_panel.start() is None
     assert "predict it first" in window.review_panel.last_message
     assert not window.actions["accept"].isEnabled()
+
+
+def test_score_threshold_is_saved_with_the_predictions_and_rejects_below(qtbot, window, project):
+    panel = open_a(qtbot, window, project)
+    button(panel, window.actions["review_start"]).click()
+    predict = window.show_predict_panel()
+    predict.set_threshold(0.75)  # hides the 0.4 and the 0.7
+    assert window.state.score_threshold == pytest.approx(0.75) and window.model.is_dirty
+    assert window.save()
+    assert read_pairs(project.vectors_path(project.images()[0])).meta["score_threshold"] == pytest.approx(0.75)
+    # reopened: the slider comes back where it was
+    assert window.open_project_image(project.images()[1])
+    assert window.state.score_threshold == 0.0 and predict.threshold == 0.0
+    assert window.open_project_image(project.images()[0])
+    assert predict.threshold == pytest.approx(0.75) and not window.model.is_dirty
+    # one step rejects what the slider hides; Ctrl+Z brings it back
+    window.show_review_panel()
+    button(window.review_panel, window.actions["reject_below"]).click()
+    assert sorted(round(p.score, 2) for p in window.model) == [0.9]
+    window.undo()
+    assert len(window.model) == 3

@@ -170,6 +170,11 @@ def reject(model: AnnotationModel, ids: Sequence[int]) -> int:
     return len(chosen)
 
 
+def below(model: AnnotationModel, threshold: float) -> list[int]:
+    """Ids of the predictions still to review whose score is below ``threshold`` (unscored ones are kept)."""
+    return [p.id for p in model if p.source == PREDICTED and not math.isnan(p.score) and p.score < threshold]
+
+
 def queue(model: AnnotationModel) -> list[int]:
     """Ids of the predictions still to review, least confident first (no score first, then by id)."""
     pending = [p for p in model if p.source == PREDICTED]

@@ -134,6 +134,8 @@ ACTIONS: tuple[ActionSpec, ...] = (
     _spec("accept", "Accept prediction", "Review", "Y",
           tip="The selected prediction is right: it becomes an annotation (source 'corrected')"),
     _spec("reject", "Reject prediction", "Review", "X", tip="The selected prediction is wrong: it is deleted"),
+    _spec("reject_below", "Reject all below the score threshold", "Review", id_name="reject_below",
+          tip="Reject, in one step, every prediction still to review that the score slider hides"),
     _spec("next_unreviewed", "Next to review", "Review", "]", id_name="next",
           tip="The next prediction still to review (least confident first)"),
     _spec("previous_unreviewed", "Previous to review", "Review", "[", id_name="previous"),
@@ -188,7 +190,7 @@ MENUS: tuple[MenuSpec, ...] = (
     MenuSpec("analysis", "A&nalysis", ("predict", "review", "evaluate", None, "reference", "clear_reference",
                                        "evaluation_colours")),
     MenuSpec("review", "Re&view", ("review_start", None, "accept", "reject", "next_unreviewed",
-                                   "previous_unreviewed", None, "next_uncertain")),
+                                   "previous_unreviewed", None, "reject_below", "next_uncertain")),
     MenuSpec("view", "&View", (
         "mip", "fit", "slice_up", "slice_down", None, "channel_1", "channel_2", None,
         "render_mip", "planes", "slab", "slab_z", "slab_y", "slab_x", "reset_3d")),

@@ -299,6 +299,8 @@ class DocumentController(QtCore.QObject):
                         self.warn("Cannot recover the autosave", str(exc))
                 else:
                     discard_autosave(self.vectors_path)
+        threshold = self.model.meta.get("score_threshold", 0.0)
+        self.state.set_score_threshold(threshold if isinstance(threshold, (int, float)) else 0.0, record=False)
         if self.vectors_path is not None:
             self.autosaver = Autosaver(self.model, autosave_path_for(self.vectors_path), self.provenance)
             self.autosaver.saved.connect(lambda p: self.autosaved.emit(str(p)))

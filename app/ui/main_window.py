@@ -154,6 +154,7 @@ class MainWindow(QtWidgets.QMainWindow):
             "next_unreviewed": lambda: self.show_review_panel().step(1),
             "previous_unreviewed": lambda: self.show_review_panel().step(-1),
             "next_uncertain": lambda: self.show_review_panel().next_uncertain(),
+            "reject_below": lambda: self.show_review_panel().reject_below(),
             "reference": self.reference_dialog,
             "clear_reference": lambda: self.document.set_reference(None),
             "voxel_size": self.voxel_size_dialog,
@@ -649,6 +650,8 @@ class MainWindow(QtWidgets.QMainWindow):
                 self.project_panel.table.setFocus()
         self.project_panel.set_current(self.document.image_path)
         self._update_project_row()
+        if self.predict_panel is not None:  # the slider shows the threshold saved with the image's predictions
+            self.predict_panel.set_threshold(self.state.score_threshold)
         title = self.document.title or ""
         if project is not None:
             title = f"{title} — {project.name}" if title else project.name

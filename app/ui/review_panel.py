@@ -82,6 +82,7 @@ class ReviewPanel(QtWidgets.QWidget):
         layout.addWidget(self.counts)
         layout.addLayout(action_buttons(actions, ("accept", "reject", "previous_unreviewed", "next_unreviewed")))
         layout.addWidget(self.table, 1)
+        layout.addLayout(action_buttons(actions, ("reject_below",)))
         layout.addWidget(self.help)
 
         self._refresh_pending = False
@@ -134,7 +135,7 @@ class ReviewPanel(QtWidgets.QWidget):
         self._enable_actions(bool(ids))
 
     def _enable_actions(self, on: bool) -> None:
-        for name in ("accept", "reject", "previous_unreviewed", "next_unreviewed"):
+        for name in ("accept", "reject", "previous_unreviewed", "next_unreviewed", "reject_below"):
             self._actions[name].setEnabled(on)
 
     def _mark_selection(self) -> None:
@@ -181,6 +182,19 @@ class ReviewPanel(QtWidgets.QWidget):
     def reject(self) -> Optional[int]:
         """Reject the current prediction (the least confident if none is selected); go to the next one."""
         return self._decide(review.reject, "Rejected")
+
+    def reject_below(self) -> int:
+        """Reject every prediction still to review that the score threshold hides (one undoable step)."""
+        threshold = self.state.score_threshold
+        ids = review.below(self.model, threshold)
+        if not ids:
+            self._say(f"No prediction to review scores below {threshold:.2f}: move the Predict panel's score "
+                      "slider to choose the threshold." if threshold <= 0 else
+                      f"No prediction to review scores below {threshold:.2f}.")
+            return 0
+        review.reject(self.model, ids)
+        self._say(f"Rejected {len(ids)} predictions scoring below {threshold:.2f}. Ctrl+Z takes them back.")
+        return len(ids)
 
     def _decide(self, decide: Callable[..., int], verb: str) -> Optional[int]:
         target = self.current()

@@ -148,9 +148,19 @@ class ViewerState(QtCore.QObject):
         self.colour_mode = mode
         self.overlay_changed.emit()
 
-    def set_score_threshold(self, threshold: float) -> None:
-        """Draw only the predicted pairs scoring at least ``threshold`` (the Predict panel's slider)."""
+    def set_score_threshold(self, threshold: float, record: bool = True) -> None:
+        """Draw only the predicted pairs scoring at least ``threshold`` (the Predict panel's slider).
+
+        ``record``: while the image holds predictions, the threshold goes into the annotations' meta (saved in
+        the sidecar as ``score_threshold`` with the next save, and restored when the image is opened again);
+        the annotations count as unsaved until then.
+        """
         self.score_threshold = float(threshold)
+        model = self.model
+        if record and model.meta.get("score_threshold", 0.0) != self.score_threshold and any(
+                p.source == "predicted" for p in model):
+            model.meta["score_threshold"] = self.score_threshold
+            model.mark_unsaved()
         self.overlay_changed.emit()
 
     def shows(self, pair) -> bool:
