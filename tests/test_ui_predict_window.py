@@ -86,3 +86,45 @@ def test_predict_project_lists_project_models_writes_results_and_review_counts(q
         assert [r.status for r in panel.last_records] == ["skipped", "skipped"]
     finally:
         window.release()
+
+
+def test_out_of_gpu_memory_offers_the_cpu_and_runs_again_there(qtbot, tmp_path, monkeypatch):
+    """A prediction that runs out of GPU memory says so once, offering the CPU; yes runs it again on the CPU."""
+    from app.core.errors import CellPolError
+    from app.core.jobs import Progress
+    from app.core.pairs import PairSet
+    from app.ui import predict_panel
+
+    devices = []
+
+    class Predictor:
+        def __init__(self, device):
+            self.device = device
+
+        def job(self, volume, cancel=None):
+            devices.append(self.device)
+            yield Progress(0, 1, "predicting")
+            if self.device != "cpu":
+                raise CellPolError("out of memory: running the network does not fit in the GPU's memory. Use a "
+                                   "smaller window, or run on the CPU.", settings={"device": "cpu"})
+            return PairSet(np.array([[2.0, 10, 10]]), np.array([[2.0, 12, 14]]), scores=np.array([0.5]),
+                           sources=np.array(["predicted"], dtype=object))
+
+    monkeypatch.setattr(predict_panel, "build_predictor", lambda model, device, options=None: Predictor(device))
+    synthesize_dataset(tmp_path / "stacks", 1, shape=(8, 64, 64), voxel_size=(1.0, 0.5, 0.5), seed=2)
+    settings = QtCore.QSettings(str(tmp_path / "settings.ini"), QtCore.QSettings.Format.IniFormat)
+    window = make_window(qtbot, settings)
+    try:
+        open_image(qtbot, window, tmp_path / "stacks" / "synth_0000.tif")
+        window.device = "cuda:0"  # as if a GPU were chosen (none here)
+        asked, shown = [], []
+        monkeypatch.setattr(window.jobs_dock, "ask", lambda title, text: asked.append(text) or True)
+        monkeypatch.setattr(window.jobs_dock, "show_message", lambda *a, **k: shown.append(a))
+        before = len(window.model)
+        window.show_predict_panel().predict_image()
+        qtbot.waitUntil(lambda: len(window.model) == before + 1, timeout=20000)
+        assert devices == ["cuda:0", "cpu"] and window.device == "cpu"
+        assert len(asked) == 1 and "Run it again on the CPU?" in asked[0] and "out of memory" in asked[0]
+        assert shown == []  # one message, not two
+    finally:
+        window.release()

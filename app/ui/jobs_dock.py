@@ -10,7 +10,7 @@ exception (a bug) as a message too, with its traceback written to the log file (
 from __future__ import annotations
 
 import sys
-from typing import Optional
+from typing import Callable, Optional
 
 from PySide6 import QtCore, QtWidgets
 
@@ -146,6 +146,10 @@ class JobsDock(QtWidgets.QDockWidget):
         Oldest first.
     interactive : bool
         False (scripted runs): failures are printed to stderr instead of waiting in a message box.
+    use_device : callable or None
+        ``use_device(device) -> bool`` (the window's device setter). With it, a job that ran out of GPU memory
+        (a :class:`CellPolError` whose ``settings`` ask for the CPU) and that can be run again
+        (:attr:`JobHandle.retry`) is offered to run again on the CPU, in the same message.
     """
 
     def __init__(self, parent: Optional[QtWidgets.QWidget] = None) -> None:
@@ -153,6 +157,7 @@ class JobsDock(QtWidgets.QDockWidget):
         self.setObjectName("cellpol.jobs")
         self.rows: list[JobRow] = []
         self.interactive = True
+        self.use_device: Optional[Callable[[str], bool]] = None
         container = QtWidgets.QWidget()
         self._list = QtWidgets.QVBoxLayout(container)
         self._list.setContentsMargins(4, 4, 4, 4)
@@ -211,6 +216,12 @@ class JobsDock(QtWidgets.QDockWidget):
     def report_failure(self, handle: JobHandle, exc: BaseException) -> None:
         """One message: the user's error as it is; a bug briefly, with its traceback written to the log."""
         if isinstance(exc, CellPolError):
+            device = exc.settings.get("device")
+            if device and self.use_device is not None and handle.retry is not None:
+                if self.ask(f"{handle.title} failed", f"{exc}\n\nRun it again on the {device.upper()}?"):
+                    if self.use_device(device):
+                        handle.after_end(handle.retry)  # the panel starts it again once this run has ended
+                return
             self.show_message(f"{handle.title} failed", str(exc), critical=False)
             return
         path = log_exception(exc, context=handle.title)
@@ -219,6 +230,14 @@ class JobsDock(QtWidgets.QDockWidget):
             f"An unexpected error stopped “{handle.title}”: {type(exc).__name__}: {exc}\n\n"
             f"This is a bug in CellPol Studio. The details were written to {path} "
             "(Help ▸ Show log); please include that file when you report it.", critical=True)
+
+    def ask(self, title: str, text: str) -> bool:
+        """A yes/no question about a failed job (tests replace this method); ``False`` when not interactive."""
+        if not self.interactive:
+            print(f"cellpol: {title}: {text}", file=sys.stderr)
+            return False
+        answer = QtWidgets.QMessageBox.question(self.window(), title, text)
+        return answer == QtWidgets.QMessageBox.StandardButton.Yes
 
     def show_message(self, title: str, text: str, critical: bool = False) -> None:
         """The message box of a failed job (tests replace this method)."""

@@ -245,6 +245,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.evaluate_dock: Optional[QtWidgets.QDockWidget] = None  # made on first use (show_evaluate_panel)
         self.evaluate_panel = None
         self.jobs_dock = JobsDock(self)
+        self.jobs_dock.use_device = self.set_device  # out of GPU memory: offer the CPU
         self.addDockWidget(QtCore.Qt.DockWidgetArea.BottomDockWidgetArea, self.jobs_dock)
         self.jobs_dock.hide()  # shown by the first job
         docks.append(self.jobs_dock)

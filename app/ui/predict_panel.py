@@ -370,7 +370,7 @@ class PredictPanel(QtWidgets.QWidget):
             self._say("Open an image first.")
             return None
         factory = image_job_factory(self._model, self._get_device(), volume, self.predictor_options)
-        return self._start("Predict image", factory, self._image_done)
+        return self._start("Predict image", factory, self._image_done, retry=self.predict_image)
 
     def _choose_folder(self) -> None:
         folder = QtWidgets.QFileDialog.getExistingDirectory(self, "Images to predict")
@@ -388,7 +388,8 @@ class PredictPanel(QtWidgets.QWidget):
         self.last_records = []
         factory = folder_job_factory(self._model, self._get_device(), Path(folder), Path(out_dir),
                                      self.overwrite_check.isChecked(), self.predictor_options)
-        return self._start(f"Predict folder {Path(folder).name}", factory, self._folder_done)
+        return self._start(f"Predict folder {Path(folder).name}", factory, self._folder_done,
+                           retry=lambda: self.predict_folder(folder, out_dir))
 
     def predict_project(self) -> Any:
         """Predict every image of the open project into its ``results/`` (existing ones skipped unless asked)."""
@@ -403,15 +404,18 @@ class PredictPanel(QtWidgets.QWidget):
         factory = folder_job_factory(self._model, self._get_device(), project.folder("images"),
                                      project.folder("results"), self.overwrite_check.isChecked(),
                                      self.predictor_options)
-        return self._start(f"Predict project {project.name}", factory, self._folder_done)
+        return self._start(f"Predict project {project.name}", factory, self._folder_done,
+                           retry=self.predict_project)
 
     def cancel(self) -> None:
         if self.handle is not None:
             self.handle.cancel()
             self._say("Cancelling…")
 
-    def _start(self, title: str, factory: JobFactory, on_success: Callable[[Any], None]) -> Any:
+    def _start(self, title: str, factory: JobFactory, on_success: Callable[[Any], None],
+               retry: Optional[Callable[[], Any]] = None) -> Any:
         handle = self._start_job(title, factory, can_pause=False)
+        handle.retry = retry  # run again as it was (the Jobs dock offers it on the CPU after a GPU ran out)
         self.handle = handle
         handle.event.connect(self._event)
         handle.succeeded.connect(on_success)

@@ -103,6 +103,9 @@ class JobHandle(QtCore.QObject):
         The latest progress (``done`` / ``total``) any event carried; a :class:`TrainEvent`'s steps too.
     result, error : object
         The result (after ``succeeded``) or the exception (after ``failed``).
+    retry : callable or None
+        Set by whoever started the job when it can be started again as it was (after a change of device, for
+        example); it returns the new handle.
     """
 
     event = Signal(object)
@@ -127,6 +130,8 @@ class JobHandle(QtCore.QObject):
         self._paused_since: Optional[float] = None
         self._paused_total = 0.0
         self._worker: Optional[WorkerBase] = None
+        self.retry: Optional[Callable[[], Any]] = None
+        self._ended = False
 
     # --- control (main thread) ------------------------------------------------------------------
     @property
@@ -202,7 +207,15 @@ class JobHandle(QtCore.QObject):
             self._on_returned(_Outcome(error=RuntimeError("The job's worker thread ended unexpectedly.")))
         self._worker = None
         _LIVE.discard(self)
+        self._ended = True
         self.ended.emit()
+
+    def after_end(self, callback: Callable[[], Any]) -> None:
+        """Call ``callback`` once the job has ended (now, if it has): e.g. start it again."""
+        if self._ended:
+            callback()
+        else:
+            self.ended.connect(callback)
 
 
 def start_job(title: str, factory: JobFactory, *, can_pause: bool = False,
