@@ -64,13 +64,23 @@ Modules
 :mod:`~app.core.evaluate.protocol` the levels, thresholds and protocols; :mod:`~app.core.evaluate.matching` the
 assignment; :mod:`~app.core.evaluate.scoring` one image (:func:`score_pairs`); :mod:`~app.core.evaluate.results`
 the scores and :func:`aggregate`; :mod:`~app.core.evaluate.folders` folders of files (:func:`evaluate_job`);
-:mod:`~app.core.evaluate.report` tables, CSV files and curves. Everything public is importable from here.
+:mod:`~app.core.evaluate.report` tables, CSV files and curves; :mod:`~app.core.evaluate.mistakes` the false positives
+and misses at a level, with their positions. Everything public is importable from here.
 """
 
 from __future__ import annotations
 
 from app.core.evaluate.folders import evaluate_folders, evaluate_job
 from app.core.evaluate.matching import _DENSE_COMPONENT_ENTRIES, hungarian_match, match_within_radius
+from app.core.evaluate.mistakes import (
+    FALSE_POSITIVE,
+    MISS,
+    Mistake,
+    Mistakes,
+    find_image,
+    find_mistakes,
+    read_mistakes,
+)
 from app.core.evaluate.protocol import (
     CAPPED_COST,
     MAF_LEVELS,
@@ -82,13 +92,16 @@ from app.core.evaluate.protocol import (
     thresholds,
 )
 from app.core.evaluate.report import (
+    CURVES,
     MAX_TABLE_WARNINGS,
     PER_IMAGE_COLUMNS,
     PER_TP_COLUMNS,
     SUMMARY_COLUMNS,
     WARNINGS_FILE,
+    curve_values,
     format_table,
     write_evaluation,
+    write_set_summaries,
 )
 from app.core.evaluate.results import NO_PREDICTION, EvaluationResult, ImageScore, aggregate
 from app.core.evaluate.scoring import (
@@ -114,7 +127,9 @@ __all__ = [
     "evaluate_folders", "evaluate_job",
     # reporting
     "MAX_TABLE_WARNINGS", "PER_IMAGE_COLUMNS", "PER_TP_COLUMNS", "SUMMARY_COLUMNS", "WARNINGS_FILE", "format_table",
-    "write_evaluation",
+    "write_evaluation", "CURVES", "curve_values", "write_set_summaries",
+    # mistakes at a level
+    "FALSE_POSITIVE", "MISS", "Mistake", "Mistakes", "find_image", "find_mistakes", "read_mistakes",
 ]
 # Private names that tests import from here: _DENSE_COMPONENT_ENTRIES (read it here; patch it in
 # app.core.evaluate.matching, where the solver reads it), _cosine_paper, _round3 (re-exported above, not part of

@@ -8,7 +8,7 @@ import io
 import math
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -168,6 +168,35 @@ def write_evaluation(result: EvaluationResult, out_dir: str | os.PathLike) -> di
     return paths
 
 
+#: The six curves of the paper against τL, in the order they are drawn (two rows of three): title, what is plotted
+#: (``"tpr"``/``"fdr"``, or a per-TP metric whose image-averaged mean is plotted, see :func:`curve_values`) and the
+#: y range (``None``: from the data). The curves PNG and the window's Evaluate panel draw these.
+CURVES: tuple[tuple[str, str, Optional[tuple[float, float]]], ...] = (
+    ("TPR", "tpr", (0.0, 1.02)),
+    ("FDR", "fdr", (0.0, 1.02)),
+    ("Cosine similarity (signed, µm)", "cos", (-1.02, 1.02)),
+    ("Vector error (µm)", "error", None),
+    ("Nucleus distance ND (µm)", "nd", None),
+    ("Golgi distance GD (µm)", "gd", None),
+)
+
+
+def curve_values(result: EvaluationResult, key: str) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """The values of the curve ``key`` (of :data:`CURVES`) per level and their spread (the image-averaged standard
+    deviation; ``None`` for the rates)."""
+    if key in ("tpr", "fdr"):
+        return getattr(result, key), None
+    return result.mean[key], result.std[key]
+
+
+def write_set_summaries(results: Mapping[str, EvaluationResult], path: str | os.PathLike) -> Path:
+    """Write the per-level summaries of several evaluations (prediction sets scored against one ground truth) into
+    one CSV, atomically: the columns of ``evaluation_summary.csv`` after a ``set`` column naming each set."""
+    rows = [{"set": label, **row} for label, result in results.items() for row in result.summary_rows()]
+    atomic_write_text(path, _rows_to_csv(rows, ["set"] + SUMMARY_COLUMNS))
+    return Path(path)
+
+
 def _write_curves(result: EvaluationResult, path: Path) -> None:
     # Deliberately lazy: matplotlib takes ~0.3 s to import and only this file needs it; scoring never draws
     # (training's validation, the app's comparison with a reference), and importing app.core.evaluate must not
@@ -178,14 +207,7 @@ def _write_curves(result: EvaluationResult, path: Path) -> None:
 
     levels = np.arange(N_LEVELS)
     per_image = len(result.images) > 1
-    panels = [
-        ("TPR", result.tpr, None, (0.0, 1.02)),
-        ("FDR", result.fdr, None, (0.0, 1.02)),
-        ("Cosine similarity (signed, µm)", result.mean["cos"], result.std["cos"], (-1.02, 1.02)),
-        ("Vector error (µm)", result.mean["error"], result.std["error"], None),
-        ("Nucleus distance ND (µm)", result.mean["nd"], result.std["nd"], None),
-        ("Golgi distance GD (µm)", result.mean["gd"], result.std["gd"], None),
-    ]
+    panels = [(title, *curve_values(result, key), ylim) for title, key, ylim in CURVES]
     figure = Figure(figsize=(12, 7), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(2, 3, sharex=True)
