@@ -146,3 +146,14 @@ def test_training_leaves_unreviewed_predictions_out(tmp_path):
     loaded = load_annotated(AnnotatedFile(image, vectors, VOXEL), voxel_size=VOXEL, axes="CZYX", warnings=warnings)
     assert sorted(str(s) for s in loaded.pairs.sources) == ["corrected", "manual"]
     assert any("not reviewed yet" in w for w in warnings)
+
+
+def test_evaluation_points_out_unreviewed_predictions_in_the_ground_truth(tmp_path):
+    from app.core.evaluate import evaluate_folders
+
+    model, ids = model_with([0.9, 0.2])
+    review.accept(model, [ids[0]])
+    write_pairs(tmp_path / "gt" / "a.vectors.csv", model.to_pairset(), content="annotation")
+    write_pairs(tmp_path / "pred" / "a.pred.vectors.csv", predictions([0.9, 0.2]))
+    result = evaluate_folders(tmp_path / "gt", tmp_path / "pred", border_margin_um=0)
+    assert any("1 prediction(s) not reviewed yet" in w for w in result.warnings)

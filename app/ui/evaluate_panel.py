@@ -40,7 +40,7 @@ from app.core.evaluate import (
 )
 from app.core.fileutil import atomic_path
 from app.core.jobs import CancelToken, JobEvent, JobWarning, PauseToken, Progress, Result, check_cancel
-from app.ui.widgets import read_only_rows, um_spin
+from app.ui.widgets import read_only_rows, show_progress, um_spin
 
 JobFactory = Callable[[CancelToken, PauseToken], Iterator[JobEvent]]
 
@@ -497,13 +497,9 @@ class EvaluatePanel(QtWidgets.QWidget):
         self.cancel_button.setEnabled(running)
 
     def _event(self, event: Any) -> None:
-        if isinstance(event, Progress):
-            if event.total:
-                self.progress.setRange(0, int(event.total))
-                self.progress.setValue(int(event.done))
-            if event.message:
-                self._say(event.message)
-        elif isinstance(event, JobWarning):
+        if show_progress(self.progress, event, self._say):
+            return
+        if isinstance(event, JobWarning):
             self.warnings.append(event.message)
 
     def _failed(self, error: Any) -> None:

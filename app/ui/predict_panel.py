@@ -18,7 +18,8 @@ import numpy as np
 from PySide6 import QtCore, QtWidgets
 from PySide6.QtCore import Signal
 
-from app.core.jobs import CancelToken, JobEvent, PauseToken, Progress, Result
+from app.core.jobs import CancelToken, JobEvent, PauseToken, Result
+from app.ui.widgets import show_progress
 
 STARTER_LABEL = "Starter models (3D/2D)"
 CHOOSE_LABEL = "Choose file…"
@@ -435,12 +436,7 @@ class PredictPanel(QtWidgets.QWidget):
         self.cancel_button.setEnabled(running)
 
     def _event(self, event: Any) -> None:
-        if isinstance(event, Progress):
-            if event.total:
-                self.progress.setRange(0, int(event.total))
-                self.progress.setValue(int(event.done))
-            if event.message:
-                self._say(event.message)
+        if show_progress(self.progress, event, self._say):
             item = getattr(event, "item", None)
             if item is not None and hasattr(item, "status"):
                 self._add_record(item)

@@ -45,3 +45,20 @@ def read_only_rows(table: QtWidgets.QAbstractItemView,
     # Size the columns from the first rows only: measuring every cell of a thousand predicted pairs stalled the
     # window (benchmarks/ui_stall.py).
     table.horizontalHeader().setResizeContentsPrecision(100)
+
+
+def show_progress(bar: QtWidgets.QProgressBar, event, say=None) -> bool:
+    """Show a job's :class:`~app.core.jobs.Progress` event on ``bar`` (and its message through ``say``).
+
+    Returns whether ``event`` was a Progress (other events are left to the caller).
+    """
+    from app.core.jobs import Progress
+
+    if not isinstance(event, Progress):
+        return False
+    if event.total:
+        bar.setRange(0, int(event.total))
+        bar.setValue(int(event.done))
+    if event.message and say is not None:
+        say(event.message)
+    return True

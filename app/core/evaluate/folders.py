@@ -259,6 +259,11 @@ def _score_image(
     if vectors_content(gt.meta, gt.sources) == "prediction":
         score.warnings.insert(0, f"the ground truth {gt_path.name} holds a model's predictions "
                                  "(by its sidecar or sources): is this the right ground-truth folder?")
+    else:
+        unreviewed = sum(1 for s in gt.sources if str(s) == "predicted")
+        if unreviewed:  # annotations with a review in progress
+            score.warnings.insert(0, f"the ground truth {gt_path.name} holds {unreviewed} prediction(s) not "
+                                     "reviewed yet, scored as ground truth: finish reviewing that image first")
     if pred_path is None:  # says it all: no "no predicted pairs" besides
         score.status = NO_PREDICTION
         score.warnings[:] = [w for w in score.warnings if not w.startswith("no predicted pairs")]
