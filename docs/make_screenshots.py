@@ -1,13 +1,16 @@
-"""Screenshots of the window at work, for the README: after "Predict this image" and after a folder batch.
+"""Screenshots of the window at work, for the README: after "Predict this image", after a folder batch, while
+reviewing a project's predictions, and evaluating two prediction sets.
 
     xvfb-run -a -s "-screen 0 1280x1024x24" python docs/make_screenshots.py [--out docs]
 
-Simulated data only (made here, 3 small stacks, one of them deliberately broken for the batch).
+Simulated data only (made here: 3 small stacks, one of them deliberately broken for the batch; a project of
+two stacks; three stacks with ground truth, predicted by the starter model and by the classic method).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -66,6 +69,49 @@ def main() -> int:
         wait_for(app, panel.handle)
         settle(app, 1.0)
         print(save_screenshot(window, out / "screenshot_predict_folder.png"))
+
+        # --- a project: predict it, then review the first image's predictions, least confident first
+        from app.core.project import Project
+
+        project = Project.create(scratch / "project", name="Retina study")
+        for name in ("synth_0000.tif", "synth_0001.tif"):
+            shutil.copy(scratch / "stacks" / name, project.folder("images") / name)
+        window.open_path(project.root)
+        panel.predict_project()
+        wait_for(app, panel.handle)
+        window.open_project_image(project.images()[0])
+        review = window.show_review_panel()
+        review.start()
+        review.accept()
+        review.accept()
+        review.reject()
+        settle(app, 1.0)
+        print(save_screenshot(window, out / "screenshot_review.png"))
+
+        # --- evaluate two prediction sets against ground truth: the starter model and the classic method
+        from app.core.batch import predict_batch
+        from app.core.classic import predict_classic
+        from app.core.imageio import find_images
+        from app.core.jobs import run
+
+        synthesize_dataset(scratch / "truth", 3, shape=(24, 256, 256), voxel_size=(1.0, 0.4, 0.4), preset="retina",
+                           seed=11)
+        images = find_images([scratch / "truth"])
+        run(predict_batch(images, scratch / "classic", predict_classic))
+        panel.predict_folder(scratch / "truth", scratch / "starter")
+        wait_for(app, panel.handle)
+        evaluate = window.show_evaluate_panel()
+        evaluate.set_ground_truth(scratch / "truth")
+        evaluate.set_images_folder(scratch / "truth")
+        evaluate.add_prediction_set(scratch / "starter", "starter model")
+        evaluate.add_prediction_set(scratch / "classic", "classic (Otsu)")
+        evaluate.evaluate()
+        wait_for(app, evaluate.handle)
+        settle(app, 1.0)
+        # the Evaluate panel opens as a window of its own (no VTK in it: a plain grab shows it all)
+        target = out / "screenshot_evaluate.png"
+        window.evaluate_dock.grab().save(str(target))
+        print(target)
         window.release()
     return 0
 

@@ -772,14 +772,20 @@ class MainWindow(QtWidgets.QMainWindow):
         return self.review_panel
 
     def show_evaluate_panel(self) -> "EvaluatePanel":
-        """The Evaluate dock (made on first use), below the views: its six plots need width."""
+        """The Evaluate dock (made on first use). It opens floating, as a window of its own beside the main one:
+        six plots and two tables need more room than a side panel has, and a mistake clicked there moves the
+        main window's views to the cell while the curves stay in sight. It can be docked like any panel."""
         if self.evaluate_dock is None:
             from app.ui.evaluate_panel import EvaluatePanel
 
             self.evaluate_panel = EvaluatePanel(self.start_job, self.open_at, lambda: self.document.project)
             self.evaluate_dock = self._dock("Evaluate", "evaluate_dock", self.evaluate_panel)
             self.addDockWidget(QtCore.Qt.DockWidgetArea.BottomDockWidgetArea, self.evaluate_dock)
-            self.tabifyDockWidget(self.jobs_dock, self.evaluate_dock)
+            self.evaluate_dock.setFloating(True)
+            screen = self.screen().availableGeometry() if self.screen() is not None else QtCore.QRect(0, 0, 1280, 900)
+            width, height = min(1200, screen.width() - 40), min(860, screen.height() - 60)
+            self.evaluate_dock.setGeometry(screen.x() + (screen.width() - width) // 2,
+                                           screen.y() + (screen.height() - height) // 2, width, height)
             self.view_menu.addAction(self.evaluate_dock.toggleViewAction())
         self.evaluate_dock.show()
         self.evaluate_dock.raise_()
