@@ -10,6 +10,7 @@ Prints the longest stall, the 99th percentile and the median gap, the prediction
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import platform
 import statistics
@@ -50,7 +51,12 @@ def main() -> int:
         for _ in range(50):
             app.processEvents()
         results = []
+        collections: list[float] = []  # seconds of each garbage collection (a full one scans every object)
+        started_gc: list[float] = []
+        gc.callbacks.append(lambda phase, info: started_gc.append(time.perf_counter()) if phase == "start"
+                            else collections.append(time.perf_counter() - started_gc.pop()))
         for repeat in range(args.repeats):
+            collections.clear()
             ticks: list[float] = []
             timer = QtCore.QTimer()
             timer.setInterval(10)
@@ -79,7 +85,8 @@ def main() -> int:
                   f"vectors added); event-loop gaps: longest {gaps_ms[-1]:.0f} ms, 99th percentile "
                   f"{gaps_ms[int(0.99 * (len(gaps_ms) - 1))]:.0f} ms, median {statistics.median(gaps_ms):.0f} ms "
                   f"over {len(gaps_ms)} ticks; the longest began {when:.1f} s after the start; while the worker predicted "
-                  f"(until its result arrived): longest {max(during) if during else float('nan'):.0f} ms", flush=True)
+                  f"(until its result arrived): longest {max(during) if during else float('nan'):.0f} ms; longest "
+                  f"garbage collection {1000 * max(collections, default=0):.0f} ms", flush=True)
         window.release() if hasattr(window, "release") else window.close()
     print(f"longest stall (median over runs): {statistics.median(results):.0f} ms; goal ≤ 100 ms")
     print(f"CPU: {cpu_name()}, {os.cpu_count()} logical cores; Python {platform.python_version()}")

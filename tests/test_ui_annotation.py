@@ -105,6 +105,7 @@ def test_place_pair_by_clicking_then_undo_and_redo(qtbot, window, image_path):
     # Click 1.5 µm (3 voxels) off the nucleus centre: it snaps to the nucleus channel's peak.
     click(qtbot, xy, (NUCLEUS_A[0], NUCLEUS_A[1] + 3, NUCLEUS_A[2] - 2))
     assert model.pending_nucleus == NUCLEUS_A and len(model) == 0
+    xy.flush_overlay()  # the views draw a display frame after the edit
     assert xy.pending_marker.data.size == 1  # the half-placed pair is drawn
     assert window.actions["undo"].isEnabled()  # undo would cancel it
     click(qtbot, xy, (GOLGI_A[0], GOLGI_A[1] + 2, GOLGI_A[2] + 1))
@@ -190,6 +191,7 @@ def test_table_selection_delete_and_undo(qtbot, window, image_path):
     assert model.selection == (ids[1],)
     assert window.state.cursor == NUCLEUS_B  # the views jump to the selected pair
     assert window.ortho.xy.state.slice_index(0) == NUCLEUS_B[0]
+    window.ortho.xy.flush_overlay()  # the views draw a display frame after the edit
     assert SELECTED_PEN_WIDTH in [p.widthF() for p in window.ortho.xy.markers.data["pen"] if p is not None]
     key(qtbot, window, Qt.Key.Key_Delete)
     assert model.ids == [ids[0]] and table_rows(window) == 1
@@ -512,3 +514,19 @@ def test_voxel_size_dialog_validates_and_returns_values(qtbot):
     assert dialog.voxel_size() == (1.25, 0.2, 0.2) and dialog.axes() == "ZYX"
     dialog.accept()
     assert dialog.result() == QtWidgets.QDialog.DialogCode.Accepted
+
+
+def test_views_redraw_one_per_pass_after_an_edit(qtbot, window, image_path):
+    """An edit does not redraw the markers in its own pass: the three views draw one after the other, one per
+    pass of the event loop (a thousand predictions drawn in one pass stalled the window: ui_stall.py)."""
+    open_image(qtbot, window, image_path)
+    views = window.ortho.views
+    qtbot.waitUntil(lambda: not any(v._overlay_pending for v in views))
+    window.model.add_pair(NUCLEUS_A, GOLGI_A)
+    window.model.add_pair(NUCLEUS_B, GOLGI_B)
+    assert all(v._overlay_pending for v in views)  # nothing drawn yet, each view asked once
+    window.ortho.redraws._next()
+    assert [v._overlay_pending for v in views] == [False, True, True]
+    assert len(window.ortho.xy.markers.data) > 0  # the XY view drew the new pairs
+    assert window.ortho.redraws._timer.isActive()  # the next view in the next pass
+    qtbot.waitUntil(lambda: not any(v._overlay_pending for v in views))

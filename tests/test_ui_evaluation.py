@@ -32,6 +32,7 @@ NEAR_EDGE_N, NEAR_EDGE_G = (2, 84, 50), (2, 86, 56)
 
 
 def drawn_colours(view) -> set:
+    view.flush_overlay()  # the views draw a display frame after the edit
     return {colour for (colour, _width), item in view._line_items.items()
             if item.xData is not None and len(item.xData)}
 

@@ -99,8 +99,14 @@ def test_review_accept_reject_correct_and_undo(qtbot, window, project):
     # the predictions are up for review, least confident first, and the least confident is selected
     assert len(model) == 3 and {p.source for p in model} == {"predicted"}
     assert [round(model.get(i).score, 2) for i in panel.queue()] == [0.4, 0.7, 0.9]
-    qtbot.waitUntil(lambda: panel.table.rowCount() == 3)  # the list follows after the event loop turns
-    assert panel.table.item(0, 0).text() == "0.400"
+    rows = panel.queue_model.rowCount
+    qtbot.waitUntil(lambda: rows() == 3)  # the list follows after the event loop turns
+    assert panel.queue_model.index(0, 0).data() == "0.400"
+    assert panel.table.selectionModel().selectedRows()[0].row() == 0
+    for row, score in ((2, 0.9), (0, 0.4)):  # a click in the list goes to that prediction
+        rect = panel.table.visualRect(panel.queue_model.index(row, 1))
+        qtbot.mouseClick(panel.table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+        assert selected(window).score == pytest.approx(score)
     assert selected(window).score == pytest.approx(0.4)
     assert window.state.cursor == pytest.approx(NUCLEUS_B)  # the views went to it
 
@@ -118,7 +124,7 @@ def test_review_accept_reject_correct_and_undo(qtbot, window, project):
     drag(qtbot, window.ortho.xy, GOLGI_A, (5, 50, 44))
     corrected = [p for p in model if p.score == pytest.approx(0.9)][0]
     assert corrected.source == "corrected" and corrected.golgi == pytest.approx((5, 50, 44), abs=0.6)
-    qtbot.waitUntil(lambda: panel.table.rowCount() == 0)
+    qtbot.waitUntil(lambda: rows() == 0)
     assert panel.progress.value() == 3 and "2 accepted or corrected · 1 rejected · 0 left" in panel.counts.text()
     assert reviewed_cell(window, 0) == "3 / 3"
 
@@ -127,7 +133,7 @@ def test_review_accept_reject_correct_and_undo(qtbot, window, project):
     assert [p for p in model if p.score == pytest.approx(0.9)][0].source == "predicted"
     key(qtbot, window, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
     assert len(model) == 3
-    qtbot.waitUntil(lambda: panel.table.rowCount() == 2)
+    qtbot.waitUntil(lambda: rows() == 2)
     assert reviewed_cell(window, 0) == "1 / 3"
 
     # saved: the accepted vector is an annotation; training uses it and leaves the unreviewed ones out

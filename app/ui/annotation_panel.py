@@ -11,7 +11,7 @@ from PySide6 import QtCore, QtGui, QtWidgets
 from app.core.annotation import vector_angles
 from app.ui.display import DEFAULT_OVERLAY_COLOUR, EVALUATION_COLOURS, SOURCE_COLOURS
 from app.ui.state import ViewerState
-from app.ui.widgets import action_buttons, read_only_rows, um_spin
+from app.ui.widgets import action_buttons, fit_columns_when_filled, read_only_rows, um_spin
 
 COLUMNS = ("id", "source", "score", "length µm", "azimuth °", "elevation °", "nucleus x, y, z", "Golgi x, y, z")
 SORT_ROLE = QtCore.Qt.ItemDataRole.UserRole + 1
@@ -140,6 +140,7 @@ class AnnotationPanel(QtWidgets.QWidget):
         self.table.setSortingEnabled(True)
         self.table.sortByColumn(-1, QtCore.Qt.SortOrder.AscendingOrder)
         read_only_rows(self.table, QtWidgets.QAbstractItemView.SelectionMode.ExtendedSelection)
+        fit_columns_when_filled(self.table)  # a thousand predicted pairs: measured once, not at every change
         self.table.selectionModel().selectionChanged.connect(self._on_table_selection)
         self.table.doubleClicked.connect(self._on_double_click)
         self.summary = QtWidgets.QLabel()

@@ -6,6 +6,7 @@ Pure numpy (no Qt), shared by the slice views and the 3D view so both show the s
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -36,9 +37,20 @@ DEFAULT_OVERLAY_COLOUR: RGB = (235, 235, 235)
 SCORE_RAMP: tuple[RGB, RGB, RGB] = ((140, 140, 160), (90, 140, 255), (40, 230, 255))
 
 
+#: Score colours come in this many steps (tenths): the views draw one line item and one marker image per distinct
+#: colour, so a continuous ramp over a thousand predictions stalled the window for 0.3 s (benchmarks/ui_stall.py).
+SCORE_STEPS = 10
+
+
 def score_colour(score: float) -> RGB:
-    """The colour of a predicted pair's score in [0, 1] (:data:`SCORE_RAMP`, linear between its stops)."""
-    t = min(1.0, max(0.0, float(score))) * 2.0
+    """The colour of a predicted pair's score in [0, 1] (:data:`SCORE_RAMP`, linear between its stops, in
+    :data:`SCORE_STEPS` steps)."""
+    return _step_colour(round(min(1.0, max(0.0, float(score))) * SCORE_STEPS))
+
+
+@functools.lru_cache(maxsize=SCORE_STEPS + 1)
+def _step_colour(step: int) -> RGB:
+    t = step / SCORE_STEPS * 2.0
     low, high = (SCORE_RAMP[0], SCORE_RAMP[1]) if t <= 1.0 else (SCORE_RAMP[1], SCORE_RAMP[2])
     f = t if t <= 1.0 else t - 1.0
     return tuple(int(round(a + (b - a) * f)) for a, b in zip(low, high))  # type: ignore[return-value]

@@ -44,13 +44,16 @@ from app.ui.screenshot import grab_window, save_screenshot
 from app.ui.slice_views import OrthoViews
 from app.ui.state import ViewerState
 from app.ui.status_bar import StatusBar
-from app.ui.workers import JobFactory, JobHandle, run_in_thread, start_job
+from app.ui.workers import JobFactory, JobHandle, freeze_heap, run_in_thread, start_job
 
 if TYPE_CHECKING:  # these panels are imported when first shown (the Predict panel loads torch)
     from app.ui.evaluate_panel import EvaluatePanel
     from app.ui.predict_panel import PredictPanel
 
 __all__ = ["MainWindow", "demo_data", "grab_window", "run_app", "save_screenshot"]
+
+#: The review actions that need a prediction still to review.
+REVIEW_ACTIONS = ("accept", "reject", "previous_unreviewed", "next_unreviewed", "reject_below")
 
 SETTINGS_ORGANISATION = "CellPol"
 SETTINGS_APPLICATION = "CellPol Studio"
@@ -126,6 +129,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.setStatusBar(self.status_bar)
         self.position_label, self.mode_label = self.status_bar.position_label, self.status_bar.mode_label
         self._connect()
+        self._update_review_actions()
         self._restore_settings()
         self.status_bar.show_device(f"Device: {self.device}", "Tools ▸ Device says what it is and chooses another")
         self._update_history()
@@ -265,6 +269,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.document.saved.connect(lambda _path: self._update_project_row())
         self.project_panel.open_requested.connect(self.open_project_image)
         state.pairs_changed.connect(lambda *_: self._update_project_row())
+        state.pairs_changed.connect(lambda *_: self._update_review_actions())
+        self.document.document_changed.connect(self._update_review_actions)
         state.history_changed.connect(self._update_project_row)
         if self.viewer3d is not None:
             self.viewer3d.picked.connect(lambda pid, which: status.showMessage(
@@ -739,8 +745,10 @@ class MainWindow(QtWidgets.QMainWindow):
         """Put predicted vectors of the open image into the annotation model, to review (one undoable step)."""
         if self.state.volume is None:
             return
+        # coloured by their score (the legend says how); the mode is set first, so the views draw the new pairs
+        # once, not twice (a thousand markers take a tenth of a second per drawing: benchmarks/ui_stall.py)
+        self.state.set_colour_mode("score")
         add_for_review(self.model, pairs.with_voxel_size(self.state.volume.voxel_size), text="predict image")
-        self.state.set_colour_mode("score")  # predictions coloured by their score (the legend says how)
         self.statusBar().showMessage(f"{len(pairs)} vectors predicted, coloured by score (grey 0 → cyan 1); "
                                      "review them with Analysis ▸ Review predictions; Ctrl+Z takes them back.",
                                      10000)
@@ -752,6 +760,13 @@ class MainWindow(QtWidgets.QMainWindow):
         if opened and predictions is not None:
             if put_up_file(self.document, predictions):
                 self.state.set_colour_mode("score")
+
+    def _update_review_actions(self) -> None:
+        """Accept, reject and stepping work while the image holds predictions to review (at once: a key pressed
+        right after "Review this image" or "Predict this image" must work)."""
+        pending = any(p.source == "predicted" for p in self.model)
+        for name in REVIEW_ACTIONS:
+            self.actions[name].setEnabled(pending)
 
     def _predictions_done(self) -> None:
         """A batch wrote predictions: the project panel's counts follow."""
@@ -951,6 +966,7 @@ def run_app(files: Sequence[str] = (), demo: bool = False, screenshot: Optional[
             window.resize(min(1400, available.width()), min(900, available.height()))
             window.move(available.topLeft())
     window.show()
+    freeze_heap("window")  # Qt's, pyqtgraph's and VTK's objects: see freeze_heap
     status = 0
     for path in files:
         if not window.open_path(str(Path(path))):

@@ -39,7 +39,9 @@ def build_predictor(model: Optional[Path], device: str, options: Optional[dict[s
     Loads weights and imports torch: call it in a worker thread.
     """
     from app.core.inference import Predictor, StarterPredictor
+    from app.ui.workers import freeze_heap
 
+    freeze_heap("torch")  # torch's objects stay for the life of the app: no full collection scans them again
     options = dict(options or {})
     if model is None:
         return StarterPredictor(device, **options)

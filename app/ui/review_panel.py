@@ -25,10 +25,55 @@ from app.core.errors import CellPolError
 from app.core.pairs import read_pairs
 from app.ui.document import DocumentController
 from app.ui.state import ViewerState
-from app.ui.widgets import action_buttons, read_only_rows
+from app.ui.widgets import action_buttons, fit_columns_when_filled, read_only_rows
 
 COLUMNS = ("Score", "Nucleus (x, y, z)", "Length µm")
 ID_ROLE = QtCore.Qt.ItemDataRole.UserRole + 1
+
+
+class QueueModel(QtCore.QAbstractTableModel):
+    """The predictions still to review, least confident first: a model over a list, so a thousand rows cost
+    nothing until they are drawn (the view asks only for the visible ones)."""
+
+    def __init__(self, parent: Optional[QtCore.QObject] = None) -> None:
+        super().__init__(parent)
+        self.pairs: list[Any] = []
+        self.scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def set_pairs(self, pairs: list[Any], scale: Any) -> None:
+        self.beginResetModel()
+        self.pairs, self.scale = list(pairs), tuple(scale or (1.0, 1.0, 1.0))
+        self.endResetModel()
+
+    def rowCount(self, parent: QtCore.QModelIndex = QtCore.QModelIndex()) -> int:  # noqa: N802 - Qt's name
+        return 0 if parent.isValid() else len(self.pairs)
+
+    def columnCount(self, parent: QtCore.QModelIndex = QtCore.QModelIndex()) -> int:  # noqa: N802 - Qt's name
+        return 0 if parent.isValid() else len(COLUMNS)
+
+    def headerData(self, section: int, orientation: QtCore.Qt.Orientation,  # noqa: N802 - Qt's name
+                   role: int = QtCore.Qt.ItemDataRole.DisplayRole) -> Any:
+        if orientation == QtCore.Qt.Orientation.Horizontal and role == QtCore.Qt.ItemDataRole.DisplayRole:
+            return COLUMNS[section]
+        return None
+
+    def data(self, index: QtCore.QModelIndex, role: int = QtCore.Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid():
+            return None
+        pair = self.pairs[index.row()]
+        if role == ID_ROLE:
+            return pair.id
+        if role != QtCore.Qt.ItemDataRole.DisplayRole:
+            return None
+        if index.column() == 0:
+            return "—" if math.isnan(pair.score) else f"{pair.score:.3f}"
+        if index.column() == 1:
+            z, y, x = pair.nucleus
+            return f"{x:.0f}, {y:.0f}, {z:.0f}"
+        return f"{math.sqrt(sum(((g - n) * s) ** 2 for n, g, s in zip(pair.nucleus, pair.golgi, self.scale))):.1f}"
+
+    def row_of(self, pair_id: Optional[int]) -> int:
+        return next((row for row, pair in enumerate(self.pairs) if pair.id == pair_id), -1)
 
 
 class ReviewPanel(QtWidgets.QWidget):
@@ -63,11 +108,13 @@ class ReviewPanel(QtWidgets.QWidget):
         self.counts.setWordWrap(True)
         self.progress = QtWidgets.QProgressBar(objectName="cellpol.review.progress")
         self.progress.setFormat("%v of %m reviewed")
-        self.table = QtWidgets.QTableWidget(0, len(COLUMNS), objectName="cellpol.review.queue")
-        self.table.setHorizontalHeaderLabels(list(COLUMNS))
+        self.queue_model = QueueModel(self)
+        self.table = QtWidgets.QTableView(objectName="cellpol.review.queue")
+        self.table.setModel(self.queue_model)
         read_only_rows(self.table, QtWidgets.QAbstractItemView.SelectionMode.SingleSelection)
         self.table.horizontalHeader().setStretchLastSection(True)
-        self.table.cellClicked.connect(lambda row, _c: self._go_to_row(row))
+        fit_columns_when_filled(self.table)  # rebuilt after every decision: measured once per fill, not per change
+        self.table.clicked.connect(lambda index: self._go_to_row(index.row()))
         self.help = QtWidgets.QLabel(
             "<span style='color:#888'>Least confident first. <b>Y</b> accept · <b>X</b> reject · drag an end in a "
             "view to correct · <b>]</b> / <b>[</b> next / previous · <b>U</b> next most uncertain in the project · "
@@ -93,9 +140,7 @@ class ReviewPanel(QtWidgets.QWidget):
 
     # --- what is shown ------------------------------------------------------------------------
     def _schedule_refresh(self, *_args: Any) -> None:
-        """Many edits in a row (a drag) rebuild the list once, after the event loop turns; the actions follow
-        at once (a key pressed right after "Review this image" must work)."""
-        self._enable_actions(any(p.source == review.PREDICTED for p in self.model))
+        """Many edits in a row (a drag) rebuild the list once, after the event loop turns."""
         if not self._refresh_pending:
             self._refresh_pending = True
             QtCore.QTimer.singleShot(0, self.refresh)
@@ -109,43 +154,22 @@ class ReviewPanel(QtWidgets.QWidget):
         elif counts.total:
             self.title.setText(f"Reviewing the predictions of <b>{name or 'this image'}</b>")
         else:
-            self.title.setText(f"No predictions of <b>{name or 'this image'}</b> under review: "
-                               "Review this image (predicts from the project's results), or Analysis ▸ Predict…")
+            self.title.setText(f"No predictions of <b>{name or 'this image'}</b> to review: <i>Review this "
+                               "image</i> takes them from the project's results, or predict it (Analysis ▸ Predict…).")
         self.progress.setRange(0, max(counts.total, 1))
         self.progress.setValue(counts.reviewed if counts.total else 0)
         self.counts.setText(f"{counts.accepted} accepted or corrected · {counts.rejected} rejected · "
                             f"{counts.remaining} left" if counts.total else "")
-        ids = review.queue(self.model)
-        self.table.setRowCount(len(ids))
-        scale = self.model.voxel_size or (1.0, 1.0, 1.0)
-        for row, pair_id in enumerate(ids):
-            pair = self.model.get(pair_id)
-            length = math.sqrt(sum(((g - n) * s) ** 2 for n, g, s in zip(pair.nucleus, pair.golgi, scale)))
-            z, y, x = pair.nucleus
-            cells = ("—" if math.isnan(pair.score) else f"{pair.score:.3f}", f"{x:.0f}, {y:.0f}, {z:.0f}",
-                     f"{length:.1f}")
-            for column, text in enumerate(cells):
-                item = self.table.item(row, column)
-                if item is None:
-                    item = QtWidgets.QTableWidgetItem()
-                    self.table.setItem(row, column, item)
-                item.setText(text)
-                item.setData(ID_ROLE, pair_id)
+        self.queue_model.set_pairs([self.model.get(i) for i in review.queue(self.model)], self.model.voxel_size)
         self._mark_selection()
-        self._enable_actions(bool(ids))
-
-    def _enable_actions(self, on: bool) -> None:
-        for name in ("accept", "reject", "previous_unreviewed", "next_unreviewed", "reject_below"):
-            self._actions[name].setEnabled(on)
 
     def _mark_selection(self) -> None:
-        current = self.current()
-        for row in range(self.table.rowCount()):
-            if self.table.item(row, 0).data(ID_ROLE) == current:
-                self.table.selectRow(row)
-                self.table.scrollToItem(self.table.item(row, 0))
-                return
-        self.table.clearSelection()
+        row = self.queue_model.row_of(self.current())
+        if row < 0:
+            self.table.clearSelection()
+            return
+        self.table.selectRow(row)
+        self.table.scrollTo(self.queue_model.index(row, 0))
 
     def queue(self) -> list[int]:
         """Ids still to review, in the order shown (least confident first)."""
@@ -167,9 +191,8 @@ class ReviewPanel(QtWidgets.QWidget):
         return pair_id
 
     def _go_to_row(self, row: int) -> None:
-        item = self.table.item(row, 0)
-        if item is not None:
-            self.go_to(item.data(ID_ROLE))
+        if 0 <= row < len(self.queue_model.pairs):
+            self.go_to(self.queue_model.pairs[row].id)
 
     def step(self, step: int = 1) -> Optional[int]:
         """The next (or previous) prediction to review."""

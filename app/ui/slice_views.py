@@ -53,6 +53,40 @@ def _marker_brush(rgb: Optional[tuple], alpha: int) -> QtGui.QBrush:
     return QtGui.QBrush(QtCore.Qt.BrushStyle.NoBrush) if rgb is None else pg.mkBrush(_colour(rgb, alpha))
 
 
+class RedrawQueue(QtCore.QObject):
+    """Redraws the markers of the views that asked, one view per pass of the event loop.
+
+    A thousand predicted vectors take tens of milliseconds to draw in one view; drawn one after the other in
+    one pass, the three views held the window for a fifth of a second (benchmarks/ui_stall.py). Here the
+    first view draws one display frame (16 ms) after the edit that asked, outside the pass that made the edit,
+    and each next view's timer starts only when the previous view is drawn, so input and painting get their
+    turn between.
+    """
+
+    #: One display frame at 60 Hz: too short to see, long enough to leave the pass that asked.
+    FRAME_MS = 16
+
+    def __init__(self, parent: Optional[QtCore.QObject] = None) -> None:
+        super().__init__(parent)
+        self._views: list["SliceView"] = []
+        self._timer = QtCore.QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(self.FRAME_MS)
+        self._timer.timeout.connect(self._next)
+
+    def add(self, view: "SliceView") -> None:
+        if view not in self._views:
+            self._views.append(view)
+        if not self._timer.isActive():
+            self._timer.start()
+
+    def _next(self) -> None:
+        if self._views:
+            self._views.pop(0).flush_overlay()
+        if self._views:
+            self._timer.start()
+
+
 class _SliceViewBox(pg.ViewBox):
     """A ViewBox that hands clicks, marker drags and wheel gestures to its :class:`SliceView`."""
 
@@ -129,10 +163,12 @@ class _GraphicsView(pg.GraphicsView):
 class SliceView(QtWidgets.QWidget):
     """One orthogonal view (``axis`` 0 = XY, 1 = XZ, 2 = YZ) with its slice slider."""
 
-    def __init__(self, state: ViewerState, axis: int, parent: Optional[QtWidgets.QWidget] = None) -> None:
+    def __init__(self, state: ViewerState, axis: int, parent: Optional[QtWidgets.QWidget] = None,
+                 redraws: Optional[RedrawQueue] = None) -> None:
         super().__init__(parent)
         self.state = state
         self.axis = axis
+        self.redraws = redraws if redraws is not None else RedrawQueue(self)
         self.h_axis, self.v_axis = VIEW_AXES[axis]
         self.renderer = CompositeRenderer()
         self._drawn = np.zeros((0, 2))          # marker positions (µm) drawn in this view
@@ -182,7 +218,8 @@ class SliceView(QtWidgets.QWidget):
         state.display_changed.connect(self.refresh_image)
         state.mip_changed.connect(self._on_mip)
         for sig in (state.pairs_changed, state.selection_changed, state.overlay_changed, state.pending_changed):
-            sig.connect(self.refresh_overlay)
+            sig.connect(self.schedule_overlay)
+        self._overlay_pending = False
         self._slice = -1
 
     # --- coordinates ------------------------------------------------------------------------
@@ -291,7 +328,21 @@ class SliceView(QtWidgets.QWidget):
         weight[depth > window + 1e-9] = np.nan
         return weight
 
+    def schedule_overlay(self, *args) -> None:
+        """Redraw the markers soon: the edits of one moment (pairs added, their colour mode set, the selection)
+        draw once, and the views draw one per pass of the event loop (:class:`RedrawQueue`), so the window
+        answers in between. Whatever reads the drawing (:meth:`hit_test`) flushes it first."""
+        if not self._overlay_pending:
+            self._overlay_pending = True
+            self.redraws.add(self)
+
+    def flush_overlay(self) -> None:
+        """Draw a scheduled redraw now (nothing if none is pending)."""
+        if self._overlay_pending:
+            self.refresh_overlay()
+
     def refresh_overlay(self, *args) -> None:
+        self._overlay_pending = False
         state = self.state
         if state.volume is None:
             return
@@ -389,6 +440,7 @@ class SliceView(QtWidgets.QWidget):
     # --- hit testing ------------------------------------------------------------------------
     def hit_test(self, view_point: QtCore.QPointF, pixels: float = _HIT_PIXELS) -> Optional[tuple[int, str]]:
         """The drawn marker (pair id, end) within ``pixels`` of ``view_point``, nearest first."""
+        self.flush_overlay()
         if not len(self._drawn):
             return None
         width, height = self.viewbox.viewPixelSize()
@@ -482,9 +534,10 @@ class OrthoViews(QtWidgets.QWidget):
     def __init__(self, state: ViewerState, parent: Optional[QtWidgets.QWidget] = None) -> None:
         super().__init__(parent)
         self.state = state
-        self.xy = SliceView(state, 0)
-        self.xz = SliceView(state, 1)
-        self.yz = SliceView(state, 2)
+        self.redraws = RedrawQueue(self)  # the three views redraw their markers one per pass of the event loop
+        self.xy = SliceView(state, 0, redraws=self.redraws)
+        self.xz = SliceView(state, 1, redraws=self.redraws)
+        self.yz = SliceView(state, 2, redraws=self.redraws)
         self.views = (self.xy, self.xz, self.yz)
         self.top = QtWidgets.QSplitter(QtCore.Qt.Orientation.Horizontal)
         self.bottom = QtWidgets.QSplitter(QtCore.Qt.Orientation.Horizontal)
