@@ -4,7 +4,7 @@ show them.
 The main window gives each command its slot and gets a ``{name: QAction}`` dict back
 (:func:`create_actions`); panels put buttons on the same actions (:func:`app.ui.widgets.action_buttons`), so a
 command has one text, one shortcut and one enabled state wherever it appears. The keyboard-shortcuts dialog
-lists them from here too (:func:`shortcut_rows`), so it is always current.
+lists them from here too (:func:`shortcut_rows`), so it is always current, and the panels' ids (:data:`PANELS`).
 
 Every action has a stable id, its Qt ``objectName``: ``cellpol.<group>.<name>`` (:func:`action_id`, e.g.
 ``cellpol.file.open``, ``cellpol.view3d.reset_3d``), for scripts, tests and saved toolbars; it does not
@@ -278,13 +278,24 @@ def fill_toolbar(toolbar: QtWidgets.QToolBar, actions: Mapping[str, QtGui.QActio
         toolbar.addSeparator() if name is None else toolbar.addAction(actions[name])
 
 
-def shortcut_rows(actions: Mapping[str, QtGui.QAction], with_ids: bool = False) -> list[tuple[str, ...]]:
-    """``(keys, action, group)`` for every action with a shortcut, as the shortcuts dialog lists them;
-    ``with_ids``: ``(keys, action, group, id)``, the id being the action's ``objectName``."""
+#: The panels' stable ids (their widgets' ``objectName``) and names, as Help ▸ Keyboard shortcuts lists them.
+PANELS: tuple[tuple[str, str], ...] = (
+    ("cellpol.vectors", "Vectors panel"), ("cellpol.channels", "Channels panel"), ("cellpol.project", "Project panel"),
+    ("cellpol.view3d", "3D view"), ("cellpol.predict", "Predict panel"), ("cellpol.review", "Review panel"),
+    ("cellpol.evaluate", "Evaluate panel (prediction sets)"), ("cellpol.comparison", "Comparison panel (one reference)"),
+    ("cellpol.jobs", "Jobs panel"),
+)
+
+
+def shortcut_rows(actions: Mapping[str, QtGui.QAction], with_ids: bool = False,
+                  keyed_only: bool = True) -> list[tuple[str, ...]]:
+    """``(keys, action, group)`` for every action with a shortcut (every action, keys ``""`` where it has none,
+    unless ``keyed_only``), as the shortcuts dialog lists them; ``with_ids``: ``(keys, action, group, id)``,
+    the id being the action's ``objectName``."""
     rows = []
     for name, action in actions.items():
         keys = ", ".join(native_text(s) for s in action.shortcuts() if not s.isEmpty())
-        if keys:
+        if keys or not keyed_only:
             row = (keys, action.text().replace("&", ""), _GROUPS.get(name, ""))
             rows.append(row + (action.objectName(),) if with_ids else row)
     return rows

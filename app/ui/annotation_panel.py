@@ -116,6 +116,7 @@ class AnnotationPanel(QtWidgets.QWidget):
     def __init__(self, state: ViewerState, actions: dict[str, QtGui.QAction],
                  parent: Optional[QtWidgets.QWidget] = None) -> None:
         super().__init__(parent)
+        self.setObjectName("cellpol.vectors")  # its stable id (app.ui.actions.PANELS)
         self.state = state
         self._syncing = False
 

@@ -106,6 +106,7 @@ class ChannelControls(QtWidgets.QWidget):
 
     def __init__(self, state: ViewerState, parent: Optional[QtWidgets.QWidget] = None) -> None:
         super().__init__(parent)
+        self.setObjectName("cellpol.channels")  # its stable id (app.ui.actions.PANELS)
         self.state = state
         self.rows: list[ChannelRow] = []
         self.nucleus_role = QtWidgets.QComboBox()

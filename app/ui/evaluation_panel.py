@@ -30,6 +30,7 @@ class EvaluationPanel(QtWidgets.QWidget):
     def __init__(self, document: DocumentController, actions: dict[str, QtGui.QAction],
                  parent: Optional[QtWidgets.QWidget] = None) -> None:
         super().__init__(parent)
+        self.setObjectName("cellpol.comparison")  # its stable id (app.ui.actions.PANELS)
         self.document = document
         self.title = QtWidgets.QLabel("No reference: Analysis ▸ Compare with reference…")
         self.title.setWordWrap(True)

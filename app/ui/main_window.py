@@ -28,7 +28,7 @@ from app.core.jobs import Progress
 from app.core.batch import image_stem
 from app.core.project import MANUAL_SOURCES
 from app.core.review import add_for_review, model_counts
-from app.ui.actions import create_actions, create_menus, fill_toolbar, shortcut_rows
+from app.ui.actions import PANELS, create_actions, create_menus, fill_toolbar, shortcut_rows
 from app.ui.annotation_panel import AnnotationPanel
 from app.ui.applog import log_dir, log_path
 from app.ui.channel_controls import ChannelControls
@@ -672,7 +672,10 @@ class MainWindow(QtWidgets.QMainWindow):
 
     # --- help ---------------------------------------------------------------------------------
     def show_shortcuts(self) -> ShortcutsDialog:
-        rows = shortcut_rows(self.actions, with_ids=True)
+        """Help ▸ Keyboard shortcuts: every action (with its keys, where it has any) and every panel, with the
+        stable id scripts and tests find them by."""
+        rows = shortcut_rows(self.actions, with_ids=True, keyed_only=False)
+        rows += [("", title, "Panels", panel_id) for panel_id, title in PANELS]
         dialog = ShortcutsDialog([row[:3] for row in rows], self)
         # The stable ids (objectNames) in a fourth column, for scripts and bug reports.
         table = dialog.table

@@ -45,6 +45,7 @@ class ProjectPanel(QtWidgets.QWidget):
 
     def __init__(self, actions: dict[str, QtGui.QAction], parent: Optional[QtWidgets.QWidget] = None) -> None:
         super().__init__(parent)
+        self.setObjectName("cellpol.project")  # its stable id (app.ui.actions.PANELS)
         self.project: Optional[Project] = None
         self.current: Optional[Path] = None
         self.statuses: list[ImageStatus] = []

@@ -176,6 +176,7 @@ class Viewer3D(QtWidgets.QWidget):
     def __init__(self, state: ViewerState, parent: Optional[QtWidgets.QWidget] = None,
                  max_voxels: int = DEFAULT_MAX_VOXELS) -> None:
         super().__init__(parent)
+        self.setObjectName("cellpol.view3d")  # its stable id (app.ui.actions.PANELS)
         self.state = state
         self.max_voxels = int(max_voxels)
         self.blend_mode = "composite"
