@@ -112,3 +112,22 @@ def test_neighbour_walks_the_image_list(tmp_path):
     assert project.neighbour(None, 1) == first and project.neighbour(tmp_path / "other.tif", -1) == third
     project.remember_last_image(second)
     assert Project.open(project.root).last_image == second
+
+
+def test_image_groups_are_kept_in_the_project_file(tmp_path):
+    from app.core.errors import FileFormatError
+
+    project = Project.create(tmp_path / "p")
+    image = project.folder("images") / "a.tif"
+    assert project.group_of(image) == ""
+    project.set_group(image, " control ")
+    reopened = Project.open(project.root)
+    assert reopened.group_of(image) == "control"
+    assert reopened.groups == {"images/a.tif": "control"}
+    reopened.set_group(image, "")
+    assert Project.open(project.root).groups == {}
+    data = json.loads(project.file.read_text())
+    data["groups"] = {"images/a.tif": 3}
+    project.file.write_text(json.dumps(data))
+    with pytest.raises(FileFormatError, match="groups"):
+        Project.open(project.root)

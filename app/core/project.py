@@ -2,7 +2,7 @@
 
 Layout::
 
-    <root>/cellpol-project.json     name, creation date, voxel sizes typed by the user, settings
+    <root>/cellpol-project.json     name, creation date, voxel sizes typed by the user, image groups, settings
     <root>/images/                  the images (any format app.core.imageio reads)
     <root>/annotations/<stem>.vectors.csv   manual annotations (+ .vectors.json sidecar, + autosave)
     <root>/models/                  trained models
@@ -37,7 +37,7 @@ PROJECT_FOLDERS = ("images", "annotations", "models", "results")
 PROJECT_FORMAT = "cellpol-project"
 PROJECT_VERSION = 1
 #: Keys of the project file this version reads and writes; any other key is carried over untouched.
-_KNOWN_KEYS = ("format", "version", "name", "created", "app_version", "folders", "voxel_sizes", "settings")
+_KNOWN_KEYS = ("format", "version", "name", "created", "app_version", "folders", "voxel_sizes", "settings", "groups")
 
 #: Annotation states of an image (:attr:`ImageStatus.state`).
 NOT_STARTED = "not started"
@@ -102,6 +102,7 @@ class Project:
     settings: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # keys of a newer format version, kept as they are
+    groups: dict[str, str] = field(default_factory=dict)  # image key -> group (condition) for the statistics
 
     @property
     def file(self) -> Path:
@@ -150,14 +151,18 @@ class Project:
         for kind in PROJECT_FOLDERS:
             (root / kind).mkdir(exist_ok=True)
         extra = {k: v for k, v in data.items() if k not in _KNOWN_KEYS}
-        return cls(root, name, voxel_sizes, settings, created, extra)
+        groups = data.get("groups") or {}
+        if not isinstance(groups, dict) or not all(isinstance(v, str) for v in groups.values()):
+            raise FileFormatError(f"{file}: the field 'groups' must be an object mapping image paths to group names "
+                                  'as strings, e.g. {"images/a.tif": "control"}. Correct or remove that field.')
+        return cls(root, name, voxel_sizes, settings, created, extra, dict(groups))
 
     def save(self) -> None:
         """Rewrite the project file atomically."""
         data: dict[str, Any] = {
             "format": PROJECT_FORMAT, "version": PROJECT_VERSION, "name": self.name, "created": self.created,
             "app_version": __version__, "folders": list(PROJECT_FOLDERS),
-            "voxel_sizes": self.voxel_sizes, "settings": self.settings,
+            "voxel_sizes": self.voxel_sizes, "settings": self.settings, "groups": self.groups,
         }
         for key, value in self.extra.items():
             data.setdefault(key, value)
@@ -229,6 +234,21 @@ class Project:
 
     def remember_voxel_size(self, image_path: str | os.PathLike, voxel_size: Sequence[float]) -> None:
         self.voxel_sizes[self._key(image_path)] = list(parse_voxel_size(voxel_size))
+        self.save()
+
+    def group_of(self, image_path: str | os.PathLike) -> str:
+        """The group (condition) of an image for the statistics; ``""`` when none was given."""
+        return self.groups.get(self._key(image_path), "")
+
+    def set_group(self, image_path: str | os.PathLike, group: str) -> None:
+        """Tag an image with a group (``""`` removes the tag); the project file is rewritten."""
+        key, group = self._key(image_path), str(group).strip()
+        if self.groups.get(key, "") == group:
+            return
+        if group:
+            self.groups[key] = group
+        else:
+            self.groups.pop(key, None)
         self.save()
 
     @property
