@@ -570,7 +570,9 @@ class MainWindow(QtWidgets.QMainWindow):
             self.statusBar().showMessage(str(exc), 5000)
 
     def cancel(self) -> None:
-        if self.model.dragging:
+        if self.state.pick is not None:  # a panel waiting for a click: Esc gives up
+            self.state.pick_next_click(None)
+        elif self.model.dragging:
             self.model.cancel_drag()
         elif not self.model.cancel_pending():
             self.model.clear_selection()

@@ -189,6 +189,14 @@ class SliceView(QtWidgets.QWidget):
                                                  pen=pg.mkPen("w", width=2), brush=None)
         self.pending_marker.setZValue(25)
         self.viewbox.addItem(self.pending_marker)
+        # the statistics' reference: a point (a star, in every view) or an axis (an arrow from the image centre)
+        self.reference_marker = _Markers(pxMode=True, symbol="star", size=22, pen=pg.mkPen((255, 90, 200), width=2),
+                                         brush=pg.mkBrush(255, 90, 200, 120))
+        self.reference_marker.setZValue(26)
+        self.viewbox.addItem(self.reference_marker)
+        self.reference_arrow = pg.PlotCurveItem(pen=pg.mkPen((255, 90, 200), width=3))
+        self.reference_arrow.setZValue(26)
+        self.viewbox.addItem(self.reference_arrow, ignoreBounds=True)
         crosshair_pen = pg.mkPen((255, 255, 0, 110), width=1)
         self.h_line = pg.InfiniteLine(angle=0, movable=False, pen=crosshair_pen)
         self.v_line = pg.InfiniteLine(angle=90, movable=False, pen=crosshair_pen)
@@ -436,6 +444,36 @@ class SliceView(QtWidgets.QWidget):
                 self.pending_marker.setData([], [])
         else:
             self.pending_marker.setData([], [])
+        self._draw_reference()
+
+    def _draw_reference(self) -> None:
+        """The statistics' reference point (a star, wherever the slice is: it is a landmark) or axis (an arrow
+        from the image centre, its in-view component, a quarter of the image long)."""
+        reference = self.state.polarity_reference
+        self.reference_marker.setData([], [])
+        self.reference_arrow.setData([], [])
+        if reference is None:
+            return
+        kind, (x, y, z) = reference
+        if kind == "point":
+            self.reference_marker.setData(pos=self.to_view(np.array([z, y, x])))
+            return
+        size = np.asarray(self.state.voxel_size)
+        shape = np.asarray(self.state.shape, dtype=float)
+        direction = np.array([z, y, x]) / size  # µm direction -> voxel steps (z, y, x)
+        centre = (shape - 1) / 2
+        view_dir = self.to_view(centre + direction) - self.to_view(centre)
+        norm = float(np.hypot(*view_dir[0]))
+        if norm == 0:
+            return  # the axis is along this view's depth
+        start = self.to_view(centre)[0]
+        extent = 0.25 * max(shape[self.h_axis] * size[self.h_axis], shape[self.v_axis] * size[self.v_axis])
+        unit = view_dir[0] / norm
+        tip = start + unit * extent
+        side = np.array([-unit[1], unit[0]]) * extent * 0.08
+        back = tip - unit * extent * 0.15
+        points = np.array([start, tip, back + side, tip, back - side])
+        self.reference_arrow.setData(points[:, 0], points[:, 1])
 
     # --- hit testing ------------------------------------------------------------------------
     def hit_test(self, view_point: QtCore.QPointF, pixels: float = _HIT_PIXELS) -> Optional[tuple[int, str]]:
@@ -467,6 +505,11 @@ class SliceView(QtWidgets.QWidget):
             return
         if button == QtCore.Qt.MouseButton.RightButton:
             state.model.cancel_pending()
+            return
+        if state.pick is not None:  # a panel asked for a point (e.g. the statistics' reference point)
+            taker = state.pick
+            state.pick_next_click(None)
+            taker(self.to_voxel(view_point))
             return
         hit = self.hit_test(view_point)
         shift = bool(modifiers & QtCore.Qt.KeyboardModifier.ShiftModifier)

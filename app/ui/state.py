@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 from PySide6 import QtCore
@@ -59,6 +59,9 @@ class ViewerState(QtCore.QObject):
         self.reference: Optional[PairSet] = None
         self.fn_rows = np.zeros(0, dtype=np.int64)
         self.hover: Optional[tuple[int, tuple[float, float, float]]] = None
+        # the statistics' reference: ("point", (x, y, z) voxels) or ("axis", (x, y, z) direction), drawn in the views
+        self.polarity_reference: Optional[tuple[str, tuple[float, float, float]]] = None
+        self.pick: Optional[Callable[[tuple[float, float, float]], None]] = None  # the next click's taker, if any
         self._mips: dict[tuple[int, int], np.ndarray] = {}
         self.model = model if model is not None else AnnotationModel()
         self._connect_model(self.model)
@@ -162,6 +165,17 @@ class ViewerState(QtCore.QObject):
             model.meta["score_threshold"] = self.score_threshold
             model.mark_unsaved()
         self.overlay_changed.emit()
+
+    def set_polarity_reference(self, kind: Optional[str], xyz: Optional[Sequence[float]] = None) -> None:
+        """Draw the statistics' reference: a point (``"point"``, x y z in voxels, e.g. the optic nerve head) or an
+        axis (``"axis"``, a direction x y z, e.g. the flow), or nothing (``None``)."""
+        self.polarity_reference = (kind, tuple(float(v) for v in xyz)) if kind and xyz is not None else None
+        self.overlay_changed.emit()
+
+    def pick_next_click(self, taker: Optional[Callable[[tuple[float, float, float]], None]]) -> None:
+        """The next click in a slice view goes to ``taker(voxel z, y, x)`` instead of placing or selecting."""
+        self.pick = taker
+        self.message.emit("Click the point in a slice view (Esc cancels)." if taker else "")
 
     def shows(self, pair) -> bool:
         """Whether the views draw ``pair``: everything but predictions scoring below :attr:`score_threshold`
