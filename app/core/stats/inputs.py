@@ -12,15 +12,22 @@ the image file (``cells01.tif``) or the vectors file; :func:`image_name` reduces
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
-from app.core.errors import CellPolError
-from app.core.pairs import PairSet
+from app.core.errors import CellPolError, FileFormatError
+from app.core.imageio.reading import IMAGE_SUFFIXES
+from app.core.pairs import HUMAN_SOURCES, PairSet, read_pairs, vectors_content, vectors_stem
+
+#: Image (x, y_down, z) → the statistics' frame (x, y_up, z): see ``tables.DIRECTION_FRAME``.
+_TO_FRAME = np.array([1.0, -1.0, 1.0])
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,16 @@ class Reference:
     kind: str
     xyz: tuple[float, float, float]
 
+    def __post_init__(self) -> None:
+        if self.kind not in ("axis", "point"):
+            raise CellPolError(f"A reference is an axis or a point, not {self.kind!r}.")
+        xyz = tuple(float(v) for v in self.xyz)
+        if len(xyz) != 3 or not all(np.isfinite(xyz)):
+            raise CellPolError(f"A reference needs three finite numbers x, y, z; got {self.xyz!r}.")
+        if self.kind == "axis" and not any(xyz):
+            raise CellPolError("A reference axis cannot be (0, 0, 0); give a direction.")
+        object.__setattr__(self, "xyz", xyz)
+
     def axis_for(self, nuclei_um_xyz: np.ndarray, voxel_size: Optional[Sequence[float]] = None) -> np.ndarray:
         """The unit reference direction for each vector, in :data:`~app.core.stats.tables.DIRECTION_FRAME`.
 
@@ -59,7 +76,17 @@ class Reference:
             Unit vectors ``(x, y_up, z)``; NaN rows where the direction is undefined (a nucleus exactly at
             the reference point).
         """
-        raise NotImplementedError
+        nuclei = np.asarray(nuclei_um_xyz, dtype=np.float64).reshape(-1, 3)
+        if self.kind == "axis":
+            axis = np.asarray(self.xyz, dtype=np.float64) * _TO_FRAME
+            return np.broadcast_to(axis / np.linalg.norm(axis), nuclei.shape).copy()
+        if voxel_size is None:
+            raise CellPolError("A reference point is in voxels: give the image's voxel size.",
+                               settings={"voxel_size": None})
+        scale = np.asarray(voxel_size, dtype=np.float64)[::-1]  # (x, y, z) µm per voxel
+        radial = (nuclei - np.asarray(self.xyz, dtype=np.float64) * scale) * _TO_FRAME
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return radial / np.linalg.norm(radial, axis=1, keepdims=True)
 
 
 @dataclass
@@ -97,7 +124,15 @@ def image_name(name: str) -> str:
     ``cells01.pred.vectors.csv``, ``cells01.vectors.csv``, ``cells01.tif`` and ``cells01`` all give
     ``cells01``. Folders are dropped.
     """
-    raise NotImplementedError
+    base = Path(str(name).strip()).name
+    stem, kind = vectors_stem(base)
+    if stem is not None:
+        return stem
+    lower = base.lower()
+    for suffix in sorted(IMAGE_SUFFIXES + (".csv",), key=len, reverse=True):
+        if lower.endswith(suffix) and len(base) > len(suffix):
+            return base[: -len(suffix)]
+    return base
 
 
 def load_vectors(
@@ -135,7 +170,44 @@ def load_vectors(
         are named; ``settings={"voxel_size": None}``); two files for one image (e.g. its prediction and its
         annotation: both are named, pass the one to use).
     """
-    raise NotImplementedError
+    files = _vectors_files(inputs)
+    by_image: dict[str, list[tuple[Path, str]]] = {}
+    for path, kind in files:
+        by_image.setdefault(image_name(path.name), []).append((path, kind))
+    clashes = {name: found for name, found in by_image.items() if len(found) > 1}
+    if clashes:
+        listed = "; ".join(f"{name}: " + ", ".join(str(p) for p, _ in found) for name, found in clashes.items())
+        raise CellPolError(
+            f"More than one vectors file for the same image ({listed}). Statistics count each image once: "
+            "give the prediction or the annotation of each image, not both (name the files, or put the ones "
+            "to use in one folder).")
+    images: list[ImageVectors] = []
+    missing: list[str] = []
+    dropped = 0
+    for name, [(path, kind)] in by_image.items():
+        pairs = read_pairs(path)
+        if pairs.voxel_size is None:
+            if voxel_size is None:
+                missing.append(str(path))
+                continue
+            pairs = pairs.with_voxel_size(voxel_size)
+        if min_score is not None:
+            checked = np.isin(pairs.sources.astype(str), HUMAN_SOURCES)
+            low = np.isfinite(pairs.scores) & (pairs.scores < float(min_score)) & ~checked
+            dropped += int(low.sum())
+            pairs = pairs.subset(~low)
+        content = vectors_content(pairs.meta, pairs.sources)
+        images.append(ImageVectors(name, pairs, path, kind="prediction" if content == "prediction" else kind))
+    if missing:
+        raise CellPolError(
+            "No voxel size for " + ", ".join(missing) + " (their sidecars record none). Give the voxel size "
+            "(z, y, x in µm) of these images.", settings={"voxel_size": None})
+    if not sum(len(image.pairs) for image in images):
+        where = ", ".join(str(p) for p in inputs)
+        extra = f" ({dropped} scored below the minimum score {min_score})" if dropped else ""
+        raise CellPolError(f"No vectors to analyse in {where}: the files hold no pairs{extra}.",
+                           settings={"min_score": None} if dropped else None)
+    return images
 
 
 def read_groups(path: str | os.PathLike) -> dict[str, tuple[str, str]]:
@@ -149,13 +221,32 @@ def read_groups(path: str | os.PathLike) -> dict[str, tuple[str, str]]:
     CellPolError
         Unreadable file, a row without image or group, one image given two groups.
     """
-    raise NotImplementedError
+    groups: dict[str, tuple[str, str]] = {}
+    for line, cells in _csv_rows(path, ("image", "group"), "image,group[,animal]"):
+        if len(cells) < 2 or not cells[0] or not cells[1]:
+            raise CellPolError(f"{path}, line {line}: expected image,group[,animal], got {','.join(cells)!r}.")
+        name = image_name(cells[0])
+        unit = cells[2] if len(cells) > 2 and cells[2] else name
+        if name in groups and groups[name] != (cells[1], unit):
+            raise CellPolError(f"{path}, line {line}: image {name} is given twice, in different groups or "
+                               "animals; give each image once.")
+        groups[name] = (cells[1], unit)
+    if not groups:
+        raise CellPolError(f"{path}: the groups file names no images (expected rows image,group[,animal]).")
+    return groups
 
 
 def check_names(names: Sequence[str], images: Sequence[ImageVectors], what: str, path: str = "") -> None:
     """Raise a :class:`CellPolError` listing the ``names`` (from a groups or references file) that name no
     image among ``images``; ``what`` says which file it was ("groups file")."""
-    raise NotImplementedError
+    known = {image.image for image in images}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        where = f" ({path})" if path else ""
+        raise CellPolError(
+            f"The {what}{where} names {len(unknown)} image(s) not among the vectors read: "
+            + ", ".join(sorted(unknown)) + ". The images read are: " + ", ".join(sorted(known))
+            + ". Correct the names, or add those images' vectors files.")
 
 
 def assign_groups(
@@ -171,7 +262,16 @@ def assign_groups(
         The groups name images that are not among ``images`` (all listed), or images have no group (all
         listed).
     """
-    raise NotImplementedError
+    if groups is None:
+        return [dataclasses.replace(image, group="all", unit=image.image) for image in images]
+    check_names(list(groups), images, "groups file")
+    without = [image.image for image in images if image.image not in groups]
+    if without:
+        raise CellPolError(
+            f"{len(without)} image(s) have no group: " + ", ".join(without)
+            + ". Add them to the groups file (image,group[,animal]) or leave their vectors out.")
+    return [dataclasses.replace(image, group=groups[image.image][0], unit=groups[image.image][1] or image.image)
+            for image in images]
 
 
 def read_references(path: str | os.PathLike) -> dict[str, Reference]:
@@ -185,4 +285,80 @@ def read_references(path: str | os.PathLike) -> dict[str, Reference]:
     CellPolError
         Unreadable file, an unknown kind, a non-number, a zero axis, one image given twice.
     """
-    raise NotImplementedError
+    references: dict[str, Reference] = {}
+    for line, cells in _csv_rows(path, ("image", "kind"), "image,kind,x,y,z"):
+        if len(cells) < 5 or not cells[0]:
+            raise CellPolError(f"{path}, line {line}: expected image,kind,x,y,z, got {','.join(cells)!r}.")
+        kind = cells[1].lower()
+        if kind not in ("axis", "point"):
+            raise CellPolError(f"{path}, line {line}: the kind must be axis or point, got {cells[1]!r}.")
+        try:
+            xyz = tuple(float(c) for c in cells[2:5])
+        except ValueError:
+            raise CellPolError(f"{path}, line {line}: x, y and z must be numbers, got {cells[2:5]}.") from None
+        if not all(np.isfinite(xyz)):
+            raise CellPolError(f"{path}, line {line}: x, y and z must be finite numbers.")
+        if kind == "axis" and not any(xyz):
+            raise CellPolError(f"{path}, line {line}: a reference axis cannot be (0, 0, 0); give a direction.")
+        name = image_name(cells[0])
+        if name in references:
+            raise CellPolError(f"{path}, line {line}: image {name} is given twice; give one reference per image.")
+        references[name] = Reference(kind, xyz)  # type: ignore[arg-type]
+    return references
+
+
+def _vectors_files(inputs: Sequence[str | os.PathLike]) -> list[tuple[Path, str]]:
+    """``(path, kind)`` of every vectors file the inputs name (see :func:`load_vectors`), each once."""
+    found: list[tuple[Path, str]] = []
+    seen: set[Path] = set()
+
+    def add(path: Path, kind: str) -> None:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            found.append((path, kind))
+
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            folders = [path]
+            if (path / "annotations").is_dir() or (path / "results").is_dir():  # a project
+                folders = [path, path / "annotations", path / "results"]
+            for folder in folders:
+                if not folder.is_dir():
+                    continue
+                for child in sorted(folder.iterdir(), key=lambda p: p.name):
+                    stem, kind = vectors_stem(child.name)
+                    if stem is not None and kind in ("prediction", "annotation") and child.is_file():
+                        add(child, kind)
+        elif path.is_file():
+            stem, kind = vectors_stem(path.name)
+            if kind == "autosave":
+                raise CellPolError(f"{path} is an autosave, not saved vectors: save the annotation and give "
+                                   "the saved file.")
+            add(path, kind or "annotation")
+        else:
+            raise FileFormatError(f"{path}: no such file or folder.")
+    if not found:
+        where = ", ".join(str(p) for p in inputs) or "(no inputs)"
+        raise CellPolError(
+            f"No vectors files in {where}: expected <image>.vectors.csv (annotations) or "
+            "<image>.pred.vectors.csv (predictions), or folders holding them.")
+    return found
+
+
+def _csv_rows(path: str | os.PathLike, header: Sequence[str], layout: str) -> Iterator[tuple[int, list[str]]]:
+    """``(line number, stripped cells)`` of a small CSV's non-empty rows, a header row (first cells
+    ``header``) skipped."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FileFormatError(f"{path}: cannot read it as a text CSV with rows {layout} ({exc}).") from None
+    for line, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+        cells = [cell.strip() for cell in row]
+        if not any(cells) or cells[0].startswith("#"):
+            continue
+        if line == 1 and [c.lower() for c in cells[: len(header)]] == list(header):
+            continue
+        yield line, cells
