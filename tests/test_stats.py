@@ -80,6 +80,7 @@ def test_v_test_zar_example_27_2():
     assert v == pytest.approx(9.498, abs=1e-3)
     assert u == pytest.approx(4.248, abs=1e-3)
     assert p < 0.0005
+    assert dst.v_test_2d(angles + np.pi, math.radians(90))[2] > 0.99  # one-sided: pointing away is not "towards"
 
 
 # ------------------------------------------------------------------------------------------
