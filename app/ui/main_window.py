@@ -49,6 +49,7 @@ from app.ui.workers import JobFactory, JobHandle, freeze_heap, run_in_thread, st
 if TYPE_CHECKING:  # these panels are imported when first shown (the Predict panel loads torch)
     from app.ui.evaluate_panel import EvaluatePanel
     from app.ui.predict_panel import PredictPanel
+    from app.ui.stats_panel import StatsPanel
 
 __all__ = ["MainWindow", "demo_data", "grab_window", "run_app", "save_screenshot"]
 
@@ -152,6 +153,7 @@ class MainWindow(QtWidgets.QMainWindow):
             "predict": self.show_predict_panel,
             "review": self.show_review_panel,
             "evaluate": self.show_evaluate_panel,
+            "statistics": self.show_stats_panel,
             "review_start": lambda: self.show_review_panel().start(),
             "accept": lambda: self.show_review_panel().accept(),
             "reject": lambda: self.show_review_panel().reject(),
@@ -248,6 +250,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.review_panel = None
         self.evaluate_dock: Optional[QtWidgets.QDockWidget] = None  # made on first use (show_evaluate_panel)
         self.evaluate_panel = None
+        self.stats_dock: Optional[QtWidgets.QDockWidget] = None  # made on first use (show_stats_panel)
+        self.stats_panel = None
         self.jobs_dock = JobsDock(self)
         self.jobs_dock.use_device = self.set_device  # out of GPU memory: offer the CPU
         self.addDockWidget(QtCore.Qt.DockWidgetArea.BottomDockWidgetArea, self.jobs_dock)
@@ -810,6 +814,20 @@ class MainWindow(QtWidgets.QMainWindow):
         self.evaluate_dock.show()
         self.evaluate_dock.raise_()
         return self.evaluate_panel
+
+    def show_stats_panel(self) -> "StatsPanel":
+        """The Statistics dock (made on first use: matplotlib and scipy load then)."""
+        if self.stats_dock is None:
+            from app.ui.stats_panel import StatsPanel
+
+            self.stats_panel = StatsPanel(self.state, self.document, self.start_job)
+            self.stats_dock = self._dock("Statistics", "stats_dock", self.stats_panel)
+            self.addDockWidget(QtCore.Qt.DockWidgetArea.RightDockWidgetArea, self.stats_dock)
+            self.tabifyDockWidget(self.vectors_dock, self.stats_dock)
+            self.view_menu.addAction(self.stats_dock.toggleViewAction())
+        self.stats_dock.show()
+        self.stats_dock.raise_()
+        return self.stats_panel
 
     def open_at(self, image, position) -> bool:
         """Open ``image`` (a path, or the stem of a project image) and centre the views on ``position`` (z, y, x
