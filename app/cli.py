@@ -51,6 +51,7 @@ SETTING_FLAGS = {
     "images_dir": "--images DIR", "border_margin_um": "--border-margin", "zero_based": "--zero-based",
     "init": "--init", "calibrate": "--calibrate", "images": "--images DIR", "project": "--project DIR",
     "val_images": "--val-images DIR", "val_vectors": "--val-vectors DIR",
+    "n_boot": "--bootstrap N", "n_perm": "--permutations N",
 }
 
 
@@ -97,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vary-samples", action="store_true",
                    help="each volume draws its cell density, distractors, stain brightness and optics from wide "
                         "ranges instead of the preset's fixed amounts (broader training data)")
+    p.add_argument("--polarity-direction", nargs=3, type=float, metavar=("Z", "Y", "X"),
+                   help="preferred nucleus→Golgi direction (z y x; e.g. 0 0 1 = +x, image right); default: none "
+                        "(in-plane directions uniform, a few Golgi on top of their nucleus)")
+    p.add_argument("--polarity-concentration", type=float, metavar="K",
+                   help="von Mises–Fisher concentration κ around --polarity-direction (0 = uniform on the sphere, "
+                        "5 = strong, 20 = tight; default 4)")
 
     p = sub.add_parser("predict", help="predict polarity vectors for images or folders of images")
     p.add_argument("inputs", nargs="+", help="image files and/or folders")
@@ -228,6 +235,47 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out pairs within this many µm of the image border in x/y (0 = keep all)")
     _voxel_size_arg(p, help_extra="; needed when the CSV sidecars carry none")
 
+    p = sub.add_parser(
+        "stats", help="polarity statistics, figures and a PDF report of vectors files (per image, per group, "
+                      "between groups)",
+        description="Statistics of nucleus→Golgi vectors: per vector (lengths in µm, azimuth, elevation, angle to a "
+                    "reference), per image and per group (mean direction, mean resultant length, Rayleigh and V "
+                    "tests, bootstrap CIs with the image as the unit) and between groups (permutation tests over "
+                    "images or animals, and the per-cell Watson-Williams test with its caveat). Writes vectors.csv, "
+                    "summary.csv, tests.csv (each with a JSON sidecar of provenance), rose / elevation / "
+                    "equal-area / length figures (PNG and SVG) and report.pdf into --out. "
+                    "Azimuth convention: the in-plane angle from the image's +x axis (to the right), "
+                    "counter-clockwise as the image is displayed (rows grow downwards), 0-360°; elevation: the "
+                    "angle out of the image plane, positive towards deeper slices (increasing z); the full "
+                    "statement is in every output.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUTS",
+                   help="vectors CSVs (<name>.vectors.csv annotations, <name>.pred.vectors.csv predictions) and/or "
+                        "folders of them")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    _voxel_size_arg(p, help_extra="; for files whose sidecar records none (a sidecar's value wins)")
+    reference = p.add_mutually_exclusive_group()
+    reference.add_argument("--reference-axis", nargs=3, type=float, metavar=("X", "Y", "Z"),
+                           help="one reference direction for every image (e.g. the flow): a direction x y z, not a "
+                                "position (x to the right, y along the rows, z towards deeper slices; any length)")
+    reference.add_argument("--reference-point", nargs=3, type=float, metavar=("X", "Y", "Z"),
+                           help="a reference point in voxels (x = column, y = row, z = slice, 0-based), e.g. the "
+                                "optic nerve head; each cell's reference is the direction from the point to its "
+                                "nucleus (radial polarity)")
+    reference.add_argument("--reference-csv", metavar="F",
+                           help="a reference per image: CSV image,kind,x,y,z with kind axis (a direction) or point "
+                                "(voxels), as the two options above")
+    p.add_argument("--groups", metavar="F",
+                   help="CSV image,group[,animal]: the condition of each image (and its animal, then the unit of the "
+                        "between-group tests); default: one group 'all'")
+    p.add_argument("--min-score", type=float, metavar="S",
+                   help="leave out predicted pairs scoring below S (manual and corrected pairs are kept)")
+    p.add_argument("--bootstrap", type=int, default=2000, metavar="N",
+                   help="bootstrap resamples for the confidence intervals (default 2000)")
+    p.add_argument("--permutations", type=int, default=5000, metavar="N",
+                   help="permutations for the between-group tests (default 5000)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed of bootstrap and permutations")
+
     p = sub.add_parser("import-legacy", help="convert the authors' header-less vectors CSV or 3DNGMic .npy")
     p.add_argument("source", help="legacy CSV (YN,XN,YG,XG,ZN,ZG) or 3DNGMic vectors .npy")
     p.add_argument("--out", required=True, help="output <name>.vectors.csv")
@@ -247,7 +295,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     handlers = {
         None: _cmd_gui, "gui": _cmd_gui, "synth": _cmd_synth, "predict": _cmd_predict,
-        "evaluate": _cmd_evaluate, "train": _cmd_train, "vox2vox": _cmd_vox2vox, "import-legacy": _cmd_import_legacy, "info": _cmd_info,
+        "evaluate": _cmd_evaluate, "stats": _cmd_stats, "train": _cmd_train, "vox2vox": _cmd_vox2vox, "import-legacy": _cmd_import_legacy, "info": _cmd_info,
     }
     try:
         with _warnings_as_lines():
@@ -363,10 +411,27 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         options["voxel_size"] = parse_voxel_size(args.voxel_size)
     if args.shapes_dir:
         options["shapes_dir"] = args.shapes_dir
+    options.update(_polarity_options(args))
     paths = _drive(simulate.synthesize_job(args.out, args.n, preset=args.preset, seed=args.seed,
                                            vary_samples=args.vary_samples, **options), "synth", "vol")
     print(f"Wrote {len(paths)} volumes with ground-truth vectors to {args.out}")
     return EXIT_OK
+
+
+def _polarity_options(args: argparse.Namespace) -> dict:
+    """``SimConfig.polarity_direction`` / ``polarity_concentration`` from ``synth``'s flags (none given: the
+    simulator's own default, no preferred direction)."""
+    options: dict = {}
+    if args.polarity_concentration is not None:
+        if args.polarity_direction is None:
+            raise CellPolError("--polarity-concentration needs --polarity-direction Z Y X (the direction it "
+                               "concentrates around).")
+        if not 0.0 <= args.polarity_concentration < float("inf"):
+            raise CellPolError(f"--polarity-concentration must be a number >= 0, got {args.polarity_concentration}.")
+        options["polarity_concentration"] = args.polarity_concentration
+    if args.polarity_direction is not None:
+        options["polarity_direction"] = tuple(args.polarity_direction)
+    return options
 
 
 def _make_predictor(args: argparse.Namespace):
@@ -455,6 +520,27 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     written = evaluate.write_evaluation(result, out)
     for path in written.values():
         print(f"wrote {path}")
+    return EXIT_OK
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    from app.core.stats import Reference
+    from app.core.stats.command import CSV_FILES, REPORT_FILE, format_summary, stats_job
+    from app.core.stats.figures import FIGURES
+    from app.core.volume import parse_voxel_size
+
+    reference = None
+    if args.reference_axis is not None:
+        reference = Reference("axis", tuple(args.reference_axis))
+    elif args.reference_point is not None:
+        reference = Reference("point", tuple(args.reference_point))
+    job = stats_job(args.inputs, args.out, voxel_size=parse_voxel_size(args.voxel_size), reference=reference,
+                    reference_csv=args.reference_csv, groups_csv=args.groups, min_score=args.min_score,
+                    n_boot=args.bootstrap, n_perm=args.permutations, seed=args.seed)
+    result = _drive(job, "stats", "step")
+    print(format_summary(result))
+    print(f"\nWrote to {result.out_dir}: {', '.join(CSV_FILES.values())} (each with a .json sidecar of provenance), "
+          f"{', '.join(FIGURES)} (.png and .svg) and {REPORT_FILE}")
     return EXIT_OK
 
 
