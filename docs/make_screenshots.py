@@ -1,5 +1,5 @@
 """Screenshots of the window at work, for the README: after "Predict this image", after a folder batch, while
-reviewing a project's predictions, and evaluating two prediction sets.
+reviewing a project's predictions, evaluating two prediction sets, and the statistics of a project by group.
 
     xvfb-run -a -s "-screen 0 1280x1024x24" python docs/make_screenshots.py [--out docs]
 
@@ -111,6 +111,30 @@ def main() -> int:
         # the Evaluate panel opens as a window of its own (no VTK in it: a plain grab shows it all)
         target = out / "screenshot_evaluate.png"
         window.evaluate_dock.grab().save(str(target))
+        print(target)
+
+        # --- statistics of a project by group: flow (cells polarised along +x) against static (no preference)
+        stats = Project.create(scratch / "stats", name="Flow study")
+        for condition, polarity in (("flow", {"polarity_direction": (0, 0, 1), "polarity_concentration": 3.0}),
+                                    ("static", {"polarity_concentration": 0.0})):
+            made = scratch / f"made_{condition}"
+            synthesize_dataset(made, 3, shape=(16, 192, 192), voxel_size=(1.0, 0.4, 0.4), preset="retina",
+                               seed=21 if condition == "flow" else 22, **polarity)
+            for k, image in enumerate(sorted(made.glob("synth_*.tif"))):
+                target_image = stats.folder("images") / f"{condition}_{k}.tif"
+                shutil.copy(image, target_image)
+                for suffix in (".csv", ".json"):  # the simulator's vectors stand for the user's annotations
+                    source = image.with_name(image.name.replace(".tif", f".vectors{suffix}"))
+                    shutil.copy(source, stats.vectors_path(target_image).with_suffix(suffix))
+                stats.set_group(target_image, condition)
+        window.open_path(stats.root)
+        window.open_project_image(stats.images()[0])
+        statistics = window.show_stats_panel()
+        statistics.set_scope("project")
+        statistics.set_reference("axis", (1, 0, 0))
+        settle(app, 6.0)
+        target = out / "screenshot_stats.png"
+        window.stats_dock.grab().save(str(target))
         print(target)
         window.release()
     return 0

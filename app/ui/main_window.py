@@ -805,11 +805,7 @@ class MainWindow(QtWidgets.QMainWindow):
             self.evaluate_panel = EvaluatePanel(self.start_job, self.open_at, lambda: self.document.project)
             self.evaluate_dock = self._dock("Evaluate", "evaluate_dock", self.evaluate_panel)
             self.addDockWidget(QtCore.Qt.DockWidgetArea.BottomDockWidgetArea, self.evaluate_dock)
-            self.evaluate_dock.setFloating(True)
-            screen = self.screen().availableGeometry() if self.screen() is not None else QtCore.QRect(0, 0, 1280, 900)
-            width, height = min(1200, screen.width() - 40), min(860, screen.height() - 60)
-            self.evaluate_dock.setGeometry(screen.x() + (screen.width() - width) // 2,
-                                           screen.y() + (screen.height() - height) // 2, width, height)
+            self._float_beside(self.evaluate_dock, 1200, 860)
             self.view_menu.addAction(self.evaluate_dock.toggleViewAction())
         self.evaluate_dock.show()
         self.evaluate_dock.raise_()
@@ -823,11 +819,19 @@ class MainWindow(QtWidgets.QMainWindow):
             self.stats_panel = StatsPanel(self.state, self.document, self.start_job)
             self.stats_dock = self._dock("Statistics", "stats_dock", self.stats_panel)
             self.addDockWidget(QtCore.Qt.DockWidgetArea.RightDockWidgetArea, self.stats_dock)
-            self.tabifyDockWidget(self.vectors_dock, self.stats_dock)
+            self._float_beside(self.stats_dock, 760, 900)  # figures need room; it can be docked like any panel
             self.view_menu.addAction(self.stats_dock.toggleViewAction())
         self.stats_dock.show()
         self.stats_dock.raise_()
         return self.stats_panel
+
+    def _float_beside(self, dock: QtWidgets.QDockWidget, width: int, height: int) -> None:
+        """Float ``dock`` as a window of its own, as large as asked where the screen allows, centred on it."""
+        dock.setFloating(True)
+        screen = self.screen().availableGeometry() if self.screen() is not None else QtCore.QRect(0, 0, 1280, 900)
+        width, height = min(width, screen.width() - 40), min(height, screen.height() - 60)
+        dock.setGeometry(screen.x() + (screen.width() - width) // 2, screen.y() + (screen.height() - height) // 2,
+                         width, height)
 
     def open_at(self, image, position) -> bool:
         """Open ``image`` (a path, or the stem of a project image) and centre the views on ``position`` (z, y, x

@@ -34,7 +34,19 @@ SCOPES = (("image", "This image"), ("selection", "Selected vectors"), ("project"
 REFERENCES = (("", "None"), ("axis", "Axis (a direction x, y, z)"), ("point", "Point (x, y, z voxels)"))
 SUMMARY_COLUMNS = (("name", "Image / group"), ("n", "n"), ("mean_resultant_length", "R̄ 3D"),
                    ("rayleigh_3d_p", "Rayleigh p 3D"), ("circular_mean_deg", "Mean azimuth °"),
-                   ("polarity_index", "Polarity index"), ("rayleigh_p", "Rayleigh p 2D"), ("v_test_p", "V-test p"))
+                   ("polarity_index", "Polarity index"), ("rayleigh_p", "Rayleigh p 2D (cells)"),
+                   ("rayleigh_units_p", "Rayleigh p 2D (images)"), ("v_test_p", "V-test p"))
+#: What each column means, for its header's tooltip.
+SUMMARY_TIPS = {
+    "mean_resultant_length": "Mean resultant length of the 3D directions: 0 = no common direction, 1 = all alike",
+    "rayleigh_3d_p": "3D Rayleigh test of uniform directions (— where every vector lies in the image plane)",
+    "circular_mean_deg": "Mean in-plane direction, from +x counter-clockwise as displayed",
+    "polarity_index": "In-plane mean resultant length (Polarity-JaM's polarity index)",
+    "rayleigh_p": "Rayleigh test on the cells: for a group it treats every cell as independent (too small a p "
+                  "when images differ)",
+    "rayleigh_units_p": "Rayleigh test on one mean direction per image (or animal): the one to quote for a group",
+    "v_test_p": "V-test: do the cells point along the reference (— without a reference)?",
+}
 NO_GROUP = "(no group)"
 #: Resamples and permutations while the panel follows the edits (the export uses the command's defaults).
 LIVE_BOOT, LIVE_PERM = 300, 1000
@@ -98,8 +110,8 @@ def compute(snapshot: Snapshot, n_boot: int = LIVE_BOOT, n_perm: int = LIVE_PERM
     table = vector_table(images, reference=reference)
     by = "group" if snapshot.scope == "project" else "image"
     summaries = summarize(table, by=by, n_boot=n_boot)
-    if snapshot.scope == "project":
-        summaries = summarize(table, by="image", n_boot=0) + summaries
+    if snapshot.scope == "project":  # the groups first, then their images
+        summaries = summaries + summarize(table, by="image", n_boot=0)
     tests = compare_groups(table, n_perm=n_perm) if snapshot.scope == "project" else []
     drawn: dict[str, bytes] = {}
     if pictures:
@@ -183,8 +195,12 @@ class StatsPanel(QtWidgets.QWidget):
         self.groups.itemChanged.connect(self._group_edited)
         self.summary = QtWidgets.QTableWidget(0, len(SUMMARY_COLUMNS), objectName="cellpol.stats.summary")
         self.summary.setHorizontalHeaderLabels([title for _key, title in SUMMARY_COLUMNS])
+        for column, (key, _title) in enumerate(SUMMARY_COLUMNS):
+            if key in SUMMARY_TIPS:
+                self.summary.horizontalHeaderItem(column).setToolTip(SUMMARY_TIPS[key])
         read_only_rows(self.summary, QtWidgets.QAbstractItemView.SelectionMode.NoSelection)
-        self.summary.setMaximumHeight(160)
+        self.summary.setMinimumHeight(90)
+        self.summary.setMaximumHeight(200)
         self.tests = QtWidgets.QLabel(objectName="cellpol.stats.tests")
         self.tests.setWordWrap(True)
         self.tests.setTextInteractionFlags(QtCore.Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -195,7 +211,7 @@ class StatsPanel(QtWidgets.QWidget):
         for name in ("rose", "equal_area", "elevation"):
             label = QtWidgets.QLabel(objectName=f"cellpol.stats.{name}")
             label.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
-            label.setMinimumHeight(120)
+            label.setMinimumHeight(220)
             self.pictures[name] = label
             grid.addWidget(label)
         scroll = QtWidgets.QScrollArea()

@@ -412,7 +412,8 @@ PAGE_NUMBERS = (
     ("rayleigh_3d_units_p", "Rayleigh test p (3D, unit means)"),
     ("v_test_p", "V-test p (in-plane, towards the reference)"),
     ("v_test_3d_p", "V-test p (3D, towards the reference)"),
-    ("mean_angle_to_reference_deg", "mean angle to the reference (°)"),
+    ("mean_angle_to_reference_xy_deg", "mean in-plane angle to the reference (°)"),
+    ("mean_cosine_to_reference", "mean cosine to the reference (3D)"),
 )
 
 

@@ -24,7 +24,8 @@ _NAN = float("nan")
 AZIMUTH_CONVENTION = (
     "Azimuth: the angle in the image plane from the image's +x axis (to the right), counter-clockwise as "
     "the image is displayed (rows grow downwards, as in ImageJ), 0 to 360 degrees; elevation: the angle "
-    "above the image plane towards deeper slices (increasing z), -90 to 90 degrees."
+    "between the vector and the image plane, positive when the Golgi lies in a deeper slice than the nucleus "
+    "(increasing z), -90 to 90 degrees."
 )
 
 #: The frame of :attr:`VectorTable.direction` and :attr:`VectorTable.reference`.
