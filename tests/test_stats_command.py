@@ -217,3 +217,34 @@ def test_synth_polarity_concentration_needs_a_direction(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--polarity-direction" in err[0]
     assert not list(tmp_path.iterdir())
+
+
+def test_stats_on_a_project_uses_its_groups_and_prefers_annotations(tmp_path):
+    """`cellpol stats PROJECT`: the groups typed in the app (the project file) are the groups, and an image's
+    annotations (reviewed, corrected) count instead of its predictions."""
+    import csv
+
+    import numpy as np
+
+    from app.cli import main
+    from app.core.pairs import PairSet, write_pairs
+    from app.core.project import Project
+
+    rng = np.random.default_rng(5)
+    project = Project.create(tmp_path / "study")
+    for k in range(4):
+        image = project.folder("images") / f"img{k}.npy"
+        np.save(image, np.zeros((2, 4, 40, 40), np.uint8))
+        nuclei = np.column_stack([np.full(12, 2.0), rng.uniform(5, 35, 12), rng.uniform(5, 35, 12)])
+        step = [0, 0, 3] if k < 2 else [0, 3, 0]
+        pairs = PairSet(nuclei, nuclei + step, voxel_size=(1, 0.5, 0.5))
+        write_pairs(project.vectors_path(image), pairs)
+        predicted = PairSet(nuclei[:5], nuclei[:5] + step, voxel_size=(1, 0.5, 0.5), scores=np.full(5, 0.9),
+                            sources="predicted")
+        write_pairs(project.predictions_path(image), predicted)
+        project.set_group(image, "right" if k < 2 else "down")
+    out = tmp_path / "out"
+    assert main(["stats", str(project.root), "--out", str(out), "--bootstrap", "50", "--permutations", "50"]) == 0
+    rows = list(csv.DictReader((out / "vectors.csv").open()))
+    assert len(rows) == 4 * 12  # the annotations, not the 5 predictions each
+    assert {r["group"] for r in rows} == {"right", "down"}

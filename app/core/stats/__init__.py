@@ -25,6 +25,7 @@ from app.core.stats.inputs import (
     read_references,
     check_names,
     image_name,
+    project_groups,
 )
 from app.core.stats.tables import (
     AZIMUTH_CONVENTION,
@@ -50,6 +51,7 @@ __all__ = [
     "read_references",
     "check_names",
     "image_name",
+    "project_groups",
     "VectorTable",
     "vector_table",
     "Summary",

@@ -53,6 +53,7 @@ from app.core.stats import (
     check_names,
     compare_groups,
     load_vectors,
+    project_groups,
     read_groups,
     read_references,
     summarize,
@@ -135,8 +136,9 @@ def stats_job(
     reference_csv : path, optional
         A reference per image (:func:`app.core.stats.read_references`); not with ``reference``.
     groups_csv : path, optional
-        ``image,group[,animal]`` (:func:`app.core.stats.read_groups`); without it every image is in group
-        ``all``.
+        ``image,group[,animal]`` (:func:`app.core.stats.read_groups`); without it, the groups a project among
+        the inputs gives its images (:func:`app.core.stats.inputs.project_groups`), else every image is in
+        group ``all``.
     min_score : float, optional
         Predicted pairs scoring below it are left out.
     n_boot, n_perm, seed : int
@@ -170,7 +172,7 @@ def stats_job(
     # Inputs are read and checked before the first event, so a bad input is one message and no progress bar.
     images = load_vectors(inputs, voxel_size=voxel_size, min_score=min_score)
     check_cancel(cancel)
-    groups = read_groups(groups_csv) if groups_csv is not None else None
+    groups = read_groups(groups_csv) if groups_csv is not None else project_groups(inputs)
     images = assign_groups(images, groups)
     references: Optional[dict[str, Reference]] = None
     if reference_csv is not None:

@@ -210,6 +210,24 @@ def load_vectors(
     return images
 
 
+def project_groups(inputs: Sequence[str | os.PathLike]) -> Optional[dict[str, tuple[str, str]]]:
+    """The groups the app's projects among ``inputs`` give their images (Statistics panel, project file
+    ``groups``), as :func:`read_groups` gives them; ``None`` when no input is a project with groups."""
+    from app.core.project import PROJECT_FILE, Project
+
+    groups: dict[str, tuple[str, str]] = {}
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir() and (path / PROJECT_FILE).is_file():
+            project = Project.open(path)
+            for image in project.images():
+                group = project.group_of(image)
+                if group:
+                    name = image_name(image.name)
+                    groups[name] = (group, name)
+    return groups or None
+
+
 def read_groups(path: str | os.PathLike) -> dict[str, tuple[str, str]]:
     """Read a groups CSV: ``image,group[,animal]`` → ``{image: (group, unit)}``.
 
@@ -322,15 +340,22 @@ def _vectors_files(inputs: Sequence[str | os.PathLike]) -> list[tuple[Path, str]
         path = Path(item)
         if path.is_dir():
             folders = [path]
-            if (path / "annotations").is_dir() or (path / "results").is_dir():  # a project
+            project = (path / "annotations").is_dir() or (path / "results").is_dir()
+            if project:  # a project: an image's annotations (reviewed, corrected) win over its predictions
                 folders = [path, path / "annotations", path / "results"]
+            annotated: set[str] = set()
             for folder in folders:
                 if not folder.is_dir():
                     continue
                 for child in sorted(folder.iterdir(), key=lambda p: p.name):
                     stem, kind = vectors_stem(child.name)
-                    if stem is not None and kind in ("prediction", "annotation") and child.is_file():
-                        add(child, kind)
+                    if stem is None or kind not in ("prediction", "annotation") or not child.is_file():
+                        continue
+                    if project and folder.name == "results" and image_name(child.name) in annotated:
+                        continue
+                    if project and folder.name == "annotations":
+                        annotated.add(image_name(child.name))
+                    add(child, kind)
         elif path.is_file():
             stem, kind = vectors_stem(path.name)
             if kind == "autosave":
