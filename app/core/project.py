@@ -7,6 +7,7 @@ Layout::
     <root>/annotations/<stem>.vectors.csv   manual annotations (+ .vectors.json sidecar, + autosave)
     <root>/models/                  trained models
     <root>/results/<stem>.pred.vectors.csv  predictions (what ``cellpol predict images/ --out results/`` writes)
+    <root>/synthetic/<run>/         simulated or Vox2Vox volumes with their vectors (the Synthesis panel)
 
 The project file is JSON, ``"format": "cellpol-project"``, ``"version": 1``; keys this version does not know are
 kept when the file is rewritten (atomically), so an older app does not drop a newer one's entries.
@@ -33,7 +34,7 @@ from app.core.review import ReviewCounts, counts_of
 from app.core.volume import parse_voxel_size
 
 PROJECT_FILE = "cellpol-project.json"
-PROJECT_FOLDERS = ("images", "annotations", "models", "results")
+PROJECT_FOLDERS = ("images", "annotations", "models", "results", "synthetic")
 PROJECT_FORMAT = "cellpol-project"
 PROJECT_VERSION = 1
 #: Keys of the project file this version reads and writes; any other key is carried over untouched.

@@ -106,6 +106,10 @@ ACTIONS: tuple[ActionSpec, ...] = (
           tip="Step through the predicted vectors, least confident first: accept, reject or correct them"),
     _spec("evaluate", "&Evaluate prediction sets…", "Analysis", "Ctrl+E",
           tip="Score one or more folders of predictions against ground truth: the paper's six curves against τL"),
+    _spec("train", "&Train or fine-tune…", "Analysis",
+          tip="Teach a model your microscope: train or fine-tune on the project's annotated and reviewed images"),
+    _spec("synthesize", "S&ynthesize training data…", "Analysis",
+          tip="Simulated volumes with their vectors, or Vox2Vox volumes learnt from your annotated images"),
     _spec("statistics", "&Statistics…", "Analysis", "Ctrl+T",
           tip="Polarity statistics of the image, the selection or the project by group: directions, Rayleigh and "
               "V-tests, tests between conditions with the image as the unit, figures and export"),
@@ -190,7 +194,8 @@ MENUS: tuple[MenuSpec, ...] = (
         "undo", "redo", None, "delete", "delete_at", "repair", "cancel", None, "select_all", "next_pair",
         "previous_pair")),
     MenuSpec("annotate", "&Annotate", ("place_mode", "place_nucleus", "place_golgi", "snap")),
-    MenuSpec("analysis", "A&nalysis", ("predict", "review", "evaluate", "statistics", None, "reference", "clear_reference",
+    MenuSpec("analysis", "A&nalysis", ("predict", "review", "evaluate", "statistics", None, "train", "synthesize", None,
+                                       "reference", "clear_reference",
                                        "evaluation_colours")),
     MenuSpec("review", "Re&view", ("review_start", None, "accept", "reject", "next_unreviewed",
                                    "previous_unreviewed", None, "reject_below", "next_uncertain")),
@@ -286,7 +291,8 @@ PANELS: tuple[tuple[str, str], ...] = (
     ("cellpol.vectors", "Vectors panel"), ("cellpol.channels", "Channels panel"), ("cellpol.project", "Project panel"),
     ("cellpol.view3d", "3D view"), ("cellpol.predict", "Predict panel"), ("cellpol.review", "Review panel"),
     ("cellpol.evaluate", "Evaluate panel (prediction sets)"), ("cellpol.comparison", "Comparison panel (one reference)"),
-    ("cellpol.stats", "Statistics panel"), ("cellpol.jobs", "Jobs panel"),
+    ("cellpol.stats", "Statistics panel"), ("cellpol.train", "Train panel"), ("cellpol.synth", "Synthesis panel"),
+    ("cellpol.jobs", "Jobs panel"),
 )
 
 

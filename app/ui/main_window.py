@@ -50,6 +50,10 @@ if TYPE_CHECKING:  # these panels are imported when first shown (the Predict pan
     from app.ui.evaluate_panel import EvaluatePanel
     from app.ui.predict_panel import PredictPanel
     from app.ui.stats_panel import StatsPanel
+    from app.ui.synth_panel import SynthPanel
+    from app.ui.train_panel import TrainPanel
+    from app.ui.synth_panel import SynthPanel
+    from app.ui.train_panel import TrainPanel
 
 __all__ = ["MainWindow", "demo_data", "grab_window", "run_app", "save_screenshot"]
 
@@ -154,6 +158,8 @@ class MainWindow(QtWidgets.QMainWindow):
             "review": self.show_review_panel,
             "evaluate": self.show_evaluate_panel,
             "statistics": self.show_stats_panel,
+            "train": self.show_train_panel,
+            "synthesize": self.show_synth_panel,
             "review_start": lambda: self.show_review_panel().start(),
             "accept": lambda: self.show_review_panel().accept(),
             "reject": lambda: self.show_review_panel().reject(),
@@ -252,6 +258,10 @@ class MainWindow(QtWidgets.QMainWindow):
         self.evaluate_panel = None
         self.stats_dock: Optional[QtWidgets.QDockWidget] = None  # made on first use (show_stats_panel)
         self.stats_panel = None
+        self.train_dock: Optional[QtWidgets.QDockWidget] = None  # made on first use (show_train_panel)
+        self.train_panel = None
+        self.synth_dock: Optional[QtWidgets.QDockWidget] = None  # made on first use (show_synth_panel)
+        self.synth_panel = None
         self.jobs_dock = JobsDock(self)
         self.jobs_dock.use_device = self.set_device  # out of GPU memory: offer the CPU
         self.addDockWidget(QtCore.Qt.DockWidgetArea.BottomDockWidgetArea, self.jobs_dock)
@@ -824,6 +834,54 @@ class MainWindow(QtWidgets.QMainWindow):
         self.stats_dock.show()
         self.stats_dock.raise_()
         return self.stats_panel
+
+    def show_train_panel(self) -> "TrainPanel":
+        """The Train dock (made on first use), a window of its own beside the main one."""
+        if self.train_dock is None:
+            from app.ui.train_panel import TrainPanel
+
+            self.train_panel = TrainPanel(self.start_job, lambda: self.document.project, lambda: self.device,
+                                          on_model_trained=self.use_trained_model,
+                                          predict_images=self.predict_images_again)
+            self.train_dock = self._dock("Train", "train_dock", self.train_panel)
+            self.addDockWidget(QtCore.Qt.DockWidgetArea.RightDockWidgetArea, self.train_dock)
+            self._float_beside(self.train_dock, 1100, 820)
+            self.view_menu.addAction(self.train_dock.toggleViewAction())
+        self.train_dock.show()
+        self.train_dock.raise_()
+        return self.train_panel
+
+    def show_synth_panel(self) -> "SynthPanel":
+        """The Synthesis dock (made on first use), a window of its own beside the main one."""
+        if self.synth_dock is None:
+            from app.ui.synth_panel import SynthPanel
+
+            self.synth_panel = SynthPanel(self.start_job, lambda: self.document.project, self.open_path)
+            self.synth_dock = self._dock("Synthesize", "synth_dock", self.synth_panel)
+            self.addDockWidget(QtCore.Qt.DockWidgetArea.RightDockWidgetArea, self.synth_dock)
+            self._float_beside(self.synth_dock, 1000, 820)
+            self.view_menu.addAction(self.synth_dock.toggleViewAction())
+        self.synth_dock.show()
+        self.synth_dock.raise_()
+        return self.synth_panel
+
+    def use_trained_model(self, model) -> None:
+        """A model finished training: it becomes the model the Predict panel uses (and is listed there)."""
+        panel = self.show_predict_panel()
+        panel.refresh_models()
+        panel.set_model_file(model)
+        self.statusBar().showMessage(f"Trained {Path(model).name}: the Predict panel uses it now.", 10000)
+
+    def predict_images_again(self, model, images) -> object:
+        """Predict ``images`` of the project again with ``model`` (after "Retrain with my corrections"). Images
+        whose review has begun keep their predictions: their annotations hold the old ones, being reviewed."""
+        project = self.document.project
+        if project is None:
+            return None
+        fresh = [Path(p) for p in images if not project.image_status(p, read_header=False).review.reviewed]
+        panel = self.show_predict_panel()
+        panel.refresh_models()
+        return panel.predict_images(fresh, model)
 
     def _float_beside(self, dock: QtWidgets.QDockWidget, width: int, height: int) -> None:
         """Float ``dock`` as a window of its own, as large as asked where the screen allows, centred on it."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 from PySide6 import QtCore, QtWidgets
@@ -57,14 +57,15 @@ def image_job_factory(model: Optional[Path], device: str, volume: Any,
     return factory
 
 
-def folder_job_factory(model: Optional[Path], device: str, folder: Path, out_dir: Path, overwrite: bool,
-                       options: Optional[dict[str, Any]] = None) -> JobFactory:
-    """A factory for the batch job over the images of ``folder``; its result is the list of ``BatchRecord``."""
+def folder_job_factory(model: Optional[Path], device: str, folder: Path | Sequence[Path], out_dir: Path,
+                       overwrite: bool, options: Optional[dict[str, Any]] = None) -> JobFactory:
+    """A factory for the batch job over the images of ``folder`` (or over a list of image files); its result is
+    the list of ``BatchRecord``."""
     def factory(cancel: CancelToken, pause: PauseToken) -> Iterator[JobEvent]:
         from app.core.batch import predict_batch
         from app.core.imageio import find_images
 
-        images = find_images([folder])
+        images = find_images([folder]) if isinstance(folder, (str, Path)) else [Path(f) for f in folder]
         predictor = build_predictor(model, device, options)
         provenance = predictor.provenance() if hasattr(predictor, "provenance") else None
         return (yield from predict_batch(images, out_dir, predictor, provenance=provenance, overwrite=overwrite,
@@ -409,6 +410,21 @@ class PredictPanel(QtWidgets.QWidget):
                                      self.predictor_options)
         return self._start(f"Predict project {project.name}", factory, self._folder_done,
                            retry=self.predict_project)
+
+    def predict_images(self, images: Sequence[Path], model: Optional[Path] = None) -> Any:
+        """Predict these images of the open project again into its ``results/`` (their predictions are replaced),
+        with ``model`` (default: the chosen one), e.g. after a retraining. Returns the JobHandle."""
+        project = self._get_project()
+        if project is None or self.busy or not images:
+            return None
+        if model is not None:
+            self.set_model_file(model)
+        self.table.setRowCount(0)
+        self.last_records = []
+        factory = folder_job_factory(self._model, self._get_device(), list(images), project.folder("results"),
+                                     True, self.predictor_options)
+        return self._start(f"Predict {len(images)} image(s) again", factory, self._folder_done,
+                           retry=lambda: self.predict_images(images, model))
 
     def cancel(self) -> None:
         if self.handle is not None:
