@@ -67,7 +67,9 @@ def test_image_statistics_follow_edits_threshold_and_selection(qtbot, window, tm
     assert len(result.table) == 20 + int(np.sum(np.linspace(0.05, 0.5, 10) >= 0.3 - 1e-9))
 
     # the selection only
+    window.model.clear_selection()
     panel.set_scope("selection")
+    qtbot.waitUntil(lambda: "select some" in panel.error.lower(), timeout=10000)
     window.model.select(window.model.ids[:5])
     result = wait_result(qtbot, panel, result)
     assert len(result.table) == 5

@@ -358,8 +358,10 @@ class StatsPanel(QtWidgets.QWidget):
                 chosen = set(state.model.selection)
                 pairs = pairs.subset(np.array([int(i) in chosen for i in pairs.ids], dtype=bool))
             live_stem = Path(live_name).stem
-            snap.live = [ImageVectors(live_stem, _keep(pairs, snap.threshold), document.vectors_path or Path(live_name),
-                                      group or NO_GROUP, live_stem)]
+            kept = _keep(pairs, snap.threshold)
+            if len(kept):
+                snap.live = [ImageVectors(live_stem, kept, document.vectors_path or Path(live_name),
+                                          group or NO_GROUP, live_stem)]
         if snap.scope == "project" and project is not None:
             current = document.image_path.resolve() if document.image_path is not None else None
             if current is None or state.volume is None:
