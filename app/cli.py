@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"cellpol {__version__}")
     parser.add_argument("--demo", action="store_true", help="open the desktop app on a simulated demo volume")
+    parser.add_argument("--selftest", action="store_true",
+                        help="check this installation: open the window, predict the demo with the starter model, "
+                             "check the vectors; exit 0, or 1 with the reason")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("gui", help="open the desktop app")
@@ -293,6 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.selftest:
+        from app.ui.selftest import run_selftest
+
+        return run_selftest()
     handlers = {
         None: _cmd_gui, "gui": _cmd_gui, "synth": _cmd_synth, "predict": _cmd_predict,
         "evaluate": _cmd_evaluate, "stats": _cmd_stats, "train": _cmd_train, "vox2vox": _cmd_vox2vox, "import-legacy": _cmd_import_legacy, "info": _cmd_info,

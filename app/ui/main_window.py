@@ -418,6 +418,7 @@ class MainWindow(QtWidgets.QMainWindow):
             pairs, how = result
             if self.state.volume is not volume or self._closed:
                 return  # another image was opened meanwhile
+            self.demo_how = how  # how the demo was predicted (the self-test checks it was the starter)
             self.model.set_pairset(pairs.with_voxel_size(volume.voxel_size))
             if not self.document.set_reference(truth, "the simulated truth"):
                 return
