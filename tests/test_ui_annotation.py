@@ -560,3 +560,14 @@ def test_every_action_and_panel_has_a_stable_id_listed_with_its_keys(qtbot, wind
         if panel_id == "cellpol.view3d" and window.viewer3d is None:
             continue
         assert window.findChild(QtWidgets.QWidget, panel_id) is not None, panel_id
+
+
+def test_first_run_welcome_opens_the_demo_once(qtbot, window, monkeypatch):
+    opened = []
+    monkeypatch.setattr(window, "open_demo", lambda: opened.append("demo"))
+    assert window.welcome_due()
+    box = window.show_welcome()
+    assert not window.welcome_due()  # shown once: the next start goes straight in
+    demo = box.findChild(QtWidgets.QPushButton, "cellpol.welcome.demo")
+    demo.click()
+    qtbot.waitUntil(lambda: opened == ["demo"], timeout=3000)

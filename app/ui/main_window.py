@@ -720,6 +720,32 @@ class MainWindow(QtWidgets.QMainWindow):
             self.statusBar().showMessage(f"The log is {target}", 10000)
         return opened
 
+    def show_welcome(self) -> QtWidgets.QMessageBox:
+        """The first run's welcome: what the app does, and a way in (the demo, or your images)."""
+        box = QtWidgets.QMessageBox(self)
+        box.setObjectName("cellpol.welcome")
+        box.setWindowTitle("Welcome to CellPol Studio")
+        box.setIcon(QtWidgets.QMessageBox.Icon.Information)
+        box.setText(f"<b>CellPol Studio {__version__}</b>")
+        box.setInformativeText(
+            "Measure nucleus→Golgi polarity in 3D (and 2D) microscopy: annotate, predict with a model, review, "
+            "evaluate and get the statistics.<br><br>Start with the <b>demo</b> (a simulated stack with predicted "
+            "vectors), or open a <b>folder</b> of your images as a project (its images go in <i>images/</i>).")
+        demo = box.addButton("Open the demo", QtWidgets.QMessageBox.ButtonRole.AcceptRole)
+        folder = box.addButton("Open a folder…", QtWidgets.QMessageBox.ButtonRole.ActionRole)
+        box.addButton("Later", QtWidgets.QMessageBox.ButtonRole.RejectRole)
+        demo.setObjectName("cellpol.welcome.demo")
+        folder.setObjectName("cellpol.welcome.folder")
+        demo.clicked.connect(lambda: QtCore.QTimer.singleShot(0, self.open_demo))
+        folder.clicked.connect(lambda: QtCore.QTimer.singleShot(0, self.new_project_dialog))
+        self.settings.setValue("welcome_shown", True)
+        box.open()
+        return box
+
+    def welcome_due(self) -> bool:
+        """Whether this is the first run (the welcome has not been shown with these settings)."""
+        return not _as_bool(self.settings.value("welcome_shown", False))
+
     def show_about(self) -> None:
         QtWidgets.QMessageBox.about(
             self, "About CellPol Studio",
@@ -1060,6 +1086,8 @@ def run_app(files: Sequence[str] = (), demo: bool = False, screenshot: Optional[
     if demo or (scripted and not files):
         window.open_demo()
     if not scripted:
+        if not files and not demo and window.welcome_due():
+            window.show_welcome()
         return app.exec()
     if not window.wait_for_jobs(timeout=300):
         print("cellpol: the demo prediction did not finish in time; screenshot taken without it", file=sys.stderr)
