@@ -73,7 +73,7 @@ from app.core.modelfile import (
     model_paths,
     save_model,
 )
-from app.core.network import NetworkConfig, required_multiple
+from app.core.network import NetworkConfig, build_network, required_multiple
 from app.core.pairs import PairSet
 from app.core.volume import Volume, parse_voxel_size
 from app.training import dataset
@@ -196,7 +196,7 @@ class TrainingOptions:
     synthetic_dir: Optional[PathLike] = None
     synthetic_fraction: float = 0.5
     synthetic_presets: Optional[Sequence[str]] = None
-    val_fraction: float = 0.2
+    val_fraction: float = 0.2  # share of images held out when no val_images; 0: validate on the training images
     validation_patches: int = 8
     epoch_steps: Optional[int] = None
     checkpoint_every: Optional[int] = None
@@ -579,7 +579,13 @@ def _load_data(opts: TrainingOptions, cancel: Optional[CancelToken]) -> Generato
         loaded.append(dataset.load_annotated(file, warnings=warnings, **read_options))
         yield _event("loading", len(all_files), file.image.name, step=k + 1)
     train_items, val_items = loaded[:len(train_files)], loaded[len(train_files):]
-    split = dataset.make_split(train_items, val_items, opts.seed, opts.val_fraction, warnings)
+    if opts.val_fraction == 0 and not val_items:  # no validation chosen: the training images themselves
+        dataset.check_training_set(train_items)
+        split = dataset.Split(list(train_items), [i for i in train_items if len(i.pairs)], "training-image",
+                              "No validation images: validating on the training images themselves, so the "
+                              "validation figures are optimistic.")
+    else:
+        split = dataset.make_split(train_items, val_items, opts.seed, opts.val_fraction, warnings)
     data = _Data(split, loaded, train_items[0].is_2d)
     yield _event("info", steps, f"Training data: {len(split.train)} image(s) with {data.n_train_pairs} pairs "
                  f"({'2D' if data.is_2d else '3D'}).")
@@ -853,5 +859,46 @@ def _write_model(opts: TrainingOptions, paths: dict[str, Path], data: _Data, mod
                      message=split.note)
     return path
 
+def seconds_per_step(init: Optional[PathLike] = STARTER, device: str = "auto", batch_size: int = 4,
+                     patch_field_um: Sequence[float] = DEFAULT_PATCH_FIELD_UM,
+                     voxel_size: Sequence[float] = (1.0, 0.5, 0.5), levels: int = 4, base_filters: int = 8,
+                     steps: int = 3, patch_shape: Optional[Sequence[int]] = None) -> float:
+    """Median seconds of one training step (forward, backward, optimiser) of the network ``init`` (or a fresh
+    one at ``voxel_size``) on random patches of the training patch size (or ``patch_shape``), on ``device``: for a time estimate
+    before a run (the first step, which warms up, is not counted). Imports torch: call it in a worker."""
+    import time
+
+    init_path, _ = resolve_init(init)
+    if init_path is not None:
+        spec = load_spec(init_path)
+        network, voxel = spec.network, spec.voxel_size
+    else:
+        voxel = parse_voxel_size(voxel_size)
+        network = NetworkConfig.for_voxel_size(voxel, levels=levels, base_filters=base_filters)
+    torch_device = select_device(device)
+    module = build_network(network).to(torch_device).train()
+    multiple = required_multiple(network)
+    shape = [1 if (axis == 0 and network.spatial_dims == 2) else
+             max(multiple[axis], int(round(float(patch_field_um[axis]) / float(voxel[axis]) / multiple[axis]))
+                 * multiple[axis]) for axis in range(3)]
+    if patch_shape is not None:
+        shape = [int(p) for p in patch_shape]
+    if network.spatial_dims == 2:
+        shape = shape[1:]
+    batch = torch.rand((batch_size, network.in_channels, *shape), device=torch_device)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
+    times = []
+    for _ in range(max(2, steps + 1)):
+        started = time.perf_counter()
+        loss = sum(output.float().square().mean() for output in module(batch).values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if torch_device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    return float(np.median(times[1:]))
+
+
 __all__ = ["TrainingOptions", "run_training", "ValidationRun", "PauseToken", "STARTER", "choose_model_voxel_size",
-           "choose_patch_shape", "output_paths", "resolve_init", "score_outputs", "summary_metrics"]
+           "choose_patch_shape", "output_paths", "seconds_per_step", "resolve_init", "score_outputs", "summary_metrics"]
