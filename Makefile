@@ -14,7 +14,7 @@ DEB_PKGS := libglib2.0-0 libdbus-1-3 libxkbcommon0 libfontconfig1 libgl1 libegl1
 
 XVFB := xvfb-run -a -s "-screen 0 1280x1024x24"
 
-.PHONY: run test venv sysdeps clean bench package
+.PHONY: run test venv sysdeps clean bench package package-bundle package-deb package-run package-test
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,9 +45,24 @@ test: $(STAMP) sysdeps
 bench: $(STAMP)
 	$(PY) benchmarks/synth_speed.py
 
-package: $(STAMP)
+# make package: the one-folder PyInstaller bundle (dist/cellpol), and on Linux the .deb and the per-user .run
+# (packaging/README.md). Slow (minutes): never part of make test. make package-test installs both into a clean
+# Debian 12 root and runs --selftest there (root, debootstrap, a Debian mirror).
+package: package-bundle
+	@if [ "$$(uname -s)" = Linux ]; then bash packaging/linux/build_deb.sh && bash packaging/linux/build_run.sh; fi
+
+package-bundle: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[package]'
 	$(PY) -m PyInstaller --noconfirm packaging/cellpol.spec
+
+package-deb:
+	bash packaging/linux/build_deb.sh
+
+package-run:
+	bash packaging/linux/build_run.sh
+
+package-test:
+	bash packaging/test_clean_root.sh
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
