@@ -864,8 +864,8 @@ def seconds_per_step(init: Optional[PathLike] = STARTER, device: str = "auto", b
                      voxel_size: Sequence[float] = (1.0, 0.5, 0.5), levels: int = 4, base_filters: int = 8,
                      steps: int = 3, patch_shape: Optional[Sequence[int]] = None) -> float:
     """Median seconds of one training step (forward, backward, optimiser) of the network ``init`` (or a fresh
-    one at ``voxel_size``) on random patches of the training patch size (or ``patch_shape``), on ``device``: for a time estimate
-    before a run (the first step, which warms up, is not counted). Imports torch: call it in a worker."""
+    one at ``voxel_size``) on random patches of the training patch size (or ``patch_shape``), on ``device``: for
+    a time estimate before a run (the first step, which warms up, is not counted). Imports torch: call it in a worker."""
     import time
 
     init_path, _ = resolve_init(init)

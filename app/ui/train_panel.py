@@ -238,7 +238,8 @@ class TrainPanel(QtWidgets.QWidget):
         self.images.setHorizontalHeaderLabels(_IMAGE_COLUMNS)
         read_only_rows(self.images)
         self.images.horizontalHeader().setSectionResizeMode(2, QtWidgets.QHeaderView.ResizeMode.Stretch)
-        self.images.setMinimumHeight(110)
+        self.images.setMinimumHeight(90)
+        self.images.setMaximumHeight(170)
         self.add_folder_button = w(QtWidgets.QPushButton, "add_folder", "Add folder…")
         self.add_folder_button.setToolTip("Train on a folder of images with their <name>.vectors.csv beside them")
         self.add_folder_button.clicked.connect(self._choose_folder)
@@ -304,7 +305,7 @@ class TrainPanel(QtWidgets.QWidget):
         self.rate_plot.setBackground("w")
         self.rate_plot.setTitle("Validation per epoch", color="#333")
         self.rate_plot.setLabel("bottom", "epoch")
-        self.rate_plot.setYRange(0, 1)
+        self.rate_plot.setYRange(0, 1.3)  # room for the legend above rates of 1
         self.rate_plot.addLegend(offset=(-10, 10))
         self.rate_curves = {key: self.rate_plot.plot([], [], name=name, pen=pg.mkPen(colour, width=1.5),
                                                      symbol="o", symbolSize=6, symbolBrush=colour)
@@ -332,15 +333,14 @@ class TrainPanel(QtWidgets.QWidget):
         form.addRow("Device", self.device_label)
         form.addRow("Model name", self.name)
         form.addRow(self.where)
-        row = QtWidgets.QHBoxLayout()
-        row.addWidget(self.estimate_label, 1)
-        row.addWidget(self.estimate_button)
-        form.addRow(row)
+        form.addRow(self.estimate_label)
+        form.addRow(self.estimate_button)
         controls = QtWidgets.QHBoxLayout()
         for button in (self.start_button, self.pause_button, self.resume_button, self.cancel_button):
             controls.addWidget(button)
         left = QtWidgets.QVBoxLayout()
-        left.addWidget(settings, 1)
+        left.addWidget(settings)
+        left.addStretch(1)
         left.addLayout(controls)
         left.addWidget(self.resume_run_button)
         left.addWidget(self.retrain_button)
@@ -449,7 +449,7 @@ class TrainPanel(QtWidgets.QWidget):
         raise KeyError(image)
 
     def set_validation(self, mode: str, held_out: Optional[str | Path] = None) -> None:
-        """``mode``: ``auto``, ``one`` (``held_out``: the image), ``chosen`` (the rows ticked "Validate") or ``none``."""
+        """``mode``: ``auto``, ``one`` (``held_out``: the image), ``chosen`` (rows ticked "Validate") or ``none``."""
         self.validation.setCurrentIndex(self.validation.findData(mode))
         if held_out is not None:
             self.held_out.setCurrentIndex(self.held_out.findData(str(held_out)))
@@ -622,7 +622,8 @@ class TrainPanel(QtWidgets.QWidget):
         base, k = name, 2
         while (models / name).exists():
             name, k = f"{base}-{k}", k + 1
-        init = self.default_model if self.default_model is not None and Path(self.default_model).is_file() else "starter"
+        init = (self.default_model if self.default_model is not None and Path(self.default_model).is_file()
+                else "starter")
         settings = {"out": str(run_paths(models, name)["out"]), "name": name, "steps": self.steps.value(),
                     "init": str(init), "device": self._get_device(), "augment": self.augment.isChecked(),
                     "images": None, "project": str(project.root), **self.extra_options}
