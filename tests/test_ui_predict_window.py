@@ -128,3 +128,32 @@ def test_out_of_gpu_memory_offers_the_cpu_and_runs_again_there(qtbot, tmp_path, 
         assert shown == []  # one message, not two
     finally:
         window.release()
+
+
+def test_a_trained_model_becomes_the_predict_panels_and_retraining_starts_from_it(qtbot, tmp_path):
+    """What the window does when the Train panel finishes a model: the Predict panel lists it and uses it; the
+    Train panel's "Retrain with my corrections" starts from the model chosen for prediction."""
+    import shutil
+
+    from app.core.project import Project
+
+    project = Project.create(tmp_path / "study")
+    run = project.folder("models") / "mine"
+    run.mkdir()
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(f"resources/models/cellpol_starter{suffix}", run / f"cellpol_starter{suffix}")
+    settings = QtCore.QSettings(str(tmp_path / "settings.ini"), QtCore.QSettings.Format.IniFormat)
+    window = make_window(qtbot, settings)
+    try:
+        assert window.open_path(project.root)
+        window.actions["train"].trigger()
+        assert window.train_dock.isVisible() and window.train_panel.objectName() == "cellpol.train"
+        window.use_trained_model(run / "cellpol_starter.json")
+        panel = window.predict_panel
+        assert panel.model == run / "cellpol_starter.json"
+        assert panel.model_combo.currentText() == "cellpol_starter (project)"
+        assert window.train_panel.default_model == run / "cellpol_starter.json"
+        panel.set_model_file(None)  # back to the starters
+        assert window.train_panel.default_model is None
+    finally:
+        window.release()

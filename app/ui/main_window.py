@@ -777,6 +777,7 @@ class MainWindow(QtWidgets.QMainWindow):
                                               get_project=lambda: self.document.project)
             self.predict_panel.threshold_changed.connect(self.state.set_score_threshold)
             self.predict_panel.batch_finished.connect(lambda _records: self._predictions_done())
+            self.predict_panel.model_changed.connect(self._predict_model_changed)
             self.document.document_changed.connect(self.predict_panel.refresh_models)
             self.predict_dock = self._dock("Predict", "predict_dock", self.predict_panel)
             self.addDockWidget(QtCore.Qt.DockWidgetArea.RightDockWidgetArea, self.predict_dock)
@@ -870,10 +871,14 @@ class MainWindow(QtWidgets.QMainWindow):
             self.train_panel = TrainPanel(self.start_job, lambda: self.document.project, lambda: self.device,
                                           on_model_trained=self.use_trained_model,
                                           predict_images=self.predict_images_again)
+            if self.predict_panel is not None:  # retraining starts from the model the user predicts with
+                self.train_panel.default_model = self.predict_panel.model
+            self.document.document_changed.connect(self.train_panel.refresh)
             self.train_dock = self._dock("Train", "train_dock", self.train_panel)
             self.addDockWidget(QtCore.Qt.DockWidgetArea.RightDockWidgetArea, self.train_dock)
             self._float_beside(self.train_dock, 1100, 820)
             self.view_menu.addAction(self.train_dock.toggleViewAction())
+        self.train_panel.refresh()
         self.train_dock.show()
         self.train_dock.raise_()
         return self.train_panel
@@ -891,6 +896,10 @@ class MainWindow(QtWidgets.QMainWindow):
         self.synth_dock.show()
         self.synth_dock.raise_()
         return self.synth_panel
+
+    def _predict_model_changed(self, model) -> None:
+        if self.train_panel is not None:  # "Retrain with my corrections" starts from the model in use
+            self.train_panel.default_model = model
 
     def use_trained_model(self, model) -> None:
         """A model finished training: it becomes the model the Predict panel uses (and is listed there)."""
@@ -1038,6 +1047,9 @@ class MainWindow(QtWidgets.QMainWindow):
         if self._closed:
             return
         self._closed = True
+        for panel in (self.train_panel, self.synth_panel):  # a running training stops; its checkpoint stays
+            if panel is not None and hasattr(panel, "shutdown"):
+                panel.shutdown()
         try:
             self.save_settings()
         finally:

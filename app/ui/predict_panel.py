@@ -188,10 +188,13 @@ class PredictPanel(QtWidgets.QWidget):
         The score slider moved.
     batch_finished(list)
         A folder or project batch ended; the ``BatchRecord`` list of the images it went through.
+    model_changed(path or None)
+        Another model was chosen (``None``: the starters).
     """
 
     threshold_changed = Signal(float)
     batch_finished = Signal(object)
+    model_changed = Signal(object)  # the chosen model's .json, or None for the starters
 
     def __init__(self, start_job: Callable[..., Any], get_volume: Callable[[], Any], get_device: Callable[[], str],
                  on_pairs: Callable[[Any], None], open_image: Optional[Callable[[Path, Optional[Path]], None]] = None,
@@ -312,6 +315,7 @@ class PredictPanel(QtWidgets.QWidget):
                 self.model_combo.setItemData(index, str(self._model), QtCore.Qt.ItemDataRole.ToolTipRole)
             self.model_combo.setCurrentIndex(index)
         self.card.setText(model_card(self._model))
+        self.model_changed.emit(self._model)
 
     def refresh_models(self) -> None:
         """Offer the open project's models (``models/``) in the chooser, after the starters."""
