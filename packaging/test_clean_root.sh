@@ -25,6 +25,7 @@ cleanup() {
 trap cleanup EXIT
 step() { echo; echo "== $*"; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
+present() { [ -e "$1" ] || [ -L "$1" ]; }   # /usr/bin/cellpol is an absolute symlink: dangling seen from outside
 in_root() { chroot "$root" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 "$@"; }
 as_user() { chroot --userspec=tester:tester "$root" env -i PATH=/usr/bin:/bin HOME=/home/tester LANG=C.UTF-8 USER=tester "$@"; }
 
@@ -57,7 +58,7 @@ in_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "/tmp/$(basena
 echo "installed in $(( $(date +%s) - start )) s"
 for f in /usr/bin/cellpol /opt/cellpol-studio/cellpol /usr/share/applications/cellpol.desktop \
          /usr/share/icons/hicolor/256x256/apps/cellpol.png /usr/share/mime/packages/cellpol.xml; do
-    [ -e "$root$f" ] || fail "missing after install: $f"
+    present "$root$f" || fail "missing after install: $f"
 done
 if [ -f "$root/usr/share/mime/globs2" ]; then
     grep -q 'application/x-cellpol-project:cellpol-project.json' "$root/usr/share/mime/globs2" \
@@ -74,7 +75,7 @@ in_root env DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq cellpol-studio >
     || fail "apt-get purge"
 for f in /usr/bin/cellpol /opt/cellpol-studio /usr/share/applications/cellpol.desktop \
          /usr/share/icons/hicolor/256x256/apps/cellpol.png /usr/share/mime/packages/cellpol.xml; do
-    [ -e "$root$f" ] && fail "left after purge: $f"
+    present "$root$f" && fail "left after purge: $f"
 done
 if [ -f "$root/usr/share/mime/globs2" ] && grep -q cellpol "$root/usr/share/mime/globs2"; then
     fail "the MIME database still has the project type after purge"
@@ -83,12 +84,12 @@ echo "clean uninstall: ok"
 
 step ".run: per-user install (no root) of $(basename "$run")"
 cp "$run" "$root/home/tester/"
-chown tester:tester "$root/home/tester/$(basename "$run")"
+in_root chown tester:tester "/home/tester/$(basename "$run")"
 as_user sh "/home/tester/$(basename "$run")" || fail ".run install"
 h=$root/home/tester
 for f in .local/bin/cellpol .local/share/cellpol-studio/cellpol .local/share/cellpol-studio/uninstall.sh \
          .local/share/applications/cellpol.desktop .local/share/mime/packages/cellpol.xml; do
-    [ -e "$h/$f" ] || fail "missing after the .run: ~/$f"
+    present "$h/$f" || fail "missing after the .run: ~/$f"
 done
 grep -q '^Exec="/home/tester/.local/share/cellpol-studio/cellpol" gui %f' "$h/.local/share/applications/cellpol.desktop" \
     || fail "the .run's menu entry does not name the installed app"

@@ -16,6 +16,7 @@ test -x "$bundle/cellpol" || { echo "no bundle at $bundle: run make package-bund
 
 stage=$(mktemp -d "$root/dist/deb-stage.XXXXXX")
 trap 'rm -rf "$stage"' EXIT
+chmod 755 "$stage"   # mktemp makes it 0700; it becomes the package's / (and the .run's folder)
 install -d "$stage/DEBIAN" "$stage/opt" "$stage/usr/bin" "$stage/usr/share/applications" \
     "$stage/usr/share/icons/hicolor/256x256/apps" "$stage/usr/share/mime/packages"
 cp -a "$bundle" "$stage/opt/cellpol-studio"
@@ -33,7 +34,7 @@ Priority: optional
 Architecture: $arch
 Installed-Size: $size_kb
 Depends: libc6 (>= 2.34), libgl1, libegl1, libglx-mesa0 | libglx-vendor, libegl-mesa0 | libegl-vendor, libxcb1, libx11-xcb1, libxkbcommon0, libfontconfig1, libfreetype6, libdbus-1-3
-Recommends: libgl1-mesa-dri, fonts-dejavu-core, desktop-file-utils, shared-mime-info
+Recommends: libgl1-mesa-dri, libxcursor1, fonts-dejavu-core, desktop-file-utils, shared-mime-info
 Maintainer: CellPol Studio maintainers <maintainers@cellpol.invalid>
 Description: CellPol Studio: nucleus-to-Golgi cell polarity in 3D microscopy
  Desktop app and command line (cellpol) to find nucleus and Golgi pairs in 3D

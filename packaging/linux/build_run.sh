@@ -16,6 +16,7 @@ command -v makeself >/dev/null || { echo "makeself is missing: apt-get install m
 
 stage=$(mktemp -d "$root/dist/run-stage.XXXXXX")
 trap 'rm -rf "$stage"' EXIT
+chmod 755 "$stage"   # mktemp makes it 0700; it becomes the package's / (and the .run's folder)
 cp -a "$bundle" "$stage/cellpol"
 install -m 755 "$here/install.sh" "$stage/install.sh"
 install -m 644 "$here/cellpol.desktop" "$here/cellpol-mime.xml" "$root/packaging/icons/cellpol.png" "$stage/"
