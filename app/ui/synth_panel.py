@@ -274,6 +274,7 @@ def _int_spin(name: str, minimum: int, maximum: int, value: int, tooltip: str = 
     spin.setRange(minimum, maximum)
     spin.setValue(value)
     spin.setToolTip(tooltip)
+    spin.setMinimumWidth(80)
     if special:
         spin.setSpecialValueText(special)
     return spin
@@ -403,6 +404,7 @@ class SynthPanel(QtWidgets.QWidget):
         splitter.setStretchFactor(0, 3)
         splitter.setStretchFactor(1, 2)
         splitter.setChildrenCollapsible(False)
+        splitter.setSizes([700, 560])
 
         self.status = QtWidgets.QLabel(objectName="cellpol.synth.status")
         self.status.setWordWrap(True)
@@ -465,14 +467,14 @@ class SynthPanel(QtWidgets.QWidget):
         form = QtWidgets.QFormLayout()
         form.addRow("Microscope", self.preset_combo)
         form.addRow("", self.preset_note)
-        form.addRow("Volumes", self.count_spin)
-        form.addRow("Shape Z Y X", _row(*self.shape_spins))
-        form.addRow("Voxel µm z y x", _row(*self.voxel_spins, self.voxel_reset))
-        form.addRow("Seed", self.sim_seed)
+        form.addRow("Volumes", _row(self.count_spin, stretch=True))
+        form.addRow("Shape Z Y X", _row(*self.shape_spins, stretch=True))
+        form.addRow("Voxel µm z y x", _row(*self.voxel_spins, self.voxel_reset, stretch=True))
+        form.addRow("Seed", _row(self.sim_seed, stretch=True))
         form.addRow("", self.vary_check)
         form.addRow("Polarity", self.polarity_combo)
-        form.addRow("Direction z y x", _row(*self.direction_spins))
-        form.addRow("Concentration κ", self.concentration_spin)
+        form.addRow("Direction z y x", _row(*self.direction_spins, stretch=True))
+        form.addRow("Concentration κ", _row(self.concentration_spin, stretch=True))
         form.addRow("Run name", self.sim_name)
         layout = QtWidgets.QVBoxLayout(page)
         layout.addLayout(form)
@@ -540,14 +542,14 @@ class SynthPanel(QtWidgets.QWidget):
         form.addRow("Batch", _row(self.batch_spin, QtWidgets.QLabel("width"), self.filters_spin,
                                   QtWidgets.QLabel("depth"), self.levels_spin, QtWidgets.QLabel("seed"), self.vox_seed,
                                   stretch=True))
-        form.addRow("Patch Z Y X", _row(*self.patch_spins))
+        form.addRow("Patch Z Y X", _row(*self.patch_spins, stretch=True))
         form.addRow(_row(self.train_button, self.pause_button, self.vox_cancel, self.resume_button, stretch=True))
         form.addRow(self.generator_label)
         gen_box = QtWidgets.QGroupBox("Generate from the trained generator")
         form = QtWidgets.QFormLayout(gen_box)
         form.addRow("Volumes", _row(self.gen_count, QtWidgets.QLabel("seed"), self.gen_seed, self.dropout_check,
                                     stretch=True))
-        form.addRow("Shape Z Y X", _row(*self.gen_shape))
+        form.addRow("Shape Z Y X", _row(*self.gen_shape, stretch=True))
         form.addRow("Run name", _row(self.gen_name, self.gen_button))
         layout = QtWidgets.QVBoxLayout(page)
         layout.addWidget(train_box)
