@@ -540,9 +540,9 @@ def test_every_action_and_panel_has_a_stable_id_listed_with_its_keys(qtbot, wind
 
     from app.ui.actions import PANELS
 
-    window.show_predict_panel()
-    window.show_review_panel()
-    window.show_evaluate_panel()
+    for show in (window.show_predict_panel, window.show_review_panel, window.show_evaluate_panel,
+                 window.show_stats_panel, window.show_train_panel, window.show_synth_panel):
+        show()
     dialog = window.show_shortcuts()
     qtbot.addWidget(dialog)
     table = dialog.table

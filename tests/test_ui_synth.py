@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -310,3 +311,27 @@ def test_vox2vox_trains_with_live_curves_pauses_cancels_resumes_and_generates(qt
     failing = panel.generate()
     wait_idle(qtbot, panel)
     assert failing.status == "failed" and "multiple of" in panel.status.text()
+
+
+def test_in_the_window_a_run_ticked_for_training_is_mixed_in_by_the_train_panel(qtbot, tmp_path):
+    """Analysis ▸ Synthesize: a simulated run ticked "Use in training" becomes the Train panel's synthetic folder,
+    with mixing ticked (the "one tick" of the issue), and a volume double-clicked opens in the main window."""
+    from test_ui_annotation import make_window
+
+    project = Project.create(tmp_path / "study")
+    settings = QtCore.QSettings(str(tmp_path / "settings.ini"), QtCore.QSettings.Format.IniFormat)
+    window = make_window(qtbot, settings)
+    try:
+        assert window.open_path(project.root)
+        window.actions["synthesize"].trigger()
+        panel = window.synth_panel
+        assert window.synth_dock.isVisible() and panel.objectName() == "cellpol.synth"
+        simulate(qtbot, panel, name="sim")
+        assert (project.folder("synthetic") / "sim").is_dir()
+        train = window.show_train_panel()
+        assert not train.synthetic.isChecked()
+        panel.set_use_in_training("sim", True)
+        assert train.synthetic.isChecked()
+        assert Path(train.synthetic_dir.text()) == project.folder("synthetic") / "sim"
+    finally:
+        window.release()

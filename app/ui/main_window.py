@@ -888,11 +888,16 @@ class MainWindow(QtWidgets.QMainWindow):
         if self.synth_dock is None:
             from app.ui.synth_panel import SynthPanel
 
-            self.synth_panel = SynthPanel(self.start_job, lambda: self.document.project, self.open_path)
+            self.synth_panel = SynthPanel(self.start_job, lambda: self.document.project, self.open_path,
+                                          get_device=lambda: self.device)
+            self.document.document_changed.connect(self.synth_panel.refresh)
+            self.synth_panel.training_folders_changed.connect(
+                lambda _folders: self.train_panel.refresh() if self.train_panel is not None else None)
             self.synth_dock = self._dock("Synthesize", "synth_dock", self.synth_panel)
             self.addDockWidget(QtCore.Qt.DockWidgetArea.RightDockWidgetArea, self.synth_dock)
             self._float_beside(self.synth_dock, 1000, 820)
             self.view_menu.addAction(self.synth_dock.toggleViewAction())
+        self.synth_panel.refresh()
         self.synth_dock.show()
         self.synth_dock.raise_()
         return self.synth_panel

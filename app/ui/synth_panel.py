@@ -65,7 +65,7 @@ NO_PROJECT = "Open a project first (File ▸ Open project…): synthetic volumes
 # ------------------------------------------------------------------------------------------
 def synthetic_folder(project: Any) -> Path:
     """The project's ``synthetic/`` folder (where every run goes)."""
-    return Path(project.root) / "synthetic"
+    return Path(project.folder("synthetic"))
 
 
 def generator_paths(project: Any) -> dict[str, Path]:

@@ -22,6 +22,7 @@ from PySide6.QtCore import Signal
 
 from app.core.errors import CellPolError
 from app.core.jobs import CancelToken, JobEvent, PauseToken, Progress, Result
+from app.ui.synth_panel import training_folders
 from app.ui.widgets import read_only_rows
 
 JobFactory = Callable[[CancelToken, PauseToken], Iterator[JobEvent]]
@@ -396,9 +397,12 @@ class TrainPanel(QtWidgets.QWidget):
         found = self.init.findData(current)
         self.init.setCurrentIndex(max(found, 0))
         self.init.blockSignals(False)
-        synthetic = project.folder("synthetic") if project is not None else None
-        if not self.synthetic_dir.text() and synthetic is not None and synthetic.is_dir() and any(synthetic.iterdir()):
-            self.synthetic_dir.setText(str(synthetic))
+        # the synthetic runs ticked "Use in training" in the Synthesis panel are mixed in (one folder: the newest)
+        ticked = training_folders(project) if project is not None else []
+        if ticked and not self.synthetic_dir.text():
+            newest = max(ticked, key=lambda folder: folder.stat().st_mtime)
+            self.synthetic_dir.setText(str(newest))
+            self.synthetic.setChecked(True)
         runs = unfinished_runs(project.folder("models")) if project is not None else []
         self._unfinished = runs[0] if runs else None
         self.resume_run_button.setVisible(self._unfinished is not None)
