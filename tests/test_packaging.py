@@ -168,3 +168,10 @@ def test_selected_strip_spares_openblas():
     assert "torch/lib/libtorch_cpu.so" in bf.STRIP
     for blas in ("numpy.libs/libscipy_openblas64_-ff651d7f.so", "scipy.libs/libscipy_openblas-68440149.so"):
         assert not any(fnmatch.fnmatchcase(blas, pattern) for pattern in bf.STRIP), blas
+
+
+def test_the_window_icon_is_found_from_the_source_tree():
+    from app.ui.main_window import app_icon_path
+
+    icon = app_icon_path()
+    assert icon is not None and icon.name == "cellpol.png" and icon.stat().st_size > 1000

@@ -1068,6 +1068,15 @@ def _as_bool(value) -> bool:
     return bool(value)
 
 
+def app_icon_path() -> Optional[Path]:
+    """The app's icon: ``resources/icons`` in an installed bundle, ``packaging/icons`` in a source tree."""
+    root = Path(__file__).resolve().parents[2]
+    for candidate in (root / "resources" / "icons" / "cellpol.png", root / "packaging" / "icons" / "cellpol.png"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def run_app(files: Sequence[str] = (), demo: bool = False, screenshot: Optional[str] = None) -> int:
     """Open the main window (on ``files``, or the demo) and run the event loop; returns the exit status.
 
@@ -1078,6 +1087,9 @@ def run_app(files: Sequence[str] = (), demo: bool = False, screenshot: Optional[
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
     app.setOrganizationName(SETTINGS_ORGANISATION)
     app.setApplicationName(SETTINGS_APPLICATION)
+    icon = app_icon_path()
+    if icon is not None:
+        app.setWindowIcon(QtGui.QIcon(str(icon)))
     scripted = screenshot is not None
     settings = None
     if scripted:
