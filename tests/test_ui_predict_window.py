@@ -157,3 +157,39 @@ def test_a_trained_model_becomes_the_predict_panels_and_retraining_starts_from_i
         assert window.train_panel.default_model is None
     finally:
         window.release()
+
+
+def test_each_models_predictions_kept_apart_are_compared_in_the_evaluate_panel(qtbot, tmp_path):
+    """Predict project with "Keep each model's predictions apart" writes results/<model>/; the Evaluate panel's
+    project predictions then hold one set per model beside results/, ready to compare."""
+    import shutil
+
+    from app.core.project import Project
+
+    project = Project.create(tmp_path / "study")
+    synthesize_dataset(tmp_path / "stacks", 1, shape=(16, 96, 96), voxel_size=(1.0, 0.5, 0.5), seed=4)
+    shutil.copy(tmp_path / "stacks" / "synth_0000.tif", project.folder("images") / "synth_0000.tif")
+    for suffix in (".csv", ".json"):  # the simulator's truth as the annotations
+        shutil.copy(tmp_path / "stacks" / f"synth_0000.vectors{suffix}",
+                    project.folder("annotations") / f"synth_0000.vectors{suffix}")
+    settings = QtCore.QSettings(str(tmp_path / "settings.ini"), QtCore.QSettings.Format.IniFormat)
+    window = make_window(qtbot, settings)
+    try:
+        assert window.open_path(project.root)
+        panel = window.show_predict_panel()
+        panel.project_button.click()  # into results/
+        qtbot.waitUntil(lambda: not panel.busy, timeout=120000)
+        panel.apart_check.setChecked(True)
+        panel.project_button.click()  # into results/starter/
+        qtbot.waitUntil(lambda: not panel.busy, timeout=120000)
+        assert (project.folder("results") / "starter" / "synth_0000.pred.vectors.csv").is_file()
+        evaluate = window.show_evaluate_panel()
+        evaluate.add_project_predictions()
+        labels = [label for label, _folder in evaluate.prediction_sets()]
+        assert labels == ["project results", "starter"]
+        evaluate.evaluate()
+        qtbot.waitUntil(lambda: not evaluate.busy, timeout=60000)
+        assert set(evaluate.results) == {"project results", "starter"}
+        assert all(len(curves) == 2 for curves in evaluate.curves.values())
+    finally:
+        window.release()

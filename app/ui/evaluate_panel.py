@@ -416,12 +416,24 @@ class EvaluatePanel(QtWidgets.QWidget):
         return label
 
     def add_project_predictions(self) -> Optional[str]:
-        """Add the open project's ``results/`` as the set "project results"."""
+        """Add the open project's ``results/`` as the set "project results", and each model's predictions kept
+        apart in ``results/<model>/`` (the Predict panel's "Keep each model's predictions apart") as a set named
+        after the model, so models can be compared. Returns the first label added."""
         project = self._get_project()
         if project is None:
             self._say("Open a project first: its predictions are in its results folder.")
             return None
-        return self.add_prediction_set(project.folder("results"), PROJECT_RESULTS_LABEL)
+        results = project.folder("results")
+        first = None
+        if any(results.glob("*.vectors.csv")):
+            first = self.add_prediction_set(results, PROJECT_RESULTS_LABEL)
+        for folder in sorted(p for p in results.iterdir() if p.is_dir()) if results.is_dir() else []:
+            if any(folder.glob("*.pred.vectors.csv")):
+                label = self.add_prediction_set(folder, folder.name)
+                first = first or label
+        if first is None:
+            first = self.add_prediction_set(results, PROJECT_RESULTS_LABEL)  # empty: its evaluation says so
+        return first
 
     def prediction_sets(self) -> list[tuple[str, Path]]:
         """``(label, folder)`` of every set, in order; labels made unique."""

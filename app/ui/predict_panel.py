@@ -245,6 +245,10 @@ class PredictPanel(QtWidgets.QWidget):
         self.overwrite_check = QtWidgets.QCheckBox("Overwrite existing predictions",
                                                    objectName="cellpol.predict.overwrite")
         self.overwrite_check.setToolTip("Unticked, images whose predictions exist are skipped")
+        self.apart_check = QtWidgets.QCheckBox("Keep each model's predictions apart",
+                                               objectName="cellpol.predict.apart")
+        self.apart_check.setToolTip("Predict project writes into results/<model name>/ instead of results/, so "
+                                    "the Evaluate panel can compare models (the Review panel reviews results/)")
         self.table = QtWidgets.QTableWidget(0, len(COLUMNS), objectName="cellpol.predict.results")
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.setEditTriggers(QtWidgets.QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -285,6 +289,7 @@ class PredictPanel(QtWidgets.QWidget):
         row.addWidget(self.project_button)
         row.addWidget(self.overwrite_check)
         layout.addLayout(row)
+        layout.addWidget(self.apart_check)
         layout.addWidget(self.table, 1)
         row = QtWidgets.QHBoxLayout()
         row.addWidget(self.progress, 1)
@@ -409,9 +414,11 @@ class PredictPanel(QtWidgets.QWidget):
             return None
         self.table.setRowCount(0)
         self.last_records = []
-        factory = folder_job_factory(self._model, self._get_device(), project.folder("images"),
-                                     project.folder("results"), self.overwrite_check.isChecked(),
-                                     self.predictor_options)
+        out = project.folder("results")
+        if self.apart_check.isChecked():  # one folder per model, to compare them (Evaluate panel)
+            out = out / (self._model.stem if self._model is not None else "starter")
+        factory = folder_job_factory(self._model, self._get_device(), project.folder("images"), out,
+                                     self.overwrite_check.isChecked(), self.predictor_options)
         return self._start(f"Predict project {project.name}", factory, self._folder_done,
                            retry=self.predict_project)
 
