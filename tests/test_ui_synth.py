@@ -333,5 +333,22 @@ def test_in_the_window_a_run_ticked_for_training_is_mixed_in_by_the_train_panel(
         panel.set_use_in_training("sim", True)
         assert train.synthetic.isChecked()
         assert Path(train.synthetic_dir.text()) == project.folder("synthetic") / "sim"
+
+        # beside a real image: the selected volume and the open image side by side, at one scale (µm)
+        assert panel.compare_selected() is None  # nothing selected yet
+        real = synthesize_dataset(tmp_path / "real", 1, shape=(12, 96, 80), voxel_size=(1.0, 0.25, 0.25), seed=9)
+        assert window.open_path(tmp_path / "real" / "synth_0000.tif") and real is not None
+        panel.tree.setCurrentItem(panel.run_item("sim"))
+        compare = panel.compare_selected()
+        assert compare is not None and compare.objectName() == "cellpol.compare" and compare.isVisible()
+        synthetic_pane, real_pane = compare.panes
+        assert real_pane.volume.spatial_shape == (12, 96, 80) and synthetic_pane.volume.spatial_shape == (8, 48, 48)
+        assert real_pane.image.image.shape[:2] == (96, 80)  # the maximum projection, as RGB
+        shown = real_pane.image.mapRectToParent(real_pane.image.boundingRect())
+        assert (shown.width(), shown.height()) == pytest.approx((80 * 0.25, 96 * 0.25))  # in µm
+        compare.mip.setChecked(False)
+        compare.depth.setValue(100)
+        assert compare.depth.isEnabled()
+        compare.close()
     finally:
         window.release()

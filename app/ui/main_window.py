@@ -889,7 +889,7 @@ class MainWindow(QtWidgets.QMainWindow):
             from app.ui.synth_panel import SynthPanel
 
             self.synth_panel = SynthPanel(self.start_job, lambda: self.document.project, self.open_path,
-                                          get_device=lambda: self.device)
+                                          get_device=lambda: self.device, compare=self.compare_with_open_image)
             self.document.document_changed.connect(self.synth_panel.refresh)
             self.synth_panel.training_folders_changed.connect(
                 lambda _folders: self.train_panel.refresh() if self.train_panel is not None else None)
@@ -901,6 +901,21 @@ class MainWindow(QtWidgets.QMainWindow):
         self.synth_dock.show()
         self.synth_dock.raise_()
         return self.synth_panel
+
+    def compare_with_open_image(self, volume_path):
+        """Show a (synthetic) volume beside the image open in the window, in a window of their own."""
+        if self.state.volume is None:
+            self.statusBar().showMessage("Open a real image first, then compare a synthetic volume with it.", 8000)
+            return None
+        from app.ui.compare_view import compare_files
+
+        try:
+            window = compare_files(volume_path, self.state.volume, self.document.title or "open image", self)
+        except CellPolError as exc:
+            self.document.warn("Cannot compare", str(exc))
+            return None
+        self._compare_windows = [w for w in getattr(self, "_compare_windows", []) if w.isVisible()] + [window]
+        return window
 
     def _predict_model_changed(self, model) -> None:
         if self.train_panel is not None:  # "Retrain with my corrections" starts from the model in use

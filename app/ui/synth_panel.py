@@ -354,9 +354,11 @@ class SynthPanel(QtWidgets.QWidget):
 
     def __init__(self, start_job: Callable[..., Any], get_project: Callable[[], Any],
                  open_image: Callable[[Path], Any], parent: Optional[QtWidgets.QWidget] = None,
-                 get_device: Callable[[], str] = lambda: "auto") -> None:
+                 get_device: Callable[[], str] = lambda: "auto",
+                 compare: Optional[Callable[[Path], Any]] = None) -> None:
         super().__init__(parent)
         self.setObjectName("cellpol.synth")
+        self._compare = compare  # compare(volume path): show it beside the real image open in the window
         self._start_job = start_job
         self._get_project = get_project
         self._open_image = open_image
@@ -386,6 +388,10 @@ class SynthPanel(QtWidgets.QWidget):
         self.open_button = QtWidgets.QPushButton("Open volume", objectName="cellpol.synth.open")
         self.open_button.setToolTip("Open the selected volume in the viewer (or double-click it)")
         self.open_button.clicked.connect(lambda: self._item_activated(self.tree.currentItem(), 0))
+        self.compare_button = QtWidgets.QPushButton("Compare with the open image", objectName="cellpol.synth.compare")
+        self.compare_button.setToolTip("Show the selected volume beside the real image open in the main window")
+        self.compare_button.clicked.connect(self.compare_selected)
+        self.compare_button.setVisible(compare is not None)
         self.runs_label = QtWidgets.QLabel(objectName="cellpol.synth.runs_label")
         self.runs_label.setWordWrap(True)
 
@@ -394,6 +400,7 @@ class SynthPanel(QtWidgets.QWidget):
         runs_layout.addWidget(self.tree, 1)
         row = QtWidgets.QHBoxLayout()
         row.addWidget(self.runs_label, 1)
+        row.addWidget(self.compare_button)
         row.addWidget(self.open_button)
         row.addWidget(self.refresh_button)
         runs_layout.addLayout(row)
@@ -695,14 +702,28 @@ class SynthPanel(QtWidgets.QWidget):
         self._show_counts(list_runs(project) if project is not None else [])
         self.training_folders_changed.emit(self.training_folders())
 
-    def _item_activated(self, item: Optional[QtWidgets.QTreeWidgetItem], column: int = 0) -> None:
+    def _volume_of(self, item: Optional[QtWidgets.QTreeWidgetItem]) -> Optional[Path]:
+        """The volume an item stands for (a run: its first volume)."""
         if item is None:
-            return
+            return None
         if item.parent() is None:
             if item.childCount() == 0:
-                return
+                return None
             item = item.child(0)
-        self._open_image(Path(item.data(0, _PATH_ROLE)))
+        return Path(item.data(0, _PATH_ROLE))
+
+    def _item_activated(self, item: Optional[QtWidgets.QTreeWidgetItem], column: int = 0) -> None:
+        path = self._volume_of(item)
+        if path is not None:
+            self._open_image(path)
+
+    def compare_selected(self) -> Any:
+        """Show the selected volume beside the real image open in the main window."""
+        path = self._volume_of(self.tree.currentItem())
+        if path is None or self._compare is None:
+            self.status.setText("Select a synthetic volume to compare with the open image.")
+            return None
+        return self._compare(path)
 
     # --- the simulator -----------------------------------------------------------------------
     def _preset_chosen(self) -> None:
