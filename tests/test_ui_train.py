@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
 
 pytest.importorskip("PySide6")
@@ -94,6 +95,13 @@ def test_five_steps_draw_the_loss_curve_pause_resume_and_finish_into_the_project
     assert model in project_models(project.folder("models"))
     assert panel.table.rowCount() == 14 and "tiny" in panel.card.toPlainText()
     assert _points(panel.rate_curves["tpr0"]) >= 1  # the validation of the one epoch
+    # and it predicts, as the Predict panel will run it
+    from app.core.imageio import read_volume
+    from app.ui.predict_panel import build_predictor
+
+    image = next(project.folder("images").glob("*.tif"))
+    prediction = build_predictor(model, "cpu").predict(read_volume(image))
+    assert prediction.pairs.voxel_size is not None and np.all(np.isfinite(prediction.pairs.nuclei))
 
 
 def test_cancel_then_resume_from_the_checkpoint_in_a_new_panel(qtbot, tmp_path, stacks):
