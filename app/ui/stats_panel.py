@@ -16,7 +16,6 @@ job in the Jobs dock.
 from __future__ import annotations
 
 import io
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -25,6 +24,7 @@ import numpy as np
 from PySide6 import QtCore, QtGui, QtWidgets
 
 from app.core.jobs import CancelToken, PauseToken, Progress
+from app.core.stats.tables import format_value
 from app.ui.document import DocumentController
 from app.ui.state import ViewerState
 from app.ui.widgets import read_only_rows
@@ -127,17 +127,6 @@ def compute(snapshot: Snapshot, n_boot: int = LIVE_BOOT, n_perm: int = LIVE_PERM
             figure.savefig(buffer, format="png", dpi=72)
             drawn[name] = buffer.getvalue()
     return Computed(table, summaries, tests, images, drawn, notes)
-
-
-def _number(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    value = float(value)
-    return f"{value:.2e}" if 0 < abs(value) < 1e-3 else f"{value:.3f}"
 
 
 class StatsPanel(QtWidgets.QWidget):
@@ -418,20 +407,19 @@ class StatsPanel(QtWidgets.QWidget):
 
     def _show(self, result: Computed) -> None:
         self.result, self.error = result, ""
-        rows = [s.row() if hasattr(s, "row") else {} for s in result.summaries]
         self.summary.setRowCount(len(result.summaries))
-        for r, (summary, row) in enumerate(zip(result.summaries, rows)):
+        for r, summary in enumerate(result.summaries):
             for c, (key, _title) in enumerate(SUMMARY_COLUMNS):
-                value = getattr(summary, key, row.get(key))
-                if key == "name" and getattr(summary, "level", "") == "group":
+                value = getattr(summary, key)
+                if key == "name" and summary.level == "group":
                     value = f"{summary.name} (group)"
-                item = QtWidgets.QTableWidgetItem(_number(value))
-                if getattr(summary, "level", "") == "group":
+                item = QtWidgets.QTableWidgetItem(format_value(value))
+                if summary.level == "group":
                     font = item.font()
                     font.setBold(True)
                     item.setFont(font)
                 self.summary.setItem(r, c, item)
-        lines = [f"<b>{t.name}</b> {t.groups[0]} vs {t.groups[1]}: p = {_number(t.p)}"
+        lines = [f"<b>{t.name}</b> {t.groups[0]} vs {t.groups[1]}: p = {format_value(t.p)}"
                  + (f" <span style='color:#a60'>({t.caveat})</span>" if t.caveat else "") for t in result.tests]
         self.tests.setText("<br>".join(lines))
         for name, label in self.pictures.items():

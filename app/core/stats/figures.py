@@ -34,6 +34,7 @@ from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
 from app.core.fileutil import atomic_path
+from app.core.stats.tables import format_value
 
 #: Figures written by :func:`save_group_figures` (and ``cellpol stats``): file stem → what it shows.
 FIGURES = {
@@ -417,23 +418,6 @@ PAGE_NUMBERS = (
 )
 
 
-def _format_value(value: Any) -> str:
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        if not math.isfinite(value):
-            return "—"
-        if value != 0 and abs(value) < 1e-3:
-            return f"{value:.2e}"
-        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
-    if isinstance(value, (list, tuple)):
-        return "(" + ", ".join(_format_value(v) for v in value) + ")"
-    return str(value)
-
-
 def _page_numbers(row: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The (label, value) lines of a group's page: :data:`PAGE_NUMBERS` where the row has them, with the 95%
     bootstrap interval beside a statistic that has one, and what the bootstrap resampled."""
@@ -441,10 +425,10 @@ def _page_numbers(row: Mapping[str, Any]) -> list[tuple[str, str]]:
     for column, label in PAGE_NUMBERS:
         if column not in row:
             continue
-        value = _format_value(row[column])
+        value = format_value(row[column])
         low, high = row.get(f"{column}_ci_low"), row.get(f"{column}_ci_high")
         if low is not None and high is not None and value != "—":
-            value += f"  [{_format_value(low)}, {_format_value(high)}]"
+            value += f"  [{format_value(low)}, {format_value(high)}]"
         lines.append((label, value))
     if "ci_unit" in row:
         lines.append(("[95% bootstrap CI] resampled", str(row["ci_unit"])))
@@ -516,7 +500,7 @@ def first_page(provenance: Mapping[str, Any], test_rows: Sequence[Mapping[str, A
     if groups:
         lines.append(f"Groups: {Path(str(groups.get('path'))).name}  sha256 {str(groups.get('sha256', ''))[:16]}…")
     lines.append(f"Reference: {_describe_reference(provenance.get('reference'))}")
-    settings = [f"{k} = {_format_value(provenance[k])}" for k in ("min_score", "n_boot", "n_perm", "seed")
+    settings = [f"{k} = {format_value(provenance[k])}" for k in ("min_score", "n_boot", "n_perm", "seed")
                 if k in provenance]
     if settings:
         lines.append("Settings: " + ", ".join(settings))
@@ -533,8 +517,8 @@ def first_page(provenance: Mapping[str, Any], test_rows: Sequence[Mapping[str, A
         return figure
     test_lines = []
     for row in test_rows:
-        test_lines.append(f"{row.get('group_1', '')} vs {row.get('group_2', '')}: p = {_format_value(row.get('p'))}"
-                          f"  (statistic {_format_value(row.get('statistic'))}, {row.get('n_1', '')} vs "
+        test_lines.append(f"{row.get('group_1', '')} vs {row.get('group_2', '')}: p = {format_value(row.get('p'))}"
+                          f"  (statistic {format_value(row.get('statistic'))}, {row.get('n_1', '')} vs "
                           f"{row.get('n_2', '')} {row.get('unit', '')})")
         test_lines.append("    " + str(row.get("test", "")))
     ax.text(0.0, y, "\n".join(test_lines), va="top", ha="left", fontsize=7, family="monospace",
@@ -555,7 +539,7 @@ def _draw_group_table(ax, rows: Sequence[Mapping[str, Any]], top: float) -> floa
     """The per-group table at axes height ``top``; returns the height below it."""
     ax.text(0.0, top, "Per group", va="top", ha="left", fontsize=10, weight="bold", transform=ax.transAxes)
     columns = [(c, label) for c, label in FIRST_PAGE_GROUP_COLUMNS if any(c in r for r in rows)]
-    cells = [[str(row.get(c, "")) if isinstance(row.get(c), str) else _format_value(row.get(c, float("nan")))
+    cells = [[str(row.get(c, "")) if isinstance(row.get(c), str) else format_value(row.get(c, float("nan")))
               for c, _ in columns] for row in rows]
     height = 0.022 * (len(rows) + 1)
     table = ax.table(cellText=cells, colLabels=[label for _, label in columns], loc="upper left",
@@ -574,9 +558,9 @@ def _describe_reference(reference: Any) -> str:
         kind = reference.get("kind")
         xyz = reference.get("xyz")
         if kind == "point":
-            return f"point {_format_value(xyz)} (voxels x y z): radial polarity"
+            return f"point {format_value(xyz)} (voxels x y z): radial polarity"
         if kind == "axis":
-            return f"axis {_format_value(xyz)} (x y z)"
+            return f"axis {format_value(xyz)} (x y z)"
     return str(reference)
 
 

@@ -9,6 +9,7 @@ them, with that caveat, because it is the test most papers use.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
@@ -556,3 +557,22 @@ def _pair_tests(valid: VectorTable, first: str, second: str, n_perm: int,
         method="F = K (N - 2)(R1 + R2 - R) / (N - R1 - R2), K = 1 + 3/(8 kappa), on F(1, N - 2) (Zar 2010, ch. 27).",
     ))
     return tests
+
+
+def format_value(value: Any) -> str:
+    """A statistic as people read it: 3 significant digits, small p-values in exponent form, "—" for NaN;
+    the one rule of the report, the figures and the Statistics panel."""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        if not math.isfinite(value):
+            return "—"
+        if value != 0 and abs(value) < 1e-3:
+            return f"{value:.2e}"
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+    if isinstance(value, (list, tuple)):
+        return "(" + ", ".join(format_value(v) for v in value) + ")"
+    return str(value)
