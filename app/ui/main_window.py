@@ -42,7 +42,7 @@ from app.ui.screenshot import grab_window, save_screenshot
 from app.ui.slice_views import OrthoViews
 from app.ui.state import ViewerState
 from app.ui.status_bar import StatusBar
-from app.ui.window_panels import PanelsMixin
+from app.ui.window_panels import LAZY_PANELS, PanelsMixin
 from app.ui.workers import JobFactory, JobHandle, freeze_heap, run_in_thread, start_job
 
 __all__ = ["MainWindow", "demo_data", "grab_window", "run_app", "save_screenshot"]
@@ -237,18 +237,9 @@ class MainWindow(PanelsMixin, QtWidgets.QMainWindow):
         self.resizeDocks([self.vectors_dock], [460], QtCore.Qt.Orientation.Horizontal)
         if self.viewer3d is not None:
             self.resizeDocks([self.view3d_dock, self.vectors_dock], [420, 480], QtCore.Qt.Orientation.Vertical)
-        self.predict_dock: Optional[QtWidgets.QDockWidget] = None  # made on first use (show_predict_panel)
-        self.predict_panel = None
-        self.review_dock: Optional[QtWidgets.QDockWidget] = None  # made on first use (show_review_panel)
-        self.review_panel = None
-        self.evaluate_dock: Optional[QtWidgets.QDockWidget] = None  # made on first use (show_evaluate_panel)
-        self.evaluate_panel = None
-        self.stats_dock: Optional[QtWidgets.QDockWidget] = None  # made on first use (show_stats_panel)
-        self.stats_panel = None
-        self.train_dock: Optional[QtWidgets.QDockWidget] = None  # made on first use (show_train_panel)
-        self.train_panel = None
-        self.synth_dock: Optional[QtWidgets.QDockWidget] = None  # made on first use (show_synth_panel)
-        self.synth_panel = None
+        for key in LAZY_PANELS:  # made on first use by show_<key>_panel (app.ui.window_panels)
+            setattr(self, f"{key}_dock", None)
+            setattr(self, f"{key}_panel", None)
         self.jobs_dock = JobsDock(self)
         self.jobs_dock.use_device = self.set_device  # out of GPU memory: offer the CPU
         self.addDockWidget(QtCore.Qt.DockWidgetArea.BottomDockWidgetArea, self.jobs_dock)

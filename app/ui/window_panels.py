@@ -9,7 +9,7 @@ live in their own modules and hold no job logic.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from PySide6 import QtCore, QtWidgets
 
@@ -25,6 +25,8 @@ if TYPE_CHECKING:  # these panels are imported when first shown (the Predict pan
     from app.ui.synth_panel import SynthPanel
     from app.ui.train_panel import TrainPanel
 
+#: The panels made on first use: ``<key>_panel`` and ``<key>_dock`` of the window are ``None`` until then.
+LAZY_PANELS = ("predict", "review", "evaluate", "stats", "train", "synth")
 #: The review actions that need a prediction still to review.
 REVIEW_ACTIONS = ("accept", "reject", "previous_unreviewed", "next_unreviewed", "reject_below")
 
@@ -47,14 +49,9 @@ class PanelsMixin:
             self.predict_panel.batch_finished.connect(lambda _records: self._predictions_done())
             self.predict_panel.model_changed.connect(self._predict_model_changed)
             self.document.document_changed.connect(self.predict_panel.refresh_models)
-            self.predict_dock = self._dock("Predict", "predict_dock", self.predict_panel)
-            self.addDockWidget(QtCore.Qt.DockWidgetArea.RightDockWidgetArea, self.predict_dock)
-            self.tabifyDockWidget(self.vectors_dock, self.predict_dock)
+            self._install_panel("predict", "Predict", self.predict_panel)
             self.resizeDocks([self.predict_dock], [520], QtCore.Qt.Orientation.Horizontal)
-            self.view_menu.addAction(self.predict_dock.toggleViewAction())
-        self.predict_dock.show()
-        self.predict_dock.raise_()
-        return self.predict_panel
+        return self._raise_panel("predict")
 
     def add_predictions(self, pairs) -> None:
         """Put predicted vectors of the open image into the annotation model, to review (one undoable step)."""
@@ -92,14 +89,9 @@ class PanelsMixin:
     def show_review_panel(self) -> ReviewPanel:
         """The Review dock (made on first use)."""
         if self.review_dock is None:
-            self.review_panel = ReviewPanel(self.state, self.document, self.actions, self.open_project_image)
-            self.review_dock = self._dock("Review", "review_dock", self.review_panel)
-            self.addDockWidget(QtCore.Qt.DockWidgetArea.RightDockWidgetArea, self.review_dock)
-            self.tabifyDockWidget(self.vectors_dock, self.review_dock)
-            self.view_menu.addAction(self.review_dock.toggleViewAction())
-        self.review_dock.show()
-        self.review_dock.raise_()
-        return self.review_panel
+            self._install_panel("review", "Review", ReviewPanel(self.state, self.document, self.actions,
+                                                                self.open_project_image))
+        return self._raise_panel("review")
 
     def show_evaluate_panel(self) -> "EvaluatePanel":
         """The Evaluate dock (made on first use). It opens floating, as a window of its own beside the main one:
@@ -108,28 +100,19 @@ class PanelsMixin:
         if self.evaluate_dock is None:
             from app.ui.evaluate_panel import EvaluatePanel
 
-            self.evaluate_panel = EvaluatePanel(self.start_job, self.open_at, lambda: self.document.project)
-            self.evaluate_dock = self._dock("Evaluate", "evaluate_dock", self.evaluate_panel)
-            self.addDockWidget(QtCore.Qt.DockWidgetArea.BottomDockWidgetArea, self.evaluate_dock)
-            self._float_beside(self.evaluate_dock, 1200, 860)
-            self.view_menu.addAction(self.evaluate_dock.toggleViewAction())
-        self.evaluate_dock.show()
-        self.evaluate_dock.raise_()
-        return self.evaluate_panel
+            self._install_panel("evaluate", "Evaluate",
+                                EvaluatePanel(self.start_job, self.open_at, lambda: self.document.project),
+                                floating=(1200, 860), area=QtCore.Qt.DockWidgetArea.BottomDockWidgetArea)
+        return self._raise_panel("evaluate")
 
     def show_stats_panel(self) -> "StatsPanel":
         """The Statistics dock (made on first use: matplotlib and scipy load then)."""
         if self.stats_dock is None:
             from app.ui.stats_panel import StatsPanel
 
-            self.stats_panel = StatsPanel(self.state, self.document, self.start_job)
-            self.stats_dock = self._dock("Statistics", "stats_dock", self.stats_panel)
-            self.addDockWidget(QtCore.Qt.DockWidgetArea.RightDockWidgetArea, self.stats_dock)
-            self._float_beside(self.stats_dock, 760, 900)  # figures need room; it can be docked like any panel
-            self.view_menu.addAction(self.stats_dock.toggleViewAction())
-        self.stats_dock.show()
-        self.stats_dock.raise_()
-        return self.stats_panel
+            self._install_panel("stats", "Statistics", StatsPanel(self.state, self.document, self.start_job),
+                                floating=(760, 900))  # the figures need room
+        return self._raise_panel("stats")
 
     def show_train_panel(self) -> "TrainPanel":
         """The Train dock (made on first use), a window of its own beside the main one."""
@@ -142,14 +125,9 @@ class PanelsMixin:
             if self.predict_panel is not None:  # retraining starts from the model the user predicts with
                 self.train_panel.default_model = self.predict_panel.model
             self.document.document_changed.connect(self.train_panel.refresh)
-            self.train_dock = self._dock("Train", "train_dock", self.train_panel)
-            self.addDockWidget(QtCore.Qt.DockWidgetArea.RightDockWidgetArea, self.train_dock)
-            self._float_beside(self.train_dock, 1100, 820)
-            self.view_menu.addAction(self.train_dock.toggleViewAction())
+            self._install_panel("train", "Train", self.train_panel, floating=(1100, 820))
         self.train_panel.refresh()
-        self.train_dock.show()
-        self.train_dock.raise_()
-        return self.train_panel
+        return self._raise_panel("train")
 
     def show_synth_panel(self) -> "SynthPanel":
         """The Synthesis dock (made on first use), a window of its own beside the main one."""
@@ -161,14 +139,9 @@ class PanelsMixin:
             self.document.document_changed.connect(self.synth_panel.refresh)
             self.synth_panel.training_folders_changed.connect(
                 lambda _folders: self.train_panel.refresh() if self.train_panel is not None else None)
-            self.synth_dock = self._dock("Synthesize", "synth_dock", self.synth_panel)
-            self.addDockWidget(QtCore.Qt.DockWidgetArea.RightDockWidgetArea, self.synth_dock)
-            self._float_beside(self.synth_dock, 1000, 820)
-            self.view_menu.addAction(self.synth_dock.toggleViewAction())
+            self._install_panel("synth", "Synthesize", self.synth_panel, floating=(1000, 820))
         self.synth_panel.refresh()
-        self.synth_dock.show()
-        self.synth_dock.raise_()
-        return self.synth_panel
+        return self._raise_panel("synth")
 
     def compare_with_open_image(self, volume_path):
         """Show a (synthetic) volume beside the image open in the window, in a window of their own."""
@@ -206,6 +179,29 @@ class PanelsMixin:
         panel = self.show_predict_panel()
         panel.refresh_models()
         return panel.predict_images(fresh, model)
+
+    def _install_panel(self, key: str, title: str, panel: QtWidgets.QWidget,
+                       floating: Optional[tuple[int, int]] = None,
+                       area: QtCore.Qt.DockWidgetArea = QtCore.Qt.DockWidgetArea.RightDockWidgetArea) -> None:
+        """Put a panel made on first use into its dock ``<key>_dock`` (``<key>_panel`` keeps the panel): tabbed
+        with the Vectors panel, or, with ``floating`` (width, height), a window of its own that can be docked
+        like any panel; listed in the View menu."""
+        dock = self._dock(title, f"{key}_dock", panel)
+        self.addDockWidget(area, dock)
+        if floating is not None:
+            self._float_beside(dock, *floating)
+        else:
+            self.tabifyDockWidget(self.vectors_dock, dock)
+        self.view_menu.addAction(dock.toggleViewAction())
+        setattr(self, f"{key}_panel", panel)
+        setattr(self, f"{key}_dock", dock)
+
+    def _raise_panel(self, key: str):
+        """Show and raise the dock of the panel ``key``; the panel."""
+        dock = getattr(self, f"{key}_dock")
+        dock.show()
+        dock.raise_()
+        return getattr(self, f"{key}_panel")
 
     def _float_beside(self, dock: QtWidgets.QDockWidget, width: int, height: int) -> None:
         """Float ``dock`` as a window of its own, as large as asked where the screen allows, centred on it."""
