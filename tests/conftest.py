@@ -24,3 +24,31 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared test data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture
+def settings(tmp_path):
+    """The window's settings in a file of this test's own (nothing remembered from other tests or the user)."""
+    from PySide6 import QtCore
+
+    QtCore.QStandardPaths.setTestModeEnabled(True)
+    return QtCore.QSettings(str(tmp_path / "settings.ini"), QtCore.QSettings.Format.IniFormat)
+
+
+@pytest.fixture
+def window(qtbot, settings):
+    """The main window without its 3D view, shown, dialogs answered without asking (test_ui_annotation.make_window)."""
+    from test_ui_annotation import make_window
+
+    window = make_window(qtbot, settings)
+    yield window
+    window.release()
+
+
+@pytest.fixture
+def image_path(tmp_path):
+    """A two-cell ImageJ TIFF (test_ui_annotation.cell_volume) with its voxel size."""
+    from app.core.imageio import write_imagej_tiff
+    from test_ui_annotation import cell_volume
+
+    return write_imagej_tiff(tmp_path / "cells.tif", cell_volume())

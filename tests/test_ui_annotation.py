@@ -17,7 +17,6 @@ pytest.importorskip("pyqtgraph")
 from PySide6 import QtCore, QtGui, QtWidgets  # noqa: E402
 
 from app.core.annotation import autosave_path_for  # noqa: E402
-from app.core.imageio import write_imagej_tiff  # noqa: E402
 from app.core.pairs import PairSet, read_pairs  # noqa: E402
 from app.core.project import Project  # noqa: E402
 from app.core.volume import Volume  # noqa: E402
@@ -47,17 +46,6 @@ def cell_volume() -> Volume:
     return Volume(data, VOXEL, channel_names=("nuclei", "golgi"))
 
 
-@pytest.fixture
-def image_path(tmp_path):
-    return write_imagej_tiff(tmp_path / "cells.tif", cell_volume())
-
-
-@pytest.fixture
-def settings(tmp_path):
-    QtCore.QStandardPaths.setTestModeEnabled(True)
-    return QtCore.QSettings(str(tmp_path / "settings.ini"), QtCore.QSettings.Format.IniFormat)
-
-
 def make_window(qtbot, settings, enable_3d=False) -> MainWindow:
     window = MainWindow(settings=settings, enable_3d=enable_3d)
     window.document.interactive = False  # any unexpected dialog would block; answer without it
@@ -70,18 +58,25 @@ def make_window(qtbot, settings, enable_3d=False) -> MainWindow:
     return window
 
 
-@pytest.fixture
-def window(qtbot, settings):
-    window = make_window(qtbot, settings)
-    yield window
-    window.release()
-
-
 def open_image(qtbot, window, path) -> None:
     """Open ``path`` and let the views take their final size (as they have before a user can click)."""
     assert window.open_path(path)
     qtbot.wait(30)
     QtWidgets.QApplication.processEvents()
+
+
+def drag(qtbot, view, start_voxel, end_voxel) -> None:
+    """Press at one voxel of a slice view, move in steps and release at another (a real mouse drag)."""
+    viewport = view.graphics.viewport()
+    start, end = view.viewport_pos(start_voxel), view.viewport_pos(end_voxel)
+    qtbot.mousePress(viewport, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, start)
+    for t in np.linspace(0.1, 1.0, 8):
+        point = QtCore.QPoint(int(start.x() + t * (end.x() - start.x())), int(start.y() + t * (end.y() - start.y())))
+        move = QtGui.QMouseEvent(QtCore.QEvent.Type.MouseMove, QtCore.QPointF(point),
+                                 QtCore.QPointF(viewport.mapToGlobal(point)), Qt.MouseButton.NoButton,
+                                 Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+        QtWidgets.QApplication.sendEvent(viewport, move)
+    qtbot.mouseRelease(viewport, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, end)
 
 
 def click(qtbot, view, voxel, modifiers=Qt.KeyboardModifier.NoModifier, button=Qt.MouseButton.LeftButton):
@@ -156,16 +151,7 @@ def test_drag_a_golgi_marker_moves_it_and_undo_restores(qtbot, window, image_pat
     window.state.set_snap(on=False)
     model.add_pair(NUCLEUS_A, (5, 30, 34))
     window.state.set_cursor(NUCLEUS_A)
-    viewport = xy.graphics.viewport()
-    start, end = xy.viewport_pos((5, 30, 34)), xy.viewport_pos((5, 40, 40))
-    qtbot.mousePress(viewport, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, start)
-    for t in np.linspace(0.1, 1.0, 8):
-        point = QtCore.QPoint(int(start.x() + t * (end.x() - start.x())), int(start.y() + t * (end.y() - start.y())))
-        move = QtGui.QMouseEvent(QtCore.QEvent.Type.MouseMove, QtCore.QPointF(point),
-                                 QtCore.QPointF(viewport.mapToGlobal(point)), Qt.MouseButton.NoButton,
-                                 Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
-        QtWidgets.QApplication.sendEvent(viewport, move)
-    qtbot.mouseRelease(viewport, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, end)
+    drag(qtbot, xy, (5, 30, 34), (5, 40, 40))
     moved = model.pairs[0]
     assert moved.golgi == pytest.approx((5, 40, 40), abs=0.6)
     assert moved.nucleus == NUCLEUS_A

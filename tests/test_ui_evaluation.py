@@ -20,9 +20,6 @@ from test_ui_annotation import (  # noqa: E402
     VOXEL,
     key,
     open_image,
-    window,  # noqa: F401  (fixture)
-    settings,  # noqa: F401  (fixture)
-    image_path,  # noqa: F401  (fixture)
 )
 
 Qt = QtCore.Qt

@@ -12,7 +12,7 @@ from PySide6 import QtCore  # noqa: E402
 from app.core.imageio import write_imagej_tiff  # noqa: E402
 from app.core.pairs import read_pairs  # noqa: E402
 from app.core.project import Project  # noqa: E402
-from test_ui_annotation import GOLGI_A, NUCLEUS_A, cell_volume, click, key, make_window  # noqa: E402
+from test_ui_annotation import GOLGI_A, NUCLEUS_A, cell_volume, click, key  # noqa: E402
 
 Qt = QtCore.Qt
 COLUMN = {"image": 0, "shape": 1, "voxel": 2, "pairs": 3, "predicted": 4, "reviewed": 5, "status": 6}
@@ -25,15 +25,6 @@ def project(tmp_path):
         write_imagej_tiff(project.folder("images") / name, cell_volume())
     (project.folder("results") / "b.vectors.csv").write_text("nucleus_x,nucleus_y,nucleus_z,golgi_x,golgi_y,golgi_z\n")
     return project
-
-
-@pytest.fixture
-def window(qtbot, tmp_path):
-    QtCore.QStandardPaths.setTestModeEnabled(True)
-    settings = QtCore.QSettings(str(tmp_path / "settings.ini"), QtCore.QSettings.Format.IniFormat)
-    window = make_window(qtbot, settings)
-    yield window
-    window.release()
 
 
 def cell(panel, row, column) -> str:

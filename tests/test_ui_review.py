@@ -10,12 +10,12 @@ import pytest
 
 pytest.importorskip("PySide6")
 pytest.importorskip("pyqtgraph")
-from PySide6 import QtCore, QtGui, QtWidgets  # noqa: E402
+from PySide6 import QtCore, QtWidgets  # noqa: E402
 
 from app.core.imageio import write_imagej_tiff  # noqa: E402
 from app.core.pairs import PairSet, read_pairs, write_pairs  # noqa: E402
 from app.core.project import Project  # noqa: E402
-from test_ui_annotation import GOLGI_A, NUCLEUS_A, NUCLEUS_B, GOLGI_B, VOXEL, cell_volume, key, make_window  # noqa: E402
+from test_ui_annotation import GOLGI_A, GOLGI_B, NUCLEUS_A, NUCLEUS_B, VOXEL, cell_volume, drag, key  # noqa: E402
 
 Qt = QtCore.Qt
 # image a: three predictions (the 0.4 one is the least confident); image b: two, one at 0.2
@@ -38,15 +38,6 @@ def project(tmp_path):
     return project
 
 
-@pytest.fixture
-def window(qtbot, tmp_path):
-    QtCore.QStandardPaths.setTestModeEnabled(True)
-    settings = QtCore.QSettings(str(tmp_path / "settings.ini"), QtCore.QSettings.Format.IniFormat)
-    window = make_window(qtbot, settings)
-    yield window
-    window.release()
-
-
 def button(panel, action) -> QtWidgets.QToolButton:
     found = [b for b in panel.findChildren(QtWidgets.QToolButton) if b.defaultAction() is action]
     assert found, action.objectName()
@@ -64,19 +55,6 @@ def reviewed_cell(window, row) -> str:
     from app.ui.project_panel import COLUMNS
 
     return panel.table.item(row, COLUMNS.index("Reviewed")).text()
-
-
-def drag(qtbot, view, start_voxel, end_voxel) -> None:
-    viewport = view.graphics.viewport()
-    start, end = view.viewport_pos(start_voxel), view.viewport_pos(end_voxel)
-    qtbot.mousePress(viewport, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, start)
-    for t in np.linspace(0.1, 1.0, 8):
-        point = QtCore.QPoint(int(start.x() + t * (end.x() - start.x())), int(start.y() + t * (end.y() - start.y())))
-        move = QtGui.QMouseEvent(QtCore.QEvent.Type.MouseMove, QtCore.QPointF(point),
-                                 QtCore.QPointF(viewport.mapToGlobal(point)), Qt.MouseButton.NoButton,
-                                 Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
-        QtWidgets.QApplication.sendEvent(viewport, move)
-    qtbot.mouseRelease(viewport, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, end)
 
 
 def open_a(qtbot, window, project):

@@ -14,18 +14,9 @@ from PySide6 import QtCore, QtWidgets  # noqa: E402
 from app.core.imageio import write_imagej_tiff  # noqa: E402
 from app.core.pairs import PairSet, write_pairs  # noqa: E402
 from app.core.project import Project  # noqa: E402
-from test_ui_annotation import VOXEL, cell_volume, click, make_window  # noqa: E402
+from test_ui_annotation import VOXEL, cell_volume, click  # noqa: E402
 
 Qt = QtCore.Qt
-
-
-@pytest.fixture
-def window(qtbot, tmp_path):
-    QtCore.QStandardPaths.setTestModeEnabled(True)
-    settings = QtCore.QSettings(str(tmp_path / "settings.ini"), QtCore.QSettings.Format.IniFormat)
-    window = make_window(qtbot, settings)
-    yield window
-    window.release()
 
 
 def cells(n, direction_xy, rng, spread=0.2, score=None) -> PairSet:
