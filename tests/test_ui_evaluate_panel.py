@@ -262,35 +262,28 @@ def test_project_defaults_and_project_predictions(qtbot, data, tmp_path):
     assert all(len(panel.curves[t]) == 3 for t in TITLES)
 
 
-def test_evaluate_from_the_window_opens_the_cell_of_a_mistake(qtbot, tmp_path):
+def test_evaluate_from_the_window_opens_the_cell_of_a_mistake(qtbot, tmp_path, window):
     """Analysis ▸ Evaluate… in the window: the project's annotations against its results; a false positive in
     the list opens its image at that cell (the window's open_at)."""
-    from test_ui_annotation import make_window
-
     project = Project.create(tmp_path / "study")
     for stem, nuclei in GT.items():
         tifffile.imwrite(project.folder("images") / f"{stem}.tif", np.zeros(SHAPE, np.uint16), imagej=True,
                          resolution=(1.0, 1.0), metadata={"spacing": 1.0, "unit": "um", "axes": "ZYX"})
         write_set(project.folder("annotations"), stem, nuclei)
         write_set(project.folder("results"), stem, *PARTIAL[stem])
-    settings = QtCore.QSettings(str(tmp_path / "settings.ini"), QtCore.QSettings.Format.IniFormat)
-    window = make_window(qtbot, settings)
-    try:
-        assert window.open_path(project.root)
-        window.actions["evaluate"].trigger()
-        panel = window.evaluate_panel
-        assert window.actions["evaluate"].objectName() == "cellpol.analysis.evaluate"
-        assert window.evaluate_dock.isVisible() and panel.objectName() == "cellpol.evaluate"
-        assert panel.gt_edit.text() == str(project.folder("annotations"))
-        panel.add_project_predictions()
-        panel.evaluate()
-        qtbot.waitUntil(lambda: not panel.busy, timeout=20000)
-        result = panel.results[PROJECT_RESULTS_LABEL]
-        assert result.tp[0] == 5 and result.fp[0] == 1
-        _label, false_positive = panel.mistakes_at(0)[0]
-        assert false_positive.kind == "false positive" and false_positive.image == "a"
-        panel.open_mistake(0)
-        assert window.document.image_path == project.folder("images") / "a.tif"
-        assert window.state.cursor == pytest.approx((4, 65, 15))
-    finally:
-        window.release()
+    assert window.open_path(project.root)
+    window.actions["evaluate"].trigger()
+    panel = window.evaluate_panel
+    assert window.actions["evaluate"].objectName() == "cellpol.analysis.evaluate"
+    assert window.evaluate_dock.isVisible() and panel.objectName() == "cellpol.evaluate"
+    assert panel.gt_edit.text() == str(project.folder("annotations"))
+    panel.add_project_predictions()
+    panel.evaluate()
+    qtbot.waitUntil(lambda: not panel.busy, timeout=20000)
+    result = panel.results[PROJECT_RESULTS_LABEL]
+    assert result.tp[0] == 5 and result.fp[0] == 1
+    _label, false_positive = panel.mistakes_at(0)[0]
+    assert false_positive.kind == "false positive" and false_positive.image == "a"
+    panel.open_mistake(0)
+    assert window.document.image_path == project.folder("images") / "a.tif"
+    assert window.state.cursor == pytest.approx((4, 65, 15))

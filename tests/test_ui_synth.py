@@ -313,42 +313,35 @@ def test_vox2vox_trains_with_live_curves_pauses_cancels_resumes_and_generates(qt
     assert failing.status == "failed" and "multiple of" in panel.status.text()
 
 
-def test_in_the_window_a_run_ticked_for_training_is_mixed_in_by_the_train_panel(qtbot, tmp_path):
+def test_in_the_window_a_run_ticked_for_training_is_mixed_in_by_the_train_panel(qtbot, tmp_path, window):
     """Analysis ▸ Synthesize: a simulated run ticked "Use in training" becomes the Train panel's synthetic folder,
-    with mixing ticked (the "one tick" of the issue), and a volume double-clicked opens in the main window."""
-    from test_ui_annotation import make_window
-
+    with mixing ticked (the "one tick" of the issue), and a volume is compared side by side with the open image."""
     project = Project.create(tmp_path / "study")
-    settings = QtCore.QSettings(str(tmp_path / "settings.ini"), QtCore.QSettings.Format.IniFormat)
-    window = make_window(qtbot, settings)
-    try:
-        assert window.open_path(project.root)
-        window.actions["synthesize"].trigger()
-        panel = window.synth_panel
-        assert window.synth_dock.isVisible() and panel.objectName() == "cellpol.synth"
-        simulate(qtbot, panel, name="sim")
-        assert (project.folder("synthetic") / "sim").is_dir()
-        train = window.show_train_panel()
-        assert not train.synthetic.isChecked()
-        panel.set_use_in_training("sim", True)
-        assert train.synthetic.isChecked()
-        assert Path(train.synthetic_dir.text()) == project.folder("synthetic") / "sim"
+    assert window.open_path(project.root)
+    window.actions["synthesize"].trigger()
+    panel = window.synth_panel
+    assert window.synth_dock.isVisible() and panel.objectName() == "cellpol.synth"
+    simulate(qtbot, panel, name="sim")
+    assert (project.folder("synthetic") / "sim").is_dir()
+    train = window.show_train_panel()
+    assert not train.synthetic.isChecked()
+    panel.set_use_in_training("sim", True)
+    assert train.synthetic.isChecked()
+    assert Path(train.synthetic_dir.text()) == project.folder("synthetic") / "sim"
 
-        # beside a real image: the selected volume and the open image side by side, at one scale (µm)
-        assert panel.compare_selected() is None  # nothing selected yet
-        real = synthesize_dataset(tmp_path / "real", 1, shape=(12, 96, 80), voxel_size=(1.0, 0.25, 0.25), seed=9)
-        assert window.open_path(tmp_path / "real" / "synth_0000.tif") and real is not None
-        panel.tree.setCurrentItem(panel.run_item("sim"))
-        compare = panel.compare_selected()
-        assert compare is not None and compare.objectName() == "cellpol.compare" and compare.isVisible()
-        synthetic_pane, real_pane = compare.panes
-        assert real_pane.volume.spatial_shape == (12, 96, 80) and synthetic_pane.volume.spatial_shape == (8, 48, 48)
-        assert real_pane.image.image.shape[:2] == (96, 80)  # the maximum projection, as RGB
-        shown = real_pane.image.mapRectToParent(real_pane.image.boundingRect())
-        assert (shown.width(), shown.height()) == pytest.approx((80 * 0.25, 96 * 0.25))  # in µm
-        compare.mip.setChecked(False)
-        compare.depth.setValue(100)
-        assert compare.depth.isEnabled()
-        compare.close()
-    finally:
-        window.release()
+    # beside a real image: the selected volume and the open image side by side, at one scale (µm)
+    assert panel.compare_selected() is None  # nothing selected yet
+    synthesize_dataset(tmp_path / "real", 1, shape=(12, 96, 80), voxel_size=(1.0, 0.25, 0.25), seed=9)
+    assert window.open_path(tmp_path / "real" / "synth_0000.tif")
+    panel.tree.setCurrentItem(panel.run_item("sim"))
+    compare = panel.compare_selected()
+    assert compare is not None and compare.objectName() == "cellpol.compare" and compare.isVisible()
+    synthetic_pane, real_pane = compare.panes
+    assert real_pane.volume.spatial_shape == (12, 96, 80) and synthetic_pane.volume.spatial_shape == (8, 48, 48)
+    assert real_pane.image.image.shape[:2] == (96, 80)  # the maximum projection, as RGB
+    shown = real_pane.image.mapRectToParent(real_pane.image.boundingRect())
+    assert (shown.width(), shown.height()) == pytest.approx((80 * 0.25, 96 * 0.25))  # in µm
+    compare.mip.setChecked(False)
+    compare.depth.setValue(100)
+    assert compare.depth.isEnabled()
+    compare.close()
