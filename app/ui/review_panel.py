@@ -101,6 +101,7 @@ class ReviewPanel(QtWidgets.QWidget):
         self.document = document
         self._open_image = open_image
         self._actions = actions
+        self.last_message = ""  # what the panel last said (in the status bar)
 
         self.title = QtWidgets.QLabel(objectName="cellpol.review.title")
         self.title.setWordWrap(True)
