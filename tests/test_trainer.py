@@ -324,3 +324,29 @@ def test_a_run_killed_with_sigkill_resumes(sampler, tmp_path):
     steps = [e.step for e in train(tiny_spec(), sampler, small_config(steps=state["step"] + 2), folder)
              if e.kind == "step"]
     assert steps == [state["step"] + 1, state["step"] + 2]
+
+
+def test_appearance_shift_changes_the_look_but_not_the_objects(sampler):
+    """Appearance shifts (other microscopes' nuisances) alter intensities, keep pairs, stay off by default."""
+    from app.training.data import appearance_shift
+
+    assert AugmentConfig().appearance == 0.0 and AugmentConfig.off().appearance == 0.0
+    rng = np.random.default_rng(3)
+    crop = np.zeros((2, 8, 32, 32), np.float32)
+    crop[0, 3:5, 10:16, 10:16] = 1.0  # a nucleus
+    crop[1, 3:5, 20:23, 20:23] = 0.8  # a Golgi
+    shifted = [appearance_shift(crop, rng) for _ in range(40)]
+    assert all(s.shape == crop.shape and s.dtype == np.float32 and np.isfinite(s).all() for s in shifted)
+    assert all(not np.shares_memory(s, crop) for s in shifted) and crop.max() == 1.0  # input untouched
+    assert sum(not np.allclose(s, crop) for s in shifted) >= 35
+    # Bleed-through happens in some draws: the Golgi channel brightens where only the nucleus is.
+    assert any(s[1, 4, 12, 12] > 0.05 for s in shifted)
+    # The objects stay where they were: each channel's brightest region is still its object on average.
+    mean = np.mean(shifted, axis=0)
+    assert mean[0, 3:5, 10:16, 10:16].mean() > 3 * mean[0, :, 25:, :5].mean()
+    assert mean[1, 3:5, 20:23, 20:23].mean() > 3 * mean[1, :, :5, 25:].mean()
+    # Through the sampler, pairs are untouched by it (same rng stream, with and without).
+    on = PatchSampler(sampler.volumes, PATCH, AugmentConfig(appearance=1.0))
+    off = PatchSampler(sampler.volumes, PATCH, AugmentConfig())
+    (a, pa), (b, pb) = on.sample(np.random.default_rng(9)), off.sample(np.random.default_rng(9))
+    assert np.allclose(pa.nuclei, pb.nuclei) and np.allclose(pa.golgi, pb.golgi) and not np.allclose(a, b)

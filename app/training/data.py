@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+from scipy import ndimage
 
 from app.core.errors import CellPolError
 from app.core.pairs import PairSet
@@ -49,6 +50,8 @@ class AugmentConfig:
     with the flips gives every 90° rotation about the z axis (all 8 in-plane symmetries); pairs move with
     the image. Intensity, per channel: contrast (gain U(0.6, 1.6)) and brightness (offset U(−0.1, 0.1)),
     gamma U(0.7, 1.4) and additive Gaussian noise (σ U(0, 0.08), on the normalised [0, 1] scale).
+    Appearance (``appearance``, off by default; the starter's ``--appearance``): the nuisances of other
+    microscopes and stains that a simulator's own optics do not vary (:func:`appearance_shift`).
     """
 
     flip_y: float = 0.5
@@ -58,6 +61,7 @@ class AugmentConfig:
     intensity: float = 0.8  # per-channel gain U(0.6, 1.6) and offset U(-0.1, 0.1)
     gamma: float = 0.3  # per-channel gamma U(0.7, 1.4)
     noise: float = 0.3  # additive Gaussian noise, sigma U(0, 0.08)
+    appearance: float = 0.0  # other microscopes' and stains' nuisances (appearance_shift)
 
     def __post_init__(self) -> None:
         for name, value in self.to_dict().items():
@@ -68,7 +72,7 @@ class AugmentConfig:
     @classmethod
     def off(cls) -> "AugmentConfig":
         """No augmentation at all (validation patches)."""
-        return cls(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        return cls(**{f.name: 0.0 for f in fields(cls)})
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -155,8 +159,69 @@ class PatchSampler:
                 crop[c] = crop[c] * rng.uniform(0.6, 1.6) + rng.uniform(-0.1, 0.1)
             if rng.random() < aug.noise:
                 crop[c] += rng.normal(0, rng.uniform(0, 0.08), crop[c].shape).astype(np.float32)
+        if aug.appearance and rng.random() < aug.appearance:
+            crop = appearance_shift(crop, rng)
         out = PairSet(nuclei, golgi, voxel_size=pairs.voxel_size, ids=pairs.ids)
         return crop, out
+
+
+def appearance_shift(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A normalised patch ``(2, Z, Y, X)`` (nucleus, Golgi) as another microscope and stain might show it.
+
+    Each nuisance applies with probability one half, independently, on the [0, 1] scale of normalised
+    images; none moves an object, so the pairs stay. They are what our simulator keeps fixed (its own PSF
+    family, noise model and stains), so a model trained with them leans less on those:
+
+    - bleed-through: each channel gains U(0, 0.2) of the other (either direction, filters and dyes overlap);
+    - optics: a channel blurred by a Gaussian of U(0.3, 1.2) voxels in y/x and U(0, 0.8) in z (other PSFs,
+      coarser acquisitions resampled up), or sharpened (unsharp mask) instead, one time in three;
+    - depth: signal falling (or rising) along z by exp(±z / L), L U(8, 40) voxels;
+    - background: a smooth additive field (a tilted plane plus a broad bump), up to 0.15;
+    - camera: signal-dependent (shot-like) noise of relative size U(0, 0.25), fixed-pattern row stripes, and
+      a few hot voxels per thousand;
+    - range: saturation at U(0.6, 1.0), or a coarser bit depth (64–256 levels).
+    """
+    out = np.ascontiguousarray(crop, dtype=np.float32).copy()
+    n_channels, nz, ny, nx = out.shape
+    if n_channels == 2 and rng.random() < 0.5:
+        a, b = rng.uniform(0.0, 0.2, 2) * (rng.random(2) < 0.6)
+        nucleus, golgi = out[0].copy(), out[1].copy()
+        out[0] += a * golgi
+        out[1] += b * nucleus
+    for c in range(n_channels):
+        if rng.random() < 0.5:
+            if rng.random() < 1 / 3:
+                smooth = ndimage.gaussian_filter(out[c], (0.0 if nz == 1 else 0.6, 1.0, 1.0))
+                out[c] = out[c] + rng.uniform(0.3, 1.0) * (out[c] - smooth)
+            else:
+                sxy = rng.uniform(0.3, 1.2)
+                sz = 0.0 if nz == 1 else rng.uniform(0.0, 0.8)
+                out[c] = ndimage.gaussian_filter(out[c], (sz, sxy, sxy))
+        if nz > 1 and rng.random() < 0.5:
+            z = np.arange(nz, dtype=np.float32) - rng.uniform(0, nz)
+            out[c] *= np.exp(np.clip(rng.choice([-1.0, 1.0]) * z / rng.uniform(8.0, 40.0), -3, 3))[:, None, None]
+        if rng.random() < 0.5:
+            yy = np.linspace(-1, 1, ny, dtype=np.float32)[:, None]
+            xx = np.linspace(-1, 1, nx, dtype=np.float32)[None, :]
+            cy, cx, w = rng.uniform(-1, 1), rng.uniform(-1, 1), rng.uniform(0.3, 1.0)
+            field = rng.uniform(-1, 1) * yy + rng.uniform(-1, 1) * xx + np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / w)
+            field -= field.min()
+            peak = float(field.max())
+            if peak > 0:
+                out[c] += (rng.uniform(0.0, 0.15) / peak) * field[None]
+        if rng.random() < 0.5:
+            scale = rng.uniform(0.0, 0.25)
+            out[c] += scale * np.sqrt(np.clip(out[c], 0, None)) * rng.standard_normal(out[c].shape).astype(np.float32)
+            out[c] += rng.normal(0.0, 0.02, (1, ny, 1)).astype(np.float32)
+            hot = rng.random(out[c].shape) < rng.uniform(0.0, 0.003)
+            out[c][hot] += rng.uniform(0.5, 1.5)
+        if rng.random() < 0.5:
+            if rng.random() < 0.5:
+                out[c] = np.minimum(out[c], rng.uniform(0.6, 1.0))
+            else:
+                levels = float(rng.integers(64, 257))
+                out[c] = np.round(np.clip(out[c], 0, None) * levels) / levels
+    return out
 
 
 def fixed_patches(volumes: Sequence[PreparedVolume], patch_shape: Sequence[int], n: int, seed: int = 0,

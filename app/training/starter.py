@@ -35,7 +35,7 @@ from app.core.modelfile import DecodingSpec, ModelSpec, load_model, load_spec, m
 from app.core.network import NetworkConfig, build_network
 from app.core.simulate import SimConfig, scene_layout_options, varied_sample_options
 from app.training.calibrate import best_row, calibrate_decoding
-from app.training.data import PatchSampler, synthetic_pool
+from app.training.data import AugmentConfig, PatchSampler, synthetic_pool
 from app.training.losses import LossConfig
 from app.training.trainer import TrainConfig, train, train_config_dict
 
@@ -88,6 +88,10 @@ def main(argv=None) -> int:
     parser.add_argument("--vary-samples", action="store_true",
                         help="each scene draws density, distractors, stain brightness and optics from wide ranges "
                              "(app.core.simulate.SAMPLE_VARIATION) instead of its preset's fixed amounts")
+    parser.add_argument("--appearance", type=float, default=0.0, metavar="P",
+                        help="share of patches shown as another microscope and stain might show them (bleed-through, "
+                             "other blur, depth loss, background, camera noise, saturation: "
+                             "app.training.data.appearance_shift); 0 = off")
     args = parser.parse_args(argv)
 
     out = Path(args.out)
@@ -123,9 +127,12 @@ def main(argv=None) -> int:
                 + (", 40% real 3DNGMic masks" if args.shapes_dir else "")
                 + (", varied samples (SAMPLE_VARIATION)" if args.vary_samples else "")
                 + (f", crowded layouts (LAYOUT_VARIATION) in {args.vary_layout:.0%} of scenes"
-                   if args.vary_layout else ""),
+                   if args.vary_layout else "")
+                + (f", appearance shifts (appearance_shift) on {args.appearance:.0%} of patches"
+                   if args.appearance else ""),
         "presets": list(args.presets), "pool_volumes": args.pool, "vary_samples": args.vary_samples,
-        "vary_layout": args.vary_layout, "refresh_every": args.refresh_every,
+        "vary_layout": args.vary_layout, "appearance": args.appearance,
+        "refresh_every": args.refresh_every,
         "patch_shape_zyx": list(patch_shape),
         "train": train_config_dict(config), "host": platform.node(), "python": platform.python_version(),
         "continued_from": init_provenance,
@@ -139,7 +146,8 @@ def main(argv=None) -> int:
                               field_um=POOL_FIELD_UM[args.dims], vary_samples=args.vary_samples,
                               vary_layout=args.vary_layout)
 
-    sampler = PatchSampler(new_pool(args.pool, args.seed * 1000), patch_shape)
+    sampler = PatchSampler(new_pool(args.pool, args.seed * 1000), patch_shape,
+                           AugmentConfig(appearance=args.appearance))
     started = time.time()
     for event in train(spec, sampler, config, checkpoints, init=init_path):
         if event.kind == "step":
