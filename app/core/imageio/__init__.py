@@ -11,7 +11,15 @@ Supported inputs (the format is recognised from the file's first bytes, not only
   B = vessels: ``layout="legacy-rgb"`` (or ``axes="YXZC"``).
 - **3DNGMic patches** ``.npy`` of shape ``(128, 128, 64, 2)`` = ``(row, column, Z, channel)``, channel 0 =
   Golgi, channel 1 = nuclei. Other ``.npy`` shapes need ``axes``.
-- **Zeiss CZI** (one scene at a time) with the scaling from its XML metadata.
+- **Zeiss CZI** (every scene) with the scaling and channel names from its XML metadata (czifile).
+- **Leica LIF** (every image of the project) with the dimension lengths and dye names (readlif).
+- **Nikon ND2** (every stage position) with voxel size and channel names (the ``nd2`` package).
+- **OME-Zarr** folders (NGFF 0.4 on Zarr v2, 0.5 on Zarr v3; bioformats2raw folders hold several images):
+  level 0 of the multiscales, scale and units of the axes, ``omero`` channel labels (zarr).
+
+A file with several series (scenes) is read one series at a time (``scene=``/``series=``); :func:`list_series`
+lists them. :func:`open_lazy` reads regions of a series without loading it whole (what is read for a region depends
+on the format: :class:`LazyImage`).
 
 Conventions every reader keeps:
 
@@ -30,13 +38,15 @@ Modules
 :mod:`~app.core.imageio.reading` the public API (:func:`read_volume`, :func:`read_image_info`, :func:`find_images`),
 channel roles and pixel types; :mod:`~app.core.imageio.axes` the axes rules; :mod:`~app.core.imageio.metadata`
 voxel size, channel names and roles as each format stores them; :mod:`~app.core.imageio.readers` the format readers;
-:mod:`~app.core.imageio.writers` :func:`write_imagej_tiff`. Everything public is importable from here.
+:mod:`~app.core.imageio.writers` :func:`write_imagej_tiff`; :mod:`~app.core.imageio.microscope` the LIF, ND2 and
+OME-Zarr readers; :mod:`~app.core.imageio.lazy` :func:`open_lazy` and :func:`list_series`. Everything public is importable from here.
 """
 
 from __future__ import annotations
 
 from app.core.imageio.axes import LEGACY_RGB_AXES, MAX_CHANNELS, NGMIC_PATCH_SHAPE
 from app.core.imageio.metadata import ImplausibleVoxelSizeError, _imagej_calibration, _unit_to_um
+from app.core.imageio.lazy import LazyImage, SeriesInfo, list_series, open_lazy
 from app.core.imageio.reading import IMAGE_SUFFIXES, find_images, read_image_info, read_volume
 from app.core.imageio.writers import write_imagej_tiff
 from app.core.volume import ImplausibleInputWarning
@@ -45,10 +55,14 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "ImplausibleInputWarning",
     "ImplausibleVoxelSizeError",
+    "LazyImage",
     "LEGACY_RGB_AXES",
     "MAX_CHANNELS",
     "NGMIC_PATCH_SHAPE",
+    "SeriesInfo",
     "find_images",
+    "list_series",
+    "open_lazy",
     "read_image_info",
     "read_volume",
     "write_imagej_tiff",

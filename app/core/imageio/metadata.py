@@ -54,7 +54,12 @@ class _Calibration:
 
 @dataclass
 class _RawImage:
-    """A stored image as its format reader sees it; ``load()`` reads the pixels while the file is open."""
+    """A stored image as its format reader sees it; ``load()`` reads the pixels while the file is open.
+
+    ``region`` (where the format can read part of an image) returns an array-like in the stored axes whose
+    ``[...]`` with one slice per axis reads only that part; ``series_names`` names every series (scene) of
+    the file, ``scene`` being the one described.
+    """
 
     format: str
     shape: tuple[int, ...]
@@ -66,6 +71,9 @@ class _RawImage:
     channel_names: Optional[tuple[str, ...]] = None
     stored_roles: dict[str, Optional[int]] = field(default_factory=dict)
     n_scenes: int = 1
+    region: Optional[Callable[[], Any]] = None
+    series_names: tuple[str, ...] = ()
+    lazy_note: str = ""  # how far region reads are lazy for this format, for LazyImage.lazy_note
 
 
 def _voxel_size_from(

@@ -1,6 +1,8 @@
 """Format readers: each recognises its file, opens it and describes what it holds as a
-:class:`~app.core.imageio.metadata._RawImage` whose ``load()`` reads the pixels (TIFF with ImageJ or OME-TIFF
-metadata, Zeiss CZI, NumPy ``.npy``). A damaged or truncated file is one :class:`~app.core.errors.FileFormatError`."""
+:class:`~app.core.imageio.metadata._RawImage` whose ``load()`` reads the pixels and whose ``region()`` reads parts
+of them (TIFF with ImageJ or OME-TIFF metadata, Zeiss CZI, NumPy ``.npy`` here; Leica LIF, Nikon ND2 and OME-Zarr
+in :mod:`~app.core.imageio.microscope`). A damaged or truncated file is one :class:`~app.core.errors.FileFormatError`.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import os
 import threading
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import tifffile
@@ -32,15 +34,36 @@ from app.core.imageio.metadata import (
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _CZI_MAGIC = b"ZISRAWFILE"
 _NPY_MAGIC = b"\x93NUMPY"
-_KIND_NAMES = {"tiff": "TIFF", "czi": "CZI", "npy": "NumPy .npy"}
-_SUFFIX_KINDS = {".tif": "tiff", ".tiff": "tiff", ".czi": "czi", ".npy": "npy"}
+_LIF_MAGIC = b"\x70\x00\x00\x00"
+_ND2_MAGICS = (b"\xda\xce\xbe\x0a", b"\x00\x00\x00\x0cjP  ")  # current ND2; the old JPEG 2000 kind
+_KIND_NAMES = {"tiff": "TIFF", "czi": "CZI", "npy": "NumPy .npy", "lif": "Leica LIF", "nd2": "Nikon ND2",
+               "zarr": "OME-Zarr"}
+_SUFFIX_KINDS = {".tif": "tiff", ".tiff": "tiff", ".czi": "czi", ".npy": "npy", ".lif": "lif", ".nd2": "nd2",
+                 ".zarr": "zarr"}
+#: Files whose presence makes a folder a Zarr store (v2: .zgroup/.zarray, v3: zarr.json).
+_ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray")
+SUPPORTED_TEXT = (
+    "TIFF (.tif, .tiff, OME-TIFF), Zeiss CZI (.czi), Leica LIF (.lif), Nikon ND2 (.nd2), OME-Zarr (.zarr folder) "
+    "and NumPy arrays (.npy)"
+)
+
+
+def is_zarr_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder holding a Zarr store (an OME-Zarr image is a folder, not a file)."""
+    return path.is_dir() and any((path / marker).is_file() for marker in _ZARR_MARKERS)
 
 
 def _open_image(path: Path, scene: int, stack: contextlib.ExitStack) -> _RawImage:
     """Recognise the file type from its first bytes and open it with the matching reader."""
     if not path.exists():
         raise FileFormatError(f"{path}: file not found.")
+    if is_zarr_folder(path):
+        from app.core.imageio.microscope import _open_zarr
+
+        return _open_zarr(path, scene, stack)
     if path.is_dir():
+        if path.suffix.lower() == ".zarr":
+            raise FileFormatError(f"{path}: not a valid OME-Zarr image (the folder holds no zarr.json or .zgroup).")
         raise FileFormatError(f"{path} is a folder, not an image file.")
     try:
         with open(path, "rb") as handle:
@@ -53,14 +76,15 @@ def _open_image(path: Path, scene: int, stack: contextlib.ExitStack) -> _RawImag
     if kind is None:
         expected = _SUFFIX_KINDS.get(path.suffix.lower())
         if expected is None:
-            raise FileFormatError(
-                f"{path}: unsupported file type '{path.suffix}'. "
-                "Supported: TIFF (.tif, .tiff, OME-TIFF), Zeiss CZI (.czi) and NumPy arrays (.npy)."
-            )
+            raise FileFormatError(f"{path}: unsupported file type '{path.suffix}'. Supported: {SUPPORTED_TEXT}.")
         raise FileFormatError(
             f"{path}: not a valid {_KIND_NAMES[expected]} file (its content is not in that format; "
             "it may be damaged or another kind of file renamed)."
         )
+    if kind in ("lif", "nd2"):
+        from app.core.imageio import microscope  # the readers' packages load only when such a file is opened
+
+        return getattr(microscope, f"_open_{kind}")(path, scene, stack)
     openers = {"tiff": _open_tiff, "czi": _open_czi, "npy": _open_npy}
     return openers[kind](path, scene, stack)
 
@@ -72,6 +96,10 @@ def _sniff(head: bytes) -> Optional[str]:
         return "czi"
     if head.startswith(_NPY_MAGIC):
         return "npy"
+    if head.startswith(_LIF_MAGIC) and head[8:9] == b"\x2a":
+        return "lif"
+    if head.startswith(_ND2_MAGICS):
+        return "nd2"
     return None
 
 
@@ -103,7 +131,26 @@ def _size_text(n_bytes: int) -> str:
 
 def _check_scene(path: Path, scene: int, n_scenes: int) -> None:
     if scene >= n_scenes:
-        raise FileFormatError(f"{path}: scene {scene} does not exist; the file has {n_scenes} scene(s) (0-based).")
+        raise FileFormatError(
+            f"{path}: scene {scene} does not exist; the file has {n_scenes} scene(s) (series), numbered from 0."
+        )
+
+
+class _GuardedRegions:
+    """An array-like whose reads turn a library's failure into one :class:`FileFormatError` (``after`` runs
+    after each read, e.g. to refuse damage the library only logged)."""
+
+    def __init__(self, array: Any, path: Path, kind: str, after: Optional[Callable[[], None]] = None) -> None:
+        self.array, self.path, self.kind, self.after = array, path, kind, after
+        self.shape = tuple(int(n) for n in array.shape)
+        self.dtype = np.dtype(array.dtype)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        with _reading(self.path, self.kind):
+            data = np.asarray(self.array[key])
+        if self.after is not None:
+            self.after()
+        return data
 
 
 # --- TIFF ---------------------------------------------------------------------------------------
@@ -222,6 +269,14 @@ def _open_tiff(path: Path, scene: int, stack: contextlib.ExitStack) -> _RawImage
         _raise_if_damaged(path, errors, tif)
         return data
 
+    def region() -> _GuardedRegions:
+        # tifffile's zarr store reads the pages (or tiles) a region touches, nothing else; level 0 of a pyramid.
+        import zarr
+
+        with _reading(path, "TIFF"):
+            array = zarr.open(series.aszarr(level=0), mode="r")
+        return _GuardedRegions(array, path, "TIFF", after=lambda: _raise_if_damaged(path, errors, tif))
+
     return _RawImage(
         format=file_format,
         shape=shape,
@@ -233,7 +288,20 @@ def _open_tiff(path: Path, scene: int, stack: contextlib.ExitStack) -> _RawImage
         channel_names=names,
         stored_roles=stored_roles,
         n_scenes=n_scenes,
+        region=region,
+        series_names=tuple(_tiff_series_name(s, i, ome_root) for i, s in enumerate(tif.series)),
+        lazy_note="pages or tiles touched by the region (tifffile's zarr store)",
     )
+
+
+def _tiff_series_name(series: Any, index: int, ome_root: Optional[ET.Element]) -> str:
+    """An OME image's Name, else tifffile's series name, else ``"Series <index>"``."""
+    if ome_root is not None:
+        images = [el for el in ome_root if el.tag.rsplit("}", 1)[-1] == "Image"]
+        if index < len(images) and images[index].get("Name"):
+            return str(images[index].get("Name"))
+    name = str(getattr(series, "name", "") or "")
+    return name if name and name.lower() not in ("shaped", "imagej", "generic", "uniform") else f"Series {index}"
 
 
 def _tag_value(tags: Any, name: str) -> Any:
@@ -271,14 +339,12 @@ def _open_czi(path: Path, scene: int, stack: contextlib.ExitStack) -> _RawImage:
     shape = tuple(full_shape[i] for i in keep)
     axes = "".join(file_axes[i] for i in keep).replace("0", "S")
 
-    def load() -> np.ndarray:
-        with _reading(path, "CZI"):
-            out = np.zeros(full_shape, dtype)
-            for entry in entries:
-                tile = entry.data_segment().data(resize=True, order=0)
-                out[tuple(slice(s - o, s - o + n) for s, o, n in zip(entry.start, origin, tile.shape))] = tile
-        return out.reshape(shape)
+    regions = _CziRegions(path, entries, origin, full_shape, keep, dtype)
 
+    def load() -> np.ndarray:
+        return regions[tuple(slice(None) for _ in shape)]
+
+    names = [el.get("Name", "") for el in root.iterfind(".//Information/Image/Dimensions/S/Scenes/Scene")]
     return _RawImage(
         format="czi",
         shape=shape,
@@ -288,7 +354,44 @@ def _open_czi(path: Path, scene: int, stack: contextlib.ExitStack) -> _RawImage:
         calibration=_czi_calibration(root),
         channel_names=_czi_channel_names(root),
         n_scenes=len(scene_starts),
+        region=lambda: regions,
+        series_names=tuple(
+            names[i] if i < len(names) and names[i] else f"Scene {i}" for i in range(len(scene_starts))
+        ),
+        lazy_note="the subblocks (tiles, planes) the region touches",
     )
+
+
+class _CziRegions:
+    """One CZI scene as an array-like (stored axes without S) whose ``[slices]`` decodes only the subblocks
+    that overlap the region."""
+
+    def __init__(self, path: Path, entries: list, origin: tuple, full_shape: tuple, keep: list, dtype) -> None:
+        self.path, self.entries, self.origin, self.full_shape, self.keep = path, entries, origin, full_shape, keep
+        self.shape = tuple(full_shape[i] for i in keep)
+        self.dtype = np.dtype(dtype)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (len(self.shape) - len(key))
+        wanted = [(0, n) for n in self.full_shape]  # [start, stop) per file axis, relative to the scene origin
+        for axis, item in zip(self.keep, key):
+            if not isinstance(item, slice) or item.step not in (None, 1):
+                raise TypeError("CZI regions are read with one step-1 slice per axis")
+            start, stop, _ = item.indices(self.full_shape[axis])
+            wanted[axis] = (start, max(start, stop))
+        out = np.zeros([b - a for a, b in wanted], self.dtype)
+        with _reading(self.path, "CZI"):
+            for entry in self.entries:
+                spans = [(s - o, s - o + n) for s, o, n in zip(entry.start, self.origin, entry.shape)]
+                overlap = [(max(a, c), min(b, d)) for (a, b), (c, d) in zip(spans, wanted)]
+                if any(a >= b for a, b in overlap):
+                    continue
+                tile = entry.data_segment().data(resize=True, order=0)
+                source = tuple(slice(a - s[0], b - s[0]) for (a, b), s in zip(overlap, spans))
+                target = tuple(slice(a - w[0], b - w[0]) for (a, b), w in zip(overlap, wanted))
+                out[target] = tile[source]
+        return out.reshape([out.shape[i] for i in self.keep])
 
 
 # --- NumPy --------------------------------------------------------------------------------------
@@ -330,7 +433,14 @@ def _open_npy(path: Path, scene: int, stack: contextlib.ExitStack) -> _RawImage:
         with _reading(path, "NumPy .npy"):
             return np.load(path, allow_pickle=False)
 
+    def region() -> _GuardedRegions:
+        with _reading(path, "NumPy .npy"):
+            mapped = np.load(path, mmap_mode="r", allow_pickle=False)  # reads only the pages a region touches
+        return _GuardedRegions(mapped, path, "NumPy .npy")
+
     return _RawImage(
+        region=region,
+        lazy_note="the bytes the region touches (memory-mapped)",
         format="npy",
         shape=tuple(int(s) for s in shape),
         axes=axes,

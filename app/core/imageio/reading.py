@@ -23,11 +23,11 @@ from app.core.imageio.axes import (
     _resolve_axes_argument,
 )
 from app.core.imageio.metadata import ImplausibleVoxelSizeError, _RawImage, _voxel_size_from
-from app.core.imageio.readers import _open_image
+from app.core.imageio.readers import _open_image, is_zarr_folder
 from app.core.volume import ImplausibleInputWarning, Volume, large_z_step_warning, parse_voxel_size
 
 #: File name endings :func:`find_images` picks up from folders (compared case-insensitively).
-IMAGE_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff", ".npy", ".czi")
+IMAGE_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff", ".npy", ".czi", ".lif", ".nd2", ".ome.zarr", ".zarr")
 
 _AUTHORS_CHANNEL_NAMES = ("golgi", "nucleus", "vessels")
 
@@ -43,13 +43,15 @@ def read_volume(
     golgi_channel: Optional[int] = None,
     scene: int = 0,
     layout: Optional[str] = None,
+    series: Optional[int] = None,
 ) -> Volume:
     """Read an image file into a :class:`~app.core.volume.Volume` of shape ``(C, Z, Y, X)``.
 
     Parameters
     ----------
     path : str or path-like
-        A TIFF (ImageJ, OME or plain), a ``.npy`` array or a Zeiss ``.czi`` file.
+        A TIFF (ImageJ, OME or plain), a ``.npy`` array, a Zeiss ``.czi``, Leica ``.lif`` or Nikon ``.nd2`` file,
+        or an OME-Zarr folder (level 0 of its multiscales).
     voxel_size : sequence of 3 float, optional
         ``(z, y, x)`` in µm. Overrides whatever the file says. Required when the file has no calibration.
     axes : str, optional
@@ -66,16 +68,20 @@ def read_volume(
         from channel names (DAPI/Hoechst/nuc/DNA/H2B; Golgi/GM130/giantin/TGN46/GalT), then default to the
         first free channels (nucleus 0, Golgi 1). A single-channel image gets no Golgi channel.
     scene : int, default 0
-        Scene of a CZI file or series (image) of a TIFF; ``metadata["n_scenes"]`` says how many there are.
+        Series (scene) to read: the scene of a CZI file, image of a LIF or OME-TIFF file, stage position of an
+        ND2 file, numbered image of a bioformats2raw OME-Zarr; ``metadata["n_scenes"]`` says how many there are
+        and :func:`~app.core.imageio.list_series` lists them.
     layout : {None, "legacy-rgb"}, optional
         ``"legacy-rgb"`` is a shortcut for ``axes="YXZC"`` on the authors' ``(row, column, Z, RGB)`` TIFFs.
+    series : int, optional
+        Another name for ``scene`` (given, it wins).
 
     Returns
     -------
     Volume
         ``data`` may be a view of the array read from the file (transposed, not copied). ``metadata`` holds
         ``format``, ``original_shape``, ``original_axes``, ``axes_source``, ``original_dtype``, ``scene``,
-        ``n_scenes``, ``is_2d``, ``voxel_size_source``, ``file_voxel_size``, ``channel_roles_source`` and
+        ``series_name``, ``n_scenes``, ``is_2d``, ``voxel_size_source``, ``file_voxel_size``, ``channel_roles_source`` and
         ``warnings`` (the messages of the :class:`ImplausibleInputWarning` issued while reading, usually empty).
 
     Raises
@@ -128,7 +134,7 @@ def read_volume(
     path = Path(path)
     user_voxel_size = parse_voxel_size(voxel_size)
     axes = _resolve_axes_argument(axes, layout)
-    scene = _check_scene_argument(scene)
+    scene = _check_scene_argument(scene if series is None else series)
     notes: list[str] = []  # warnings: possible but unusual input
     with contextlib.ExitStack() as stack:
         raw = _open_image(path, scene, stack)
@@ -153,6 +159,7 @@ def read_volume(
         "axes_source": "user" if axes is not None else "file",
         "original_dtype": str(raw.dtype),
         "scene": scene,
+        "series_name": raw.series_names[scene] if scene < len(raw.series_names) else f"Series {scene}",
         "n_scenes": raw.n_scenes,
         "is_2d": plan.is_2d,
         "voxel_size_source": "user" if user_voxel_size is not None else "file",
@@ -171,7 +178,7 @@ def read_volume(
     )
 
 
-def read_image_info(path: str | os.PathLike, scene: int = 0) -> dict[str, Any]:
+def read_image_info(path: str | os.PathLike, scene: int = 0, series: Optional[int] = None) -> dict[str, Any]:
     """Describe an image file without reading its pixels (for dialogs asking for voxel size or axes).
 
     Parameters
@@ -179,7 +186,7 @@ def read_image_info(path: str | os.PathLike, scene: int = 0) -> dict[str, Any]:
     path : str or path-like
         Any file :func:`read_volume` accepts.
     scene : int, default 0
-        Scene (CZI) or series (TIFF) to describe.
+        Series (scene) to describe, as for :func:`read_volume`; ``series`` is another name for it.
 
     Returns
     -------
@@ -188,7 +195,8 @@ def read_image_info(path: str | os.PathLike, scene: int = 0) -> dict[str, Any]:
         ``shape``, ``axes`` and ``dtype`` as stored (``"?"`` marks an axis the file does not name, as in a
         ``.npy`` array); ``czyx_shape`` and ``is_2d`` (``None`` when the axes are
         ambiguous, with the reason in ``axes_problem``); ``voxel_size`` ``(z, y, x)`` in µm or ``None`` (the
-        reason in ``voxel_size_problem``); ``channel_names`` (tuple or ``None``); ``n_scenes``; ``scene``.
+        reason in ``voxel_size_problem``); ``channel_names`` (tuple or ``None``); ``n_scenes``; ``scene``;
+        ``series_names`` (every series' name).
 
     Raises
     ------
@@ -196,7 +204,7 @@ def read_image_info(path: str | os.PathLike, scene: int = 0) -> dict[str, Any]:
         The file is missing, unreadable, damaged or of an unsupported type.
     """
     path = Path(path)
-    scene = _check_scene_argument(scene)
+    scene = _check_scene_argument(scene if series is None else series)
     with contextlib.ExitStack() as stack:
         raw = _open_image(path, scene, stack)
     try:
@@ -224,6 +232,7 @@ def read_image_info(path: str | os.PathLike, scene: int = 0) -> dict[str, Any]:
         "channel_names": names,
         "n_scenes": raw.n_scenes,
         "scene": scene,
+        "series_names": raw.series_names or tuple(f"Series {i}" for i in range(raw.n_scenes)),
     }
 
 
@@ -233,8 +242,8 @@ def find_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     Parameters
     ----------
     inputs : iterable of str or path-like
-        Files (kept as given, whatever their suffix) and folders. A folder contributes its image files
-        (suffix in :data:`IMAGE_SUFFIXES`), not recursively, in natural order (``2.npy`` before ``10.npy``),
+        Files (kept as given, whatever their suffix) and folders. An OME-Zarr folder is one image. Another
+        folder contributes its image files and OME-Zarr folders (suffix in :data:`IMAGE_SUFFIXES`), not recursively, in natural order (``2.npy`` before ``10.npy``),
         skipping hidden files and the project's ``*.vectors.*`` outputs.
 
     Returns
@@ -251,9 +260,11 @@ def find_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     seen: set[Path] = set()
     for item in inputs:
         item_path = Path(item)
-        if item_path.is_dir():
+        if is_zarr_folder(item_path):
+            candidates = [item_path]
+        elif item_path.is_dir():
             candidates = sorted(
-                (p for p in item_path.iterdir() if _is_image_name(p.name) and p.is_file()),
+                (p for p in item_path.iterdir() if _is_image_name(p.name) and (p.is_file() or is_zarr_folder(p))),
                 key=lambda p: _natural_key(p.name),
             )
         elif item_path.exists():
@@ -350,7 +361,7 @@ def _z_step_notes(path: Path, plan: _AxesPlan, voxel: tuple[float, float, float]
 
 def _check_scene_argument(scene: Any) -> int:
     if isinstance(scene, bool) or not isinstance(scene, (int, np.integer)) or scene < 0:
-        raise CellPolError(f"Scene must be a non-negative integer, got {scene!r}.")
+        raise CellPolError(f"Scene (series) must be a non-negative integer, got {scene!r}.")
     return int(scene)
 
 
