@@ -34,6 +34,25 @@ def _voxel_size_arg(parser: argparse.ArgumentParser, required: bool = False, hel
     )
 
 
+def _series_arg(parser: argparse.ArgumentParser, help_text: str, allow_all: bool = True) -> None:
+    """``--series N|all`` (``--scene`` is the same option under its older name)."""
+
+    def parse(text: str):
+        if allow_all and text.strip().lower() == "all":
+            return "all"
+        try:
+            value = int(text)
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise argparse.ArgumentTypeError(
+                f"expected a series number from 0{' or all' if allow_all else ''}, got {text!r}")
+        return value
+
+    parser.add_argument("--series", "--scene", dest="series", type=parse, default=None,
+                        metavar="N|all" if allow_all else "N", help=help_text)
+
+
 def _channel_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nucleus-channel", type=int, metavar="N", help="0-based index of the nucleus channel")
     parser.add_argument("--golgi-channel", type=int, metavar="G", help="0-based index of the Golgi channel")
@@ -121,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", nargs=3, type=int, metavar=("Z", "Y", "X"),
                    help="largest sliding window in voxels at the model's voxel size (smaller = less memory)")
     p.add_argument("--batch-size", type=int, metavar="N", help="windows per network call")
+    _series_arg(p, "which series (scene) of multi-series files (LIF, CZI, ND2, OME-TIFF, OME-Zarr) to predict: N "
+                   "(0-based) or all, each written as <stem>_s<N>-<name>.pred.vectors.csv; default 0")
     _voxel_size_arg(p, help_extra="; overrides the file's metadata, required where it has none")
     _channel_args(p)
 
@@ -286,8 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="coordinates are 0-based (files saved by the annotation tool); default: 1-based Crop files")
     _voxel_size_arg(p)
 
-    p = sub.add_parser("info", help="describe an image: shape, channels, voxel size")
+    p = sub.add_parser("info", help="describe an image: its series (scenes), shape, channels, voxel size")
     p.add_argument("image")
+    _series_arg(p, "the series (scene) described in detail (0-based; default 0)", allow_all=False)
     _voxel_size_arg(p)
     _channel_args(p)
     return parser
@@ -486,7 +508,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     options = ReadOptions(parse_voxel_size(args.voxel_size), args.axes, args.nucleus_channel, args.golgi_channel)
     images = find_images(args.inputs)
     if not images:
-        raise CellPolError("No images found in the given inputs (looked for .tif, .tiff, .ome.tif, .npy, .czi).")
+        raise CellPolError("No images found in the given inputs (looked for .tif, .tiff, .ome.tif, .npy, .czi, "
+                           ".lif, .nd2 and OME-Zarr folders).")
+    images = _series_items(images, args.series)
     ensure_folder(args.out)  # before loading a model
     predictor, provenance = _make_predictor(args)
     records = []
@@ -511,6 +535,38 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     print(f"{done} predicted, {skipped} skipped (output existed; --overwrite to redo), {failed} failed. "
           f"Summary: {summary}")
     return EXIT_FAILED_ITEMS if failed else EXIT_OK
+
+
+def _series_items(images: list, series) -> list:
+    """The batch's items: each image, or with ``--series`` one :class:`~app.core.batch.SeriesItem` per chosen series
+    of a multi-series file (a file that cannot be listed stays as it is; the batch then reports its error)."""
+    from app.core.batch import SeriesItem
+    from app.core.imageio import list_series
+
+    items: list = []
+    for image in images:
+        if series is None:
+            if Path(image).suffix.lower() in (".lif", ".czi", ".nd2", ".zarr"):
+                with contextlib.suppress(CellPolError):
+                    found = list_series(image)
+                    if len(found) > 1:
+                        print(f"{image}: {len(found)} series; predicting series 0 ({found[0].name}). Use "
+                              "--series N or --series all for the others.", file=sys.stderr)
+            items.append(image)
+            continue
+        try:
+            found = list_series(image)
+        except CellPolError:
+            items.append(image if series in (0, "all") else SeriesItem(Path(image), series))
+            continue
+        if series == "all":
+            items += [SeriesItem(Path(image), s.index, s.name) for s in found] if len(found) > 1 else [image]
+        elif len(found) == 1 and series == 0:
+            items.append(image)
+        else:
+            name = found[series].name if series < len(found) else ""
+            items.append(SeriesItem(Path(image), series, name))
+    return items
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -766,13 +822,31 @@ def _cmd_import_legacy(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from app.core.imageio import read_volume
+    from app.core.imageio import list_series, read_volume
 
-    volume = read_volume(args.image, voxel_size=args.voxel_size, axes=args.axes,
+    series = args.series or 0
+    found = list_series(args.image)
+    print(f"{args.image}: {len(found)} series" + (" (choose with --series N):" if len(found) > 1 else ":"))
+    for item in found:
+        print("  " + _series_line(item))
+    if series >= len(found):
+        raise CellPolError(f"{args.image}: series {series} does not exist; the file has {len(found)} "
+                               "series, numbered from 0.")
+    volume = read_volume(args.image, voxel_size=args.voxel_size, axes=args.axes, scene=series,
                          nucleus_channel=args.nucleus_channel, golgi_channel=args.golgi_channel)
-    print(f"{args.image}: {volume.describe()}")
+    label = f" [series {series}: {found[series].name}]" if len(found) > 1 else ""
+    print(f"{args.image}{label}: {volume.describe()}")
     print("channels: " + ", ".join(f"{i}={n}" for i, n in enumerate(volume.channel_names)))
     return EXIT_OK
+
+
+def _series_line(item) -> str:
+    """``2  "Position 3"  2×31×512×512 (C×Z×Y×X)  voxel 1×0.2×0.2 µm  channels DAPI, GM130``"""
+    shape = "×".join(str(n) for n in item.shape) + " (C×Z×Y×X)" if item.shape else "axes unknown"
+    voxel = ("voxel " + "×".join(f"{v:g}" for v in item.voxel_size) + " µm") if item.voxel_size else \
+        f"no voxel size ({item.voxel_size_problem})"
+    channels = ", ".join(item.channel_names) if item.channel_names else "unnamed"
+    return f"{item.index}  \"{item.name}\"  {shape}  {voxel}  channels {channels}"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,6 +20,7 @@ import hashlib
 import io
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,31 @@ def image_stem(path: str | os.PathLike) -> str:
     return Path(name).stem
 
 
+@dataclass(frozen=True)
+class SeriesItem:
+    """One series (scene) of a multi-series file (LIF, CZI, ND2, OME-TIFF, OME-Zarr) as an image of a batch.
+
+    Its output is named ``<stem>_s<index>-<series name>`` so each series of a file gets its own; it reads as
+    its file's path (``os.fspath``), and ``str()`` names the series too (summary, messages).
+    """
+
+    path: Path
+    index: int
+    name: str = ""
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return f"{self.path} [series {self.index}{': ' + self.name if self.name else ''}]"
+
+    @property
+    def suffix(self) -> str:
+        """``_s<index>-<name>``, the name reduced to letters, digits, ``.``, ``_`` and ``-`` (at most 40)."""
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", self.name).strip("._-")[:40]
+        return f"_s{self.index}" + (f"-{safe}" if safe else "")
+
+
 def plan_outputs(images: Sequence[Path], out_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
     """One distinct output per distinct input: ``[(image, output), ...]`` in input order.
 
@@ -62,16 +88,17 @@ def plan_outputs(images: Sequence[Path], out_dir: str | os.PathLike) -> list[tup
     named by its whole file name (``x.ome.tif.pred.vectors.csv``); where that still collides (the same
     name in two folders), by its stem and the first 8 hex digits of the SHA-1 of its absolute path
     (``x-1a2b3c4d.pred.vectors.csv``). The rule depends only on the inputs, so a rerun finds its outputs.
+    A :class:`SeriesItem` adds its :attr:`~SeriesItem.suffix` to the name.
     """
-    unique: list[Path] = []
+    unique: list[Any] = []
     seen: set[str] = set()
     for image in images:
-        key = os.path.normcase(str(Path(image).resolve()))
+        key = os.path.normcase(str(Path(image).resolve())) + _series_suffix(image)
         if key not in seen:
             seen.add(key)
-            unique.append(Path(image))
-    names = [image_stem(image) for image in unique]
-    for rule in (lambda image: image.name, _hashed_name):
+            unique.append(image if isinstance(image, SeriesItem) else Path(image))
+    names = [image_stem(image) + _series_suffix(image) for image in unique]
+    for rule in (lambda image: Path(image).name + _series_suffix(image), _hashed_name):
         counts: dict[str, int] = {}
         for name in names:
             counts[name.lower()] = counts.get(name.lower(), 0) + 1
@@ -84,7 +111,11 @@ def plan_outputs(images: Sequence[Path], out_dir: str | os.PathLike) -> list[tup
 
 def _hashed_name(image: Path) -> str:
     digest = hashlib.sha1(str(Path(image).resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:8]
-    return f"{image_stem(image)}-{digest}"
+    return f"{image_stem(image)}-{digest}{_series_suffix(image)}"
+
+
+def _series_suffix(image: Any) -> str:
+    return image.suffix if isinstance(image, SeriesItem) else ""
 
 
 @dataclass
@@ -113,13 +144,14 @@ class ReadOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def read(self, path: Path) -> Volume:
+        series = {"scene": path.index} if isinstance(path, SeriesItem) else {}
         volume = read_volume(
-            path,
+            Path(path),
             voxel_size=self.voxel_size,
             axes=self.axes,
             nucleus_channel=self.nucleus_channel,
             golgi_channel=self.golgi_channel,
-            **self.extra,
+            **{**self.extra, **series},
         )
         # Validate roles now so a bad channel index is one clear message per image.
         return volume.with_roles(self.nucleus_channel, self.golgi_channel)
@@ -127,12 +159,13 @@ class ReadOptions:
 
 def image_identity(image: Path) -> dict[str, Any]:
     """What a prediction's sidecar records of its image, for the resume check: absolute path and size."""
+    series = {"series": image.index} if isinstance(image, SeriesItem) else {}
     image = Path(image)
     try:
         size = image.stat().st_size
     except OSError:
         size = None
-    return {"image": str(image.resolve()), "image_size_bytes": size}
+    return {"image": str(image.resolve()), "image_size_bytes": size, **series}
 
 
 def predict_batch(
