@@ -30,6 +30,7 @@ from app.core.annotation import (
 )
 from app.core.errors import CellPolError, FileFormatError, MissingVoxelSizeError
 from app.core.imageio import read_image_info, read_volume
+from app.core.imageio.readers import is_zarr_folder
 from app.core.pairs import (
     PairSet,
     read_3dngmic_vectors,
@@ -43,11 +44,13 @@ from app.core.project import PROJECT_FILE, Project
 from app.core.review import is_under_review
 from app.core.volume import Volume, parse_voxel_size
 from app.ui.dialogs import VoxelSizeDialog
+from app.ui.series_dialog import choose_series
 from app.ui.display import default_displays
 from app.ui.state import ViewerState
 
 MAX_RECENT = 10
-IMAGE_FILTER = "Images (*.tif *.tiff *.ome.tif *.ome.tiff *.npy *.czi);;All files (*)"
+IMAGE_FILTER = ("Images (*.tif *.tiff *.ome.tif *.ome.tiff *.npy *.czi *.lif *.nd2 zarr.json .zattrs);;"
+                "All files (*)")
 IMAGE_SUFFIXES = (".tif", ".tiff", ".npy", ".czi")
 VECTOR_FILTERS = {
     "project": "CellPol vectors CSV (*.csv)",
@@ -196,35 +199,46 @@ class DocumentController(QtCore.QObject):
         self.settings.setValue("last_dir", str(Path(path).resolve().parent))
 
     # --- opening ----------------------------------------------------------------------------
-    def open_path(self, path, voxel_size: Optional[Sequence[float]] = None, axes: Optional[str] = None) -> bool:
-        """Open an image (asking for the voxel size if the file has none), a project folder, or import a
-        vectors file into the open image. Returns whether something was opened."""
+    def open_path(self, path, voxel_size: Optional[Sequence[float]] = None, axes: Optional[str] = None,
+                  series: Optional[int] = None) -> bool:
+        """Open an image (asking which series of a multi-series file, and for the voxel size if the file has
+        none), a project folder, or import a vectors file into the open image. Returns whether something was
+        opened."""
         path = Path(path)
-        if path.is_dir() or path.name == PROJECT_FILE:
+        if path.name in ("zarr.json", ".zattrs", ".zgroup") and is_zarr_folder(path.parent):
+            path = path.parent  # an OME-Zarr image is a folder; the file dialog picks the file inside it
+        if (path.is_dir() and not is_zarr_folder(path)) or path.name == PROJECT_FILE:
             return self.open_project(path)
         if path.suffix.lower() == ".csv":
             return self.import_vectors(path)
         if not self.maybe_save():
             return False
+        if series is None:
+            series = choose_series(path, self.parent_widget, self.interactive)
+            if series is None:
+                self.status.emit("Opening cancelled.")
+                return False
         if voxel_size is None:
             voxel_size = self.remembered_voxel_size(path) if path.exists() else None
         try:
             QtWidgets.QApplication.setOverrideCursor(QtCore.Qt.CursorShape.WaitCursor)
             try:
-                volume = read_volume(path, voxel_size=voxel_size, axes=axes)
+                volume = read_volume(path, voxel_size=voxel_size, axes=axes, scene=series)
             finally:
                 QtWidgets.QApplication.restoreOverrideCursor()
         except MissingVoxelSizeError:
-            return self._ask_and_retry(path, read_image_info(path), ask_axes=False, axes=axes)
+            return self._ask_and_retry(path, read_image_info(path, scene=series), ask_axes=False, axes=axes,
+                                       series=series)
         except FileFormatError as exc:
             info = None
             if axes is None:
                 try:
-                    info = read_image_info(path)
+                    info = read_image_info(path, scene=series)
                 except CellPolError:
                     info = None
             if info is not None and info.get("axes_problem"):
-                return self._ask_and_retry(path, info, ask_axes=True, axes=None, voxel_size=voxel_size)
+                return self._ask_and_retry(path, info, ask_axes=True, axes=None, voxel_size=voxel_size,
+                                           series=series)
             self.warn("Cannot open image", str(exc))
             return False
         except CellPolError as exc:
@@ -239,7 +253,7 @@ class DocumentController(QtCore.QObject):
         return True
 
     def _ask_and_retry(self, path: Path, info: dict, ask_axes: bool, axes: Optional[str],
-                       voxel_size: Optional[Sequence[float]] = None) -> bool:
+                       voxel_size: Optional[Sequence[float]] = None, series: int = 0) -> bool:
         if info.get("voxel_size") and voxel_size is None:
             voxel_size = info["voxel_size"]
         answer = self.ask_voxel_size(info, ask_axes)
@@ -256,7 +270,7 @@ class DocumentController(QtCore.QObject):
         self.settings.setValue("last_voxel_size", json.dumps(list(chosen)))
         if remember:
             self.remember_voxel_size(path, chosen)
-        return self.open_path(path, voxel_size=chosen, axes=chosen_axes or axes)
+        return self.open_path(path, voxel_size=chosen, axes=chosen_axes or axes, series=series)
 
     def load_volume(self, volume: Volume, image_path: Optional[Path] = None,
                     vectors_path: Optional[Path] = None, pairs: Optional[PairSet] = None,
