@@ -9,6 +9,13 @@ starter model never saw (it is trained on the other presets), at voxel sizes dra
 ``--layouts DIR`` they instead follow real annotated layouts: one volume (or a few tiles) per ``Crop*.csv``
 in DIR, whose cells sit where the annotators clicked them, at the crop's own voxel size (seeds ≥ 20000).
 The classic Otsu peer always runs as the reference. Prints one table row per method.
+
+``--renderer outside`` draws both kinds of volumes with ``benchmarks/outside_render.py`` instead, an
+independent renderer unlike our simulator (other shapes, PSF, camera, stains, distractors), configuration
+``--outside-config validation`` (seeds from 50000; x/y voxel 0.333 and 0.666 µm alternating) or ``ship``
+(another microscope, seeds from 90000, looked at only when a model ships). With ``--layouts`` the same tiles
+are rendered; ``--voxel-xy 0.666`` renders them at that x/y voxel. ``--field Z Y X`` (µm) shrinks the random
+outside volumes (tests). The default, ``--renderer ours``, is unchanged.
 """
 
 from __future__ import annotations
@@ -29,7 +36,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from app.core import evaluate  # noqa: E402
 from app.core.classic import predict_classic  # noqa: E402
 from app.core.pairs import PairSet, read_legacy_csv  # noqa: E402
-from app.core.simulate import SimConfig, simulate  # noqa: E402
 from app.core.volume import Volume  # noqa: E402
 
 #: Voxel size (z, y, x) µm of the real retina crops; Crop7_BC and Crop8_BC were imaged at 0.4 µm in z.
@@ -42,6 +48,8 @@ LAYOUT_SEED = 20_000
 
 
 def held_out_volumes(n: int, presets: list[str], seed: int = 10_000, dims: int = 3):
+    from app.core.simulate import SimConfig, simulate
+
     rng = np.random.default_rng(seed)
     for k in range(n):
         vxy = float(rng.uniform(0.25, 0.7))
@@ -91,6 +99,8 @@ def layout_volumes(folder: str, presets: list[str], limit: Optional[int] = None,
     take ``presets`` in turn. ``limit`` keeps the first crops only. ``shapes_dir``: every nucleus and Golgi
     takes a real 3DNGMic mask shape (from the same retina data) instead of an analytic one.
     """
+    from app.core.simulate import SimConfig, simulate
+
     files = sorted(Path(folder).glob("Crop*.csv"))
     if not files:
         raise SystemExit(f"No Crop*.csv files in {folder}.")
@@ -215,11 +225,35 @@ def main() -> None:
                              "../shared/data/shapes_3dngmic) instead of analytic shapes; real retina nuclei are "
                              "smaller than the analytic default, so fewer must shrink to fit the layout")
     parser.add_argument("--limit", type=int, default=None, metavar="K", help="with --layouts: the first K crops only")
+    parser.add_argument("--renderer", choices=("ours", "outside"), default="ours",
+                        help="who draws the volumes: our simulator (default) or benchmarks/outside_render.py")
+    parser.add_argument("--outside-config", choices=("validation", "ship"), default="validation",
+                        help="with --renderer outside: its microscope configuration and seed range")
+    parser.add_argument("--field", nargs=3, type=float, default=None, metavar=("Z", "Y", "X"),
+                        help="with --renderer outside: the random volumes' field in µm (default 14–24 × 160 × 160)")
+    parser.add_argument("--voxel-xy", type=float, default=None, metavar="UM",
+                        help="with --renderer outside --layouts: render at this x/y voxel instead of the crops' own")
     parser.add_argument("--failures", action="store_true",
                         help="also break each --model's misses and false vectors down by cause (failure_modes)")
     args = parser.parse_args()
 
-    if args.layouts is not None:
+    if args.renderer == "outside":
+        from benchmarks import outside_render
+
+        if args.layouts is not None:
+            volumes = list(outside_render.layout_volumes(args.layouts, args.outside_config, limit=args.limit,
+                                                         voxel_xy=args.voxel_xy))
+            source = f"{len(volumes)} outside-rendered ({args.outside_config}) layout volumes from {args.layouts}"
+        else:
+            kwargs = {}
+            if args.field is not None:
+                if args.field[1] != args.field[2]:
+                    parser.error("--field: Y and X must be equal")
+                kwargs = {"field_xy_um": args.field[1], "field_z_um": (args.field[0], args.field[0])}
+            volumes = list(outside_render.outside_volumes(args.n, args.outside_config, **kwargs))
+            source = f"{args.n} outside-rendered ({args.outside_config}) volumes"
+        args.presets = ["-"]
+    elif args.layouts is not None:
         volumes = list(layout_volumes(args.layouts, args.presets, args.limit, args.shapes_dir))
         source = f"{len(volumes)} layout volumes from {args.layouts}"
     else:
