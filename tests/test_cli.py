@@ -151,3 +151,24 @@ def test_predict_uses_the_bundled_starters_for_stacks_and_planes(synth_dir, tmp_
         assert pairs.meta["method"] == "cellpol" and pairs.meta["image_shape_zyx"] == shape
         assert {m["images"] for m in pairs.meta["models"]} == {"2D", "3D"}
         assert pairs.voxel_size is not None and len(pairs) > 0
+
+
+def test_info_lists_the_series_of_a_one_series_file(tmp_path, capsys):
+    from app.core.imageio import write_imagej_tiff
+    from app.core.volume import Volume
+
+    path = write_imagej_tiff(tmp_path / "one.tif", Volume(np.zeros((2, 3, 8, 8), np.uint16), (1.0, 0.5, 0.5),
+                                                          ("DAPI", "GM130")))
+    assert main(["info", str(path)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert f"{path}: 1 series:" in out and "2×3×8×8 (C×Z×Y×X)  voxel 1×0.5×0.5 µm  channels DAPI, GM130" in out
+
+
+@pytest.mark.parametrize("value", ["x", "-1", "1.5"])
+def test_series_option_refuses_what_is_not_a_series(value, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["predict", "a.tif", "--out", "o", "--series", value])
+    assert stop.value.code == EXIT_USAGE
+    assert "expected a series number from 0 or all" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["info", "a.tif", "--series", "all"])  # info describes one series
