@@ -58,7 +58,7 @@ def test_calibration_seed_defaults_to_the_training_seed_and_can_be_fixed(monkeyp
     import app.training.starter as starter
 
     seen = []
-    monkeypatch.setattr(starter, "calibrate_and_save", lambda out, presets, seed, *rest: seen.append(seed))
+    monkeypatch.setattr(starter, "calibrate_and_save", lambda out, presets, seed, *rest, **kw: seen.append(seed))
     out = str(tmp_path / "model")
     starter.main(["--out", out, "--calibrate-only", "--seed", "7"])
     starter.main(["--out", out, "--calibrate-only", "--seed", "7", "--calibration-seed", "1000"])
@@ -120,3 +120,42 @@ def test_scene_layout_options_crowd_the_requested_share_of_scenes():
     # A crowded scene draws the same options whatever the share, so runs at different shares agree on it.
     crowded = next(key for key in keys if scene_layout_options(key, 0.5))
     assert scene_layout_options(crowded, 0.5) == scene_layout_options(crowded, 1.0)
+
+
+def test_worker_patches_come_from_worker_processes_and_a_failing_worker_is_one_message(tmp_path):
+    """The GPU feeder: patches of the asked shape whose pairs lie inside them, from two spawned workers;
+    a worker that cannot simulate ends the run with one CellPolError, and close() ends the workers."""
+    import numpy as np
+    import pytest
+
+    from app.core.errors import CellPolError
+    from app.training.parallel import PoolRecipe, WorkerPatches
+
+    recipe = PoolRecipe((1.0, 0.5, 0.5), pool_per_worker=2, refresh_every=3,
+                        options=dict(field_um=(10.0, 40.0, 40.0)))
+    with WorkerPatches(2, recipe, (8, 32, 32), seed=1, timeout_s=120) as source:
+        patches = [source.sample(None) for _ in range(8)]  # past a pool refresh in each worker
+        processes = list(source._processes)
+    assert not any(p.is_alive() for p in processes)
+    for image, pairs in patches:
+        assert image.shape == (2, 8, 32, 32) and image.dtype == np.float32
+        assert pairs.voxel_size == (1.0, 0.5, 0.5)
+    assert any(len(pairs) for _, pairs in patches)  # foreground patches hold their cells
+    assert len({float(image.sum()) for image, _ in patches}) > 4  # not one patch over and over
+    broken = PoolRecipe((1.0, 0.5, 0.5), pool_per_worker=1, options=dict(presets=["no-such-preset"]))
+    with WorkerPatches(1, broken, (8, 32, 32), timeout_s=120) as source:
+        with pytest.raises(CellPolError, match="patch worker failed"):
+            source.sample(None)
+
+
+def test_time_budget_probe_times_steps_and_leaves_no_files(tmp_path):
+    from app.training.data import PatchSampler, synthetic_pool
+    from app.training.starter import time_steps
+    from app.training.trainer import TrainConfig
+
+    spec = ModelSpec(network=NetworkConfig(levels=2, base_filters=4, pool_factors=((2, 2, 2),)),
+                     voxel_size=(1.0, 0.5, 0.5))
+    sampler = PatchSampler(synthetic_pool(1, (1.0, 0.5, 0.5), 2, field_um=(8.0, 32.0, 32.0)), (8, 32, 32))
+    per_step = time_steps(spec, sampler, TrainConfig(steps=1000, batch_size=1, device="cpu"), tmp_path / "probe",
+                          None, steps=6)
+    assert 0 < per_step < 5 and not (tmp_path / "probe").exists()

@@ -22,9 +22,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import dataclasses
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -36,6 +38,7 @@ from app.core.network import NetworkConfig, build_network
 from app.core.simulate import SimConfig, scene_layout_options, varied_sample_options
 from app.training.calibrate import best_row, calibrate_decoding
 from app.training.data import AugmentConfig, PatchSampler, synthetic_pool
+from app.training.parallel import PoolRecipe, WorkerPatches
 from app.training.losses import LossConfig
 from app.training.trainer import TrainConfig, train, train_config_dict
 
@@ -92,20 +95,29 @@ def main(argv=None) -> int:
                         help="share of patches shown as another microscope and stain might show them (bleed-through, "
                              "other blur, depth loss, background, camera noise, saturation: "
                              "app.training.data.appearance_shift); 0 = off")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="simulate and cut patches in this many worker processes, each with a pool of "
+                             "--pool / N scenes (for a GPU that one core cannot feed; the run is then not "
+                             "step-for-step reproducible); 0 = in this process")
+    parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                        help="instead of --steps: time a few steps first, then train as many as fit in SECONDS")
+    parser.add_argument("--fast", action="store_true",
+                        help="let cuDNN pick its fastest (non-deterministic) kernels on a GPU")
+    parser.add_argument("--calibration-device", default="cpu", help="device the decoding calibration predicts on")
     args = parser.parse_args(argv)
 
     out = Path(args.out)
     calibration_seed = args.seed if args.calibration_seed is None else args.calibration_seed
     if args.calibrate_only:
         calibrate_and_save(out, args.presets, calibration_seed, args.dims, args.calibration_volumes, args.vary_samples,
-                           args.vary_layout)
+                           args.vary_layout, device=args.calibration_device)
         return 0
     checkpoints = out.with_name(out.name + ".checkpoints")
     network = NetworkConfig.for_voxel_size(MODEL_VOXEL_SIZE, spatial_dims=args.dims, architecture=args.architecture,
                                            base_filters=args.base_filters)
     patch_shape = tuple(args.patch) if args.patch else (PATCH_SHAPE if args.dims == 3 else PATCH_SHAPE_2D)
     config = TrainConfig(steps=args.steps, batch_size=args.batch, learning_rate=args.lr, seed=args.seed,
-                         device=args.device, checkpoint_every=100,
+                         device=args.device, checkpoint_every=100, deterministic=not args.fast,
                          loss=LossConfig(pull_weight=args.embedding_weight, push_weight=args.embedding_weight,
                                          negative_weight=args.negative_weight, push_radius_um=args.push_radius))
     init_provenance, init_path = None, args.init
@@ -146,9 +158,60 @@ def main(argv=None) -> int:
                               field_um=POOL_FIELD_UM[args.dims], vary_samples=args.vary_samples,
                               vary_layout=args.vary_layout)
 
-    sampler = PatchSampler(new_pool(args.pool, args.seed * 1000), patch_shape,
-                           AugmentConfig(appearance=args.appearance))
+    augment = AugmentConfig(appearance=args.appearance)
+    if args.workers > 0:
+        recipe = PoolRecipe(MODEL_VOXEL_SIZE, max(2, args.pool // args.workers), args.refresh_every * args.batch,
+                            dict(presets=args.presets, shapes_dir=args.shapes_dir, field_um=POOL_FIELD_UM[args.dims],
+                                 vary_samples=args.vary_samples, vary_layout=args.vary_layout))
+        sampler = WorkerPatches(args.workers, recipe, patch_shape, augment, seed=args.seed)
+    else:
+        sampler = PatchSampler(new_pool(args.pool, args.seed * 1000), patch_shape, augment)
     started = time.time()
+    try:
+        if args.time_budget is not None:
+            per_step = time_steps(spec, sampler, config, checkpoints.with_name(checkpoints.name + ".probe"), init_path)
+            config = dataclasses.replace(config, steps=max(config.warmup_steps + 10,
+                                                           int(args.time_budget / (per_step * 1.05))))
+            provenance["time_budget"] = {"seconds": args.time_budget, "seconds_per_step": round(per_step, 4),
+                                         "steps": config.steps}
+            print(f"{per_step:.3f} s/step: {config.steps} steps fit in {args.time_budget:.0f} s", flush=True)
+        run_training(args, spec, sampler, config, checkpoints, init_path, new_pool)
+    finally:
+        if isinstance(sampler, WorkerPatches):
+            print(f"waited {sampler.waited_s:.1f} s for patches from the workers", flush=True)
+            sampler.close()
+    model, _ = load_model(checkpoints / "last.json")
+    provenance["wall_seconds"] = round(time.time() - started, 1)
+    provenance["train"] = train_config_dict(config)
+    final = ModelSpec(network=network, voxel_size=MODEL_VOXEL_SIZE, decoding=spec.decoding,
+                      provenance=provenance, name=spec.name, description=spec.description)
+    path = save_model(out, model, final)
+    print(f"saved {path}")
+    calibrate_and_save(out, args.presets, calibration_seed, args.dims, args.calibration_volumes, args.vary_samples,
+                       args.vary_layout, device=args.calibration_device)
+    return 0
+
+
+def time_steps(spec: ModelSpec, sampler, config: TrainConfig, folder: Path, init: Optional[Path],
+               steps: int = 12) -> float:
+    """Seconds per training step of this run, from a throwaway run of ``steps`` (the first three, warm-up
+    and kernel choice, not counted) in ``folder``, which is removed after."""
+    probe = dataclasses.replace(config, steps=steps, checkpoint_every=10 * steps, epoch_steps=10 * steps,
+                                warmup_steps=1)
+    times = []
+    try:
+        for event in train(spec, sampler, probe, folder, init=init):
+            if event.kind == "step":
+                times.append(time.perf_counter())
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return float(np.median(np.diff(times[3:])))
+
+
+def run_training(args, spec: ModelSpec, sampler, config: TrainConfig, checkpoints: Path, init_path,
+                 new_pool) -> None:
+    """The training loop: progress lines, and (in-process pools) a quarter of the pool renewed every
+    ``--refresh-every`` steps."""
     for event in train(spec, sampler, config, checkpoints, init=init_path):
         if event.kind == "step":
             if event.step % 10 == 0:
@@ -156,7 +219,7 @@ def main(argv=None) -> int:
                 print(f"step {event.step}/{event.total_steps} total {loss['total']:.4f} heat {loss['heatmap']:.4f} "
                       f"pull {loss['pull']:.4f} push {loss['push']:.4f} lr {event.learning_rate:.2e} "
                       f"{event.seconds:.0f}s", flush=True)
-            if event.step % args.refresh_every == 0:
+            if isinstance(sampler, PatchSampler) and event.step % args.refresh_every == 0:
                 # Replace a quarter of the pool with new scenes (seeded by the step: reproducible).
                 fresh = new_pool(max(1, args.pool // 4), args.seed * 1000 + event.step)
                 start = (event.step // args.refresh_every) * len(fresh) % args.pool
@@ -164,15 +227,6 @@ def main(argv=None) -> int:
                     sampler.volumes[(start + i) % args.pool] = volume
         elif event.kind == "checkpoint":
             print(f"checkpoint {event.path}", flush=True)
-    model, _ = load_model(checkpoints / "last.json")
-    provenance["wall_seconds"] = round(time.time() - started, 1)
-    final = ModelSpec(network=network, voxel_size=MODEL_VOXEL_SIZE, decoding=spec.decoding,
-                      provenance=provenance, name=spec.name, description=spec.description)
-    path = save_model(out, model, final)
-    print(f"saved {path}")
-    calibrate_and_save(out, args.presets, calibration_seed, args.dims, args.calibration_volumes, args.vary_samples,
-                           args.vary_layout)
-    return 0
 
 
 def transfer_weights(source, network: NetworkConfig, out: Path) -> Path:
@@ -209,10 +263,10 @@ def validation_set(presets, seed: int, n: int = 6, dims: int = 3, vary_samples: 
 
 
 def calibrate_and_save(out: Path, presets, seed: int, dims: int = 3, n_volumes: int = 6,
-                       vary_samples: bool = False, vary_layout: float = 0.0) -> None:
+                       vary_samples: bool = False, vary_layout: float = 0.0, device: str = "cpu") -> None:
     """Choose decoding thresholds on validation volumes (TPR − FDR at τL = 5) and store them."""
     model, spec = load_model(out.with_suffix(".json"))
-    predictor = Predictor.from_modules([(model, spec)], "cpu")
+    predictor = Predictor.from_modules([(model, spec)], device)
     best, table = calibrate_decoding(predictor, validation_set(list(presets), seed, n=n_volumes, dims=dims,
                                                                    vary_samples=vary_samples, vary_layout=vary_layout))
     row = best_row(table)
