@@ -396,3 +396,32 @@ def test_cli_predict_with_model_file(tmp_path, capsys):
         err = capsys.readouterr().err
         assert "No CUDA GPU found; choose the CPU as the device. (command line: --device cpu)" in err
         assert "Traceback" not in err
+
+
+def test_test_time_augmentation_averages_the_mirrored_outputs():
+    """With ``tta`` every window runs four times (as is, mirrored in y, x, both) and the outputs, mirrored
+    back, are averaged: a network that favours the right-hand side of its window stops doing so."""
+
+    class RightLeaning(OracleNet):
+        def forward(self, x):
+            out = super().forward(x)
+            ramp = torch.linspace(0.0, 1.0, x.shape[-1])
+            return {k: (v * ramp if k.startswith("heatmap") else v) for k, v in out.items()}
+
+    rng = np.random.default_rng(0)
+    data = rng.random((2, 4, 24, 24)).astype(np.float32) + 0.5
+    data = data + data[..., ::-1]  # mirror-symmetric in x
+    volume = Volume(data, (1.0, 0.5, 0.5), ("nuclei", "golgi"))
+    outputs, calls = [], []
+    for tta in (False, True):
+        net = RightLeaning()
+        predictor = Predictor.from_modules([(net, oracle_spec((1.0, 0.5, 0.5)))], "cpu", amp=False, tta=tta)
+        outputs.append(predictor.run_network(volume).heatmap_nucleus)
+        calls.append(net.calls)
+        assert predictor.provenance()["test_time_augmentation"] == ("mirrored in y, x and both, averaged" if tta
+                                                                    else None)
+    plain, averaged = outputs
+    assert calls[1] == 4 * calls[0]
+    assert plain[:, :, -1].mean() > plain[:, :, 0].mean() + 0.3  # leans right without it
+    np.testing.assert_allclose(averaged, averaged[:, :, ::-1], atol=1e-5)  # mirror-symmetric with it
+    np.testing.assert_allclose(averaged.mean(), plain.mean(), rtol=0.05)
