@@ -81,7 +81,10 @@ class OutsideConfig:
     bits : int
         Digitiser range; values clip at ``2**bits - 1`` (saturation).
     fill : Range
-        Mean nucleus signal as a fraction of the digitiser range (the user's exposure choice).
+        Mean nucleus signal as a fraction of the digitiser range (the user's exposure and gain choice), used
+        where ``adu_per_e`` is (0, 0).
+    adu_per_e : Range
+        Camera conversion gain (ADU per photo-electron) of a camera whose gain the user does not set (sCMOS).
     """
 
     name: str
@@ -90,9 +93,10 @@ class OutsideConfig:
     camera: str = "scmos"
     bits: int = 16
     fill: Range = (0.06, 0.16)
-    # photons (mean, in focus) of a typical object and of the backgrounds
-    nucleus_photons: Range = (60.0, 220.0)
-    golgi_photons: Range = (50.0, 240.0)
+    adu_per_e: Range = (0.42, 0.6)
+    # photo-electrons (mean, in focus) of a typical object and of the backgrounds
+    nucleus_photons: Range = (250.0, 1000.0)
+    golgi_photons: Range = (200.0, 1000.0)
     autofluor_nucleus: Range = (0.04, 0.12)   # × nucleus photons
     autofluor_golgi: Range = (0.06, 0.22)     # × Golgi photons
     haze_golgi: Range = (0.05, 0.18)          # perinuclear cytoplasmic Golgi-marker haze, × Golgi photons
@@ -136,7 +140,7 @@ class OutsideConfig:
 CONFIGS: dict[str, OutsideConfig] = {
     "validation": OutsideConfig(name="validation", seed_base=50_000, stream=1),
     "ship": OutsideConfig(
-        name="ship", seed_base=90_000, stream=2, camera="emccd", bits=12, fill=(0.12, 0.3),
+        name="ship", seed_base=90_000, stream=2, camera="emccd", bits=12, fill=(0.12, 0.3), adu_per_e=(0.0, 0.0),
         nucleus_photons=(30.0, 120.0), golgi_photons=(25.0, 140.0),
         autofluor_nucleus=(0.05, 0.14), autofluor_golgi=(0.07, 0.22), haze_golgi=(0.08, 0.22),
         vessel_golgi=(0.06, 0.18),
@@ -1110,8 +1114,11 @@ def render(nuclei_um: np.ndarray, golgi_um: np.ndarray, field_um: Sequence[float
     blurred *= np.clip(illum, 0.2, None).astype(np.float32)[None, None]
     blurred *= np.clip(rows, 0.1, None).astype(np.float32)
 
-    # exposure chosen by the user: the mean nucleus fills cfg.fill of the range; bright things saturate
-    adu_per_e = float(rng.uniform(*cfg.fill) * (2 ** cfg.bits - 1) / nuc_level)
+    # the camera's gain, or (EMCCD) the user's: the mean nucleus fills cfg.fill of the range; bright things saturate
+    if cfg.adu_per_e[1] > 0:
+        adu_per_e = p["adu_per_e"]
+    else:
+        adu_per_e = float(rng.uniform(*cfg.fill) * (2 ** cfg.bits - 1) / nuc_level)
     data = _camera(rng, blurred, cfg, p, adu_per_e)
     del blurred
 
@@ -1133,8 +1140,9 @@ def render(nuclei_um: np.ndarray, golgi_um: np.ndarray, field_um: Sequence[float
                                                                   "bits": cfg.bits, "params": params,
                                                                   "golgi_kinds": [g.kind for g in cells_g]}})
     if return_labels:
-        labels = labels.copy()
-        labels[labels > n] = 0
+        lut = np.zeros(max(int(labels.max()), n) + 1, dtype=np.int32)  # only the annotated (kept) cells
+        lut[np.array(kept, dtype=int) + 1] = np.array(kept, dtype=np.int32) + 1
+        labels = lut[labels]
         return volume, pairs, labels
     return volume, pairs
 
