@@ -53,6 +53,33 @@ def _series_arg(parser: argparse.ArgumentParser, help_text: str, allow_all: bool
                         metavar="N|all" if allow_all else "N", help=help_text)
 
 
+def _cluster_args(parser: argparse.ArgumentParser, item: str) -> None:
+    """``--workers N`` / ``--scheduler ADDRESS`` / ``--worker-threads T``: run the batch on a Dask cluster."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, metavar="N",
+                       help=f"run on a local Dask cluster of N worker processes, one {item} per task")
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help=f"run on a running Dask cluster (e.g. tcp://host:8786), one {item} per task; its workers "
+                            "must reach the inputs, the models and --out by the same paths (shared storage) and "
+                            "have CellPol Studio installed")
+    parser.add_argument("--worker-threads", type=int, metavar="T",
+                        help="torch threads per worker (default: the cores divided by --workers; on a --scheduler "
+                             "worker, its CPUs divided by the tasks it runs at once)")
+
+
+def _cluster_options(args: argparse.Namespace):
+    """The :class:`~app.core.cluster.ClusterOptions` the flags ask for, or None (run here, serially)."""
+    if args.workers is None and args.scheduler is None:
+        if args.worker_threads is not None:
+            raise CellPolError("--worker-threads needs --workers N or --scheduler ADDRESS.")
+        return None
+    from app.core.cluster import ClusterOptions
+
+    options = ClusterOptions(workers=args.workers, scheduler=args.scheduler, torch_threads=args.worker_threads)
+    options.check()
+    return options
+
+
 def _channel_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nucleus-channel", type=int, metavar="N", help="0-based index of the nucleus channel")
     parser.add_argument("--golgi-channel", type=int, metavar="G", help="0-based index of the Golgi channel")
@@ -71,6 +98,7 @@ SETTING_FLAGS = {
     "init": "--init", "calibrate": "--calibrate", "images": "--images DIR", "project": "--project DIR",
     "val_images": "--val-images DIR", "val_vectors": "--val-vectors DIR",
     "n_boot": "--bootstrap N", "n_perm": "--permutations N",
+    "workers": "--workers N", "scheduler": "--scheduler ADDRESS", "torch_threads": "--worker-threads T",
 }
 
 
@@ -126,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--polarity-concentration", type=float, metavar="K",
                    help="von Mises–Fisher concentration κ around --polarity-direction (0 = uniform on the sphere, "
                         "5 = strong, 20 = tight; default 4)")
+    _cluster_args(p, "volume")
 
     p = sub.add_parser("predict", help="predict polarity vectors for images or folders of images")
     p.add_argument("inputs", nargs="+", help="image files and/or folders")
@@ -144,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(0-based) or all, each written as <stem>_s<N>-<name>.pred.vectors.csv; default 0")
     _voxel_size_arg(p, help_extra="; overrides the file's metadata, required where it has none")
     _channel_args(p)
+    _cluster_args(p, "image")
 
     p = sub.add_parser(
         "train", help="train or fine-tune a model on your annotated images",
@@ -441,9 +471,21 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     if args.shapes_dir:
         options["shapes_dir"] = args.shapes_dir
     options.update(_polarity_options(args))
-    paths = _drive(simulate.synthesize_job(args.out, args.n, preset=args.preset, seed=args.seed,
-                                           vary_samples=args.vary_samples, **options), "synth", "vol")
+    cluster = _cluster_options(args)
+    if cluster is None:
+        job = simulate.synthesize_job(args.out, args.n, preset=args.preset, seed=args.seed,
+                                      vary_samples=args.vary_samples, **options)
+    else:
+        from app.core.cluster import synthesize_cluster_job
+
+        job = synthesize_cluster_job(args.out, args.n, cluster, preset=args.preset, seed=args.seed,
+                                     vary_samples=args.vary_samples, **options)
+    paths = _drive(job, "synth", "vol")
     print(f"Wrote {len(paths)} volumes with ground-truth vectors to {args.out}")
+    if len(paths) < args.n:
+        print(f"{args.n - len(paths)} volume(s) failed (see the warnings above); run again to write them.",
+              file=sys.stderr)
+        return EXIT_FAILED_ITEMS
     return EXIT_OK
 
 
@@ -463,32 +505,28 @@ def _polarity_options(args: argparse.Namespace) -> dict:
     return options
 
 
-def _make_predictor(args: argparse.Namespace):
-    """Return (predictor, provenance) for the chosen method."""
-    from app.core.classic import ClassicParams, predict_classic
+def _predictor_spec(args: argparse.Namespace):
+    """The :class:`~app.core.batch.PredictorSpec` the flags ask for (``--method auto`` decided here)."""
+    from app.core.batch import PredictorSpec
 
     method = args.method
     if method == "auto":
         method = "cellpol" if args.model or _starter_model_available() else "classic"
         print(f"Method: {method}" + ("" if method == "cellpol" else " (no learned model available)"),
               file=sys.stderr)
-    if method == "cellpol":
-        from app.core.inference import Predictor, StarterPredictor
+    models = tuple(str(Path(m).resolve()) for m in args.model or ()) if method == "cellpol" else ()
+    return PredictorSpec(method, models, args.device, tuple(args.window) if args.window else None, args.batch_size)
 
-        options = {"window": args.window, "batch_size": args.batch_size}
-        if not args.model:  # the bundled starters: the 3D one for stacks, the 2D one for single planes
-            predictor = StarterPredictor(args.device, **options)  # one clear error when none is installed
-            print("Model: " + ", ".join(f"{m['name']} ({m['images']} images)" for m in predictor.provenance()["models"])
-                  + f" on {predictor.device}", file=sys.stderr)
-            return predictor, predictor.provenance()
-        predictor = Predictor.from_files(list(args.model), args.device, **options)
-        print(f"Model: {', '.join(m['name'] for m in predictor.provenance()['models'])} on {predictor.device}",
-              file=sys.stderr)
-        return predictor, predictor.provenance()
-    params = ClassicParams()
-    from dataclasses import asdict
 
-    return (lambda volume: predict_classic(volume, params)), {"method": "classic", "parameters": asdict(params)}
+def _make_predictor(args: argparse.Namespace):
+    """Return (predictor, provenance) for the chosen method."""
+    from app.core.batch import describe_provenance
+
+    spec = _predictor_spec(args)
+    predictor, provenance = spec.build()  # one clear error when no starter is installed or a model is damaged
+    if spec.method == "cellpol":
+        print(describe_provenance(provenance), file=sys.stderr)
+    return predictor, provenance
 
 
 def _starter_model_available() -> bool:
@@ -512,7 +550,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                            ".lif, .nd2 and OME-Zarr folders).")
     images = _series_items(images, args.series)
     ensure_folder(args.out)  # before loading a model
-    predictor, provenance = _make_predictor(args)
+    cluster = _cluster_options(args)
+    if cluster is None:
+        predictor, provenance = _make_predictor(args)
+        job = predict_batch(images, args.out, predictor, options, provenance, overwrite=args.overwrite)
+    else:  # each worker builds the predictor itself
+        from app.core.cluster import predict_batch_cluster
+
+        job = predict_batch_cluster(images, args.out, _predictor_spec(args), cluster, options,
+                                    overwrite=args.overwrite)
     records = []
     summary = Path(args.out) / SUMMARY_NAME
 
@@ -523,8 +569,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 say(f"FAILED {event.item.image}: {event.item.error}{flag_hint(event.item)}")
 
     try:
-        _drive(predict_batch(images, args.out, predictor, options, provenance, overwrite=args.overwrite),
-               "predict", "img", per_item=True, on_event=on_event)
+        _drive(job, "predict", "img", per_item=True, on_event=on_event)
     except OutputError:
         done = sum(r.status in ("ok", "skipped") for r in records)
         print(f"Stopped: {done} image(s) done are listed in {summary}.", file=sys.stderr)

@@ -131,6 +131,15 @@ class BatchRecord:
     error: str = ""
     #: The settings the error asks to change (:attr:`CellPolError.settings`).
     settings: dict[str, Any] = field(default_factory=dict)
+    #: The ``errno`` of a write that failed (``None`` otherwise): a full disk or a read-only folder stops the batch.
+    errno: Optional[int] = None
+    #: How many times the image was tried (a cluster batch tries a failed image once more).
+    attempts: int = 1
+
+    @property
+    def stops_batch(self) -> bool:
+        """Whether no later image could be written either (full disk, read-only or forbidden folder)."""
+        return self.errno in _FOLDER_WIDE_ERRORS
 
 
 @dataclass
@@ -155,6 +164,82 @@ class ReadOptions:
         )
         # Validate roles now so a bad channel index is one clear message per image.
         return volume.with_roles(self.nucleus_channel, self.golgi_channel)
+
+
+@dataclass(frozen=True)
+class PredictorSpec:
+    """How to make a batch's predictor, in plain values: what a cluster task receives instead of the model.
+
+    Each worker of a cluster batch builds its predictor from this once and keeps it
+    (:func:`app.core.cluster.predict_task`); the serial batch builds the same one, so both write the same files.
+
+    Parameters
+    ----------
+    method : {"cellpol", "classic"}
+        The learned model(s) or the classic Otsu peer.
+    models : tuple of str
+        Model ``.json`` files (several: an ensemble); empty: the bundled starter models (3D for stacks, 2D
+        for single planes). Give absolute paths where workers start elsewhere.
+    device : str
+        ``auto``, ``cpu``, ``cuda`` or ``mps`` (:func:`app.core.device.select_device`), resolved where it is built.
+    window : tuple of int, optional
+        Largest sliding window ``(z, y, x)`` (:class:`app.core.inference.Predictor`).
+    batch_size : int, optional
+        Windows per network call.
+    """
+
+    method: str = "cellpol"
+    models: tuple[str, ...] = ()
+    device: str = "auto"
+    window: Optional[tuple[int, int, int]] = None
+    batch_size: Optional[int] = None
+
+    def build(self) -> tuple[PairPredictor, dict[str, Any]]:
+        """The predictor and the provenance its outputs' sidecars carry.
+
+        Raises
+        ------
+        CellPolError
+            Missing or damaged model files, no starter model installed, a device that is not there.
+        """
+        if self.method == "classic":
+            from dataclasses import asdict
+
+            from app.core.classic import ClassicParams
+
+            params = ClassicParams()
+            return _ClassicPredictor(params), {"method": "classic", "parameters": asdict(params)}
+        if self.method != "cellpol":
+            raise CellPolError(f"Unknown method {self.method!r}; choose cellpol or classic.", settings={"method": None})
+        from app.core.inference import Predictor, StarterPredictor
+
+        options = {"window": self.window, "batch_size": self.batch_size}
+        if not self.models:
+            predictor = StarterPredictor(self.device, **options)
+        else:
+            predictor = Predictor.from_files(list(self.models), self.device, **options)
+        return predictor, predictor.provenance()
+
+
+@dataclass(frozen=True)
+class _ClassicPredictor:
+    """The classic peer with fixed parameters, as a predictor (a plain object, so it can travel)."""
+
+    params: Any
+
+    def __call__(self, volume: Volume) -> PairSet:
+        from app.core.classic import predict_classic
+
+        return predict_classic(volume, self.params)
+
+
+def describe_provenance(provenance: dict[str, Any]) -> str:
+    """One line naming what predicts: ``Model: name (3D images), ... on cpu`` or ``Method: classic``."""
+    if provenance.get("method") != "cellpol":
+        return f"Method: {provenance.get('method', 'unknown')}"
+    names = ", ".join(m["name"] + (f" ({m['images']} images)" if "images" in m else "")
+                      for m in provenance.get("models", []))
+    return f"Model: {names} on {provenance.get('device', '?')}"
 
 
 def image_identity(image: Path) -> dict[str, Any]:
@@ -209,51 +294,96 @@ def predict_batch(
 
     for image, target in plan:
         check_cancel(cancel)
-        started = time.perf_counter()
-        if target.exists() or target.is_symlink():
-            existing = _existing_output(image, target, overwrite)
-            if existing is not None:
-                yield finish(existing)
-                continue
-        try:
-            volume = read_options.read(image)
-            pairs = yield from _predict_one(predictor, volume, cancel)
-        except CancelledError:
-            raise
-        except CellPolError as exc:
-            yield finish(BatchRecord(image, None, "failed", seconds=time.perf_counter() - started, error=str(exc),
-                                     settings=exc.settings))
-            continue
-        except MemoryError:
-            yield finish(BatchRecord(
-                image, None, "failed", seconds=time.perf_counter() - started,
-                error=f"{image}: out of memory. Try a smaller image or a machine with more memory."))
-            continue
-        info = {
-            **image_identity(image),
-            "image_shape_zyx": list(volume.spatial_shape),
-            "channels": {"nucleus": volume.nucleus_channel, "golgi": volume.golgi_channel},
-            "voxel_size_source": volume.metadata.get("voxel_size_source", "file"),
-        }
-        info.update(provenance or {})
-        try:
-            write_pairs(target, pairs, provenance=info, content="prediction")
-        except OutputError as exc:
-            record = BatchRecord(image, None, "failed", seconds=time.perf_counter() - started, error=str(exc))
-            if exc.errno in _FOLDER_WIDE_ERRORS:
-                records.append(record)
-                if summary_path is not None:
-                    try:
-                        write_summary(records, summary_path)
-                    except OutputError:
-                        pass  # the summary written after the previous image stands
-                yield ItemDone(len(records), len(plan), f"failed: {Path(image).name}", item=record)
-                raise
-            yield finish(record)
-            continue
-        yield finish(_record_done(image, target, pairs, time.perf_counter() - started))
+        record = yield from predict_image(image, target, predictor, read_options, provenance, overwrite, cancel)
+        if record.stops_batch:
+            yield from _stop_batch(records, record, len(plan), summary_path)
+        yield finish(record)
     yield Result(records, f"{sum(r.status == 'ok' for r in records)} of {len(plan)} image(s) predicted")
     return records
+
+
+def predict_image(
+    image: Path,
+    target: Path,
+    predictor: PairPredictor,
+    read_options: Optional[ReadOptions] = None,
+    provenance: Optional[dict[str, Any]] = None,
+    overwrite: bool = False,
+    cancel: Optional[CancelToken] = None,
+) -> Job:
+    """Predict one image of a batch into ``target``: a job whose result is the image's :class:`BatchRecord`.
+
+    What the serial batch (:func:`predict_batch`) and each task of a cluster batch
+    (:func:`app.core.cluster.predict_task`) do per image, so both write the same files. An output that
+    exists is kept (``skipped``) or refused as :func:`predict_batch` says; problems with the image
+    (:class:`CellPolError`, ``MemoryError``) and a failed write become a ``failed`` record, never an
+    exception (a write's ``errno`` is kept: :attr:`BatchRecord.stops_batch`).
+
+    Parameters
+    ----------
+    image : path or SeriesItem
+    target : path
+        The ``<stem>.pred.vectors.csv`` to write (:func:`plan_outputs`).
+    predictor : callable
+        Volume in, pairs out; one with a ``job`` method is driven as a job (its progress passes on).
+    read_options : ReadOptions, optional
+    provenance : dict, optional
+        Merged into the sidecar (the model, its settings).
+    overwrite : bool
+        Recompute an existing prediction.
+    cancel : CancelToken, optional
+
+    Returns
+    -------
+    BatchRecord
+
+    Raises
+    ------
+    CancelledError
+        ``cancel`` fired.
+    """
+    read_options = read_options or ReadOptions()
+    started = time.perf_counter()
+    if target.exists() or target.is_symlink():
+        existing = _existing_output(image, target, overwrite)
+        if existing is not None:
+            return existing
+    try:
+        volume = read_options.read(image)
+        pairs = yield from _predict_one(predictor, volume, cancel)
+    except CancelledError:
+        raise
+    except CellPolError as exc:
+        return BatchRecord(image, None, "failed", seconds=time.perf_counter() - started, error=str(exc),
+                           settings=exc.settings)
+    except MemoryError:
+        return BatchRecord(image, None, "failed", seconds=time.perf_counter() - started,
+                           error=f"{image}: out of memory. Try a smaller image or a machine with more memory.")
+    info = {
+        **image_identity(image),
+        "image_shape_zyx": list(volume.spatial_shape),
+        "channels": {"nucleus": volume.nucleus_channel, "golgi": volume.golgi_channel},
+        "voxel_size_source": volume.metadata.get("voxel_size_source", "file"),
+    }
+    info.update(provenance or {})
+    try:
+        write_pairs(target, pairs, provenance=info, content="prediction")
+    except OutputError as exc:
+        return BatchRecord(image, None, "failed", seconds=time.perf_counter() - started, error=str(exc),
+                           errno=exc.errno)
+    return _record_done(image, target, pairs, time.perf_counter() - started)
+
+
+def _stop_batch(records: list[BatchRecord], record: BatchRecord, total: int, summary_path: Optional[Path]) -> Job:
+    """A write failed for a reason no later image escapes: list it, keep the summary, stop with its error."""
+    records.append(record)
+    if summary_path is not None:
+        try:
+            write_summary(records, summary_path)
+        except OutputError:
+            pass  # the summary written after the previous image stands
+    yield ItemDone(len(records), total, f"failed: {Path(record.image).name}", item=record)
+    raise OutputError(record.error, record.errno)
 
 
 def _predict_one(predictor: PairPredictor, volume: Volume, cancel: Optional[CancelToken]) -> Job:

@@ -201,11 +201,7 @@ def synthesize_job(
     CellPolError
         Invalid options, or volumes too large for the memory available (checked before anything is written).
     """
-    if int(n) < 0:
-        raise CellPolError(f"The number of volumes must be >= 0, got {n}.")
-    base = SimConfig(shape=tuple(shape), voxel_size=None if voxel_size is None else tuple(voxel_size), preset=preset)
-    base = base.replace(**overrides)
-    check_simulation_memory(base.resolved().shape)  # fail early, before writing anything
+    base = synthesis_base(n, shape, voxel_size, preset, **overrides)  # fails early, before writing anything
     out = Path(out_dir)
     ensure_folder(out)
     clean_stale_temporaries(out)
@@ -213,17 +209,69 @@ def synthesize_job(
     total = int(n)
     for k in range(start_index, start_index + total):
         check_cancel(cancel)
-        cfg = base.replace(seed=item_seed(seed, k))
-        if vary_samples:
-            varied = varied_sample_options(np.random.default_rng([item_seed(seed, k), 1]), preset)
-            cfg = cfg.replace(**{name: value for name, value in varied.items() if name not in overrides})
-        volume, pairs = simulate(cfg)
-        stem = f"synth_{k:04d}"
-        tif = _write_item(out, stem, volume, pairs, seed, k)
+        tif, n_pairs = synthesize_item(out, base, seed, k, vary_samples, tuple(overrides))
         paths.append(tif)
-        yield ItemDone(len(paths), total, f"{stem}: {len(pairs)} pairs", item=tif)
+        yield ItemDone(len(paths), total, f"{tif.stem}: {n_pairs} pairs", item=tif)
     yield Result(paths, f"{len(paths)} volume(s) in {out}")
     return paths
+
+
+def synthesis_base(
+    n: int,
+    shape: tuple[int, int, int] = (64, 256, 256),
+    voxel_size: Optional[Sequence[float]] = None,
+    preset: str = "confocal",
+    **overrides: Any,
+) -> SimConfig:
+    """The configuration every item of a dataset starts from, checked before anything is written.
+
+    Raises
+    ------
+    CellPolError
+        A negative ``n``, invalid options, or volumes too large for the memory available.
+    """
+    if int(n) < 0:
+        raise CellPolError(f"The number of volumes must be >= 0, got {n}.")
+    base = SimConfig(shape=tuple(shape), voxel_size=None if voxel_size is None else tuple(voxel_size), preset=preset)
+    base = base.replace(**overrides)
+    check_simulation_memory(base.resolved().shape)
+    return base
+
+
+def synthesize_item(out_dir: str | os.PathLike, base: SimConfig, seed: int, index: int, vary_samples: bool = False,
+                    keep: Sequence[str] = (), attempt: int = 1) -> tuple[Path, int]:
+    """Simulate and write item ``index`` of a dataset: what :func:`synthesize_job` does per volume, and what
+    each task of a cluster run does (:func:`app.core.cluster.synthesize_cluster_job`), so both write the same
+    files. Plain arguments, importable by name.
+
+    Parameters
+    ----------
+    out_dir : path
+        The dataset's folder (it exists).
+    base : SimConfig
+        :func:`synthesis_base`'s configuration; the item's seed is :func:`item_seed` ``(seed, index)``.
+    seed, index : int
+        Dataset seed and item number.
+    vary_samples : bool
+        Draw the item's sample options (:func:`varied_sample_options`) from its own seed...
+    keep : sequence of str
+        ...except these options, which the caller set.
+    attempt : int
+        Which try this is (a cluster run tries a failed item again); it changes nothing in the item.
+
+    Returns
+    -------
+    tif : Path
+        ``synth_<index>.tif``; its vectors are ``synth_<index>.vectors.csv`` beside it.
+    n_pairs : int
+        Ground-truth pairs in the item.
+    """
+    cfg = base.replace(seed=item_seed(seed, index))
+    if vary_samples:
+        varied = varied_sample_options(np.random.default_rng([item_seed(seed, index), 1]), base.preset)
+        cfg = cfg.replace(**{name: value for name, value in varied.items() if name not in keep})
+    volume, pairs = simulate(cfg)
+    return _write_item(Path(out_dir), f"synth_{index:04d}", volume, pairs, seed, index), len(pairs)
 
 
 def _write_item(out: Path, stem: str, volume: Volume, pairs: PairSet, seed: int, index: int) -> Path:
