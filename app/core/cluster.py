@@ -126,9 +126,7 @@ def open_cluster(options: ClusterOptions) -> Iterator[ClusterSession]:
     """Start a local cluster, or connect to a running one; on leaving, close the client (and the local
     cluster it started, with its worker processes).
 
-    The local cluster's workers are processes (torch work holds the GIL in places), one task each, without a
-    memory limit (Dask would otherwise restart a worker that a large image brings near its share of memory,
-    where the serial batch would have finished it), without a dashboard, and with their logs kept to errors.
+    The local cluster's workers are processes (torch work holds the GIL in places): :func:`start_local_cluster`.
 
     Raises
     ------
@@ -138,7 +136,7 @@ def open_cluster(options: ClusterOptions) -> Iterator[ClusterSession]:
     """
     options.check()
     try:
-        from distributed import Client, LocalCluster
+        from distributed import Client
     except ImportError as exc:
         raise CellPolError(f"Running on a cluster needs Dask's distributed scheduler ({exc}): install "
                            "dask[distributed].") from None
@@ -159,8 +157,7 @@ def open_cluster(options: ClusterOptions) -> Iterator[ClusterSession]:
             workers = int(options.workers)
             threads = options.torch_threads or max(1, available_cores() // workers)
             try:
-                cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, silence_logs=logging.ERROR, memory_limit=0)
+                cluster = start_local_cluster(workers)
                 client = Client(cluster)
             except (OSError, TimeoutError, RuntimeError) as exc:
                 if cluster is not None:
@@ -174,6 +171,20 @@ def open_cluster(options: ClusterOptions) -> Iterator[ClusterSession]:
             client.close()
             if cluster is not None:
                 cluster.close()
+
+
+def start_local_cluster(workers: int) -> Any:
+    """A :class:`distributed.LocalCluster` of ``workers`` processes for torch work, one task at a time each.
+
+    No memory limit (Dask would otherwise restart a worker that a large image brings near its share of memory,
+    where the serial batch would have finished it); no dashboard, and its health server on a free local port
+    rather than 8787; its logs and its workers' kept to errors.
+    """
+    from distributed import LocalCluster
+
+    return LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True, dashboard_address=None,
+                        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}, silence_logs=logging.ERROR,
+                        memory_limit=0)
 
 
 @contextlib.contextmanager
