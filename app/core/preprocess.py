@@ -54,6 +54,43 @@ def resampling_for(shape: Sequence[int], voxel_size: Sequence[float], target_vox
     return Resampling(tuple(o / i for o, i in zip(out_shape, in_shape)), in_shape, out_shape)  # type: ignore[arg-type]
 
 
+def linear_sources(mapping: Resampling, axis: int, start: int, stop: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where the linear resampling of ``mapping`` reads output voxels ``start:stop`` along ``axis``.
+
+    The voxel-centre rule of :class:`Resampling` with the edge handling of ``torch.nn.functional.interpolate``
+    (``align_corners=False``) and of :func:`resample`'s ``mode="nearest"``: a source coordinate below 0
+    reads voxel 0 and one past the last voxel reads the last. Output voxel ``k`` is
+    ``(1 − w[k]) · in[i0[k]] + w[k] · in[i1[k]]``, so a region of the resampled image can be computed from
+    the input voxels ``i0.min() … i1.max()`` alone (streaming prediction).
+
+    Parameters
+    ----------
+    mapping : Resampling
+    axis : int
+        0, 1 or 2 (z, y, x).
+    start, stop : int
+        Output voxel range.
+
+    Returns
+    -------
+    i0, i1 : ndarray of int64
+        The two input voxels of each output voxel.
+    w : ndarray of float64
+        The weight of ``i1``.
+    """
+    n_in, n_out = int(mapping.in_shape[axis]), int(mapping.out_shape[axis])
+    dst = np.arange(int(start), int(stop), dtype=np.float64)
+    if n_in == n_out:
+        index = dst.astype(np.int64)
+        return index, index.copy(), np.zeros(len(index))
+    src = np.maximum((dst + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    w = np.where(i1 > i0, src - i0, 0.0)
+    return i0, i1, w
+
+
 def resample(data: np.ndarray, voxel_size: Sequence[float], target_voxel_size: Sequence[float],
              order: int = 1) -> tuple[np.ndarray, Resampling]:
     """Resample ``(C, Z, Y, X)`` (or ``(Z, Y, X)``) data to ``target_voxel_size`` (linear by default).

@@ -66,6 +66,9 @@ Modules
     :func:`prepare_on_device` (step 2), :func:`fuse_batchnorm`, the out-of-memory messages.
 :mod:`~app.core.inference.predictor`
     :class:`Predictor` (the pipeline), :class:`Member`, :class:`Prediction`, :class:`NetworkOutput`.
+:mod:`~app.core.inference.streaming`
+    Images too big for memory, read and predicted tile by tile (:func:`predict_lazy_job`,
+    :meth:`Predictor.predict_lazy`; batch prediction switches to it above a memory budget).
 :mod:`~app.core.inference.models`
     The shipped starter models (:func:`models_dir`, :func:`starter_models`, :func:`find_starter_model`,
     :class:`StarterPredictor`).
@@ -119,6 +122,7 @@ from app.core.inference.predictor import (
     ProgressLike,
 )
 from app.core.inference.staging import _out_of_memory, _percentile_range_torch, fuse_batchnorm, prepare_on_device
+from app.core.inference.streaming import LazyVolume, open_for_prediction, predict_lazy_job
 from app.core.inference.windows import WindowGrid, plan_axis, plan_windows
 
 __all__ = [
@@ -138,6 +142,8 @@ __all__ = [
     "CPU_ACTIVATION_BUDGET", "CUDA_FREE_MEMORY_FRACTION", "DEFAULT_BATCH_SIZE", "DEFAULT_CONTEXT_UM",
     "DEFAULT_MAX_WINDOW_YX", "DEFAULT_MAX_WINDOW_Z", "MPS_ACTIVATION_BUDGET", "CancelLike", "Member",
     "NetworkOutput", "PathLike", "Prediction", "Predictor", "ProgressLike",
+    # streaming (images read tile by tile)
+    "LazyVolume", "open_for_prediction", "predict_lazy_job",
     # models
     "StarterPredictor", "find_starter_model", "models_dir", "starter_models",
 ]

@@ -145,6 +145,12 @@ class StarterPredictor:
         """:meth:`Predictor.job` of the starter that fits ``volume``."""
         return self.for_volume(volume).job(volume, cancel)
 
+    def open_image(self, image: Any, read_options: Any, target: Optional[PathLike] = None) -> Any:
+        """:meth:`Predictor.open_image` with the starter that fits the image."""
+        from app.core.inference.streaming import open_for_prediction
+
+        return open_for_prediction(image, read_options, self, target=target)
+
     def provenance(self) -> dict[str, Any]:
         """Both starter models, each labelled with the images it serves (2D or 3D)."""
         models = []

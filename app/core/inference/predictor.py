@@ -32,6 +32,7 @@ from app.core.inference.pairing import (
     vector_scores,
 )
 from app.core.inference.peaks import MAX_PEAKS, LocalMaxima, Peaks, device_local_maxima, find_peaks, ridge_scores
+from app.core.inference.streaming import LazyVolume, as_lazy_volume, open_for_prediction, predict_lazy_job
 from app.core.inference.staging import _is_oom, _oom_device, _out_of_memory, fuse_batchnorm, prepare_on_device
 from app.core.inference.windows import WindowGrid, _round_up, plan_windows
 from app.core.jobs import CancelToken, Job, Progress, ProgressCallback, Result, check_cancel, progress_to_callback
@@ -593,6 +594,8 @@ class Predictor:
         CellPolError
             Missing channel roles, a 2D/3D mismatch, or running out of memory.
         """
+        if isinstance(volume, LazyVolume):  # an image too big for memory: tile by tile
+            return (yield from predict_lazy_job(self, volume, as_cancel_token(cancel)))
         output = yield from self._network_steps(volume, as_cancel_token(cancel))
         pairs = self.decode(output)
         prediction = Prediction(
@@ -602,6 +605,41 @@ class Predictor:
         )
         yield Result(prediction, f"{len(pairs)} vector(s)")
         return prediction
+
+    def predict_lazy(self, image: Any, nucleus_channel: int = 0, golgi_channel: int = 1,
+                     voxel_size: Optional[Sequence[float]] = None, progress: ProgressLike = None,
+                     cancel: CancelLike = None, **options: Any) -> Prediction:
+        """Predict a :class:`~app.core.imageio.LazyImage` tile by tile, never holding it whole
+        (:func:`~app.core.inference.streaming.predict_lazy_job`; :meth:`job` does the same for a
+        :class:`~app.core.inference.streaming.LazyVolume`).
+
+        Parameters
+        ----------
+        image : LazyImage
+            From :func:`~app.core.imageio.open_lazy` (the caller closes it).
+        nucleus_channel, golgi_channel : int
+        voxel_size : (float, float, float), optional
+            ``(z, y, x)`` µm; default the image's.
+        progress, cancel
+            As for :meth:`predict`.
+        **options
+            ``tile_bytes``, ``core``, ``record_dir`` of :func:`~app.core.inference.streaming.predict_lazy_job`.
+
+        Returns
+        -------
+        Prediction
+            Without heatmaps.
+        """
+        volume = as_lazy_volume(image, nucleus_channel, golgi_channel, voxel_size)
+        return run_job(predict_lazy_job(self, volume, as_cancel_token(cancel), **options),
+                       progress_to_callback(progress))
+
+    def open_image(self, image: Any, read_options: Any, target: Optional[PathLike] = None) -> Any:
+        """What batch prediction predicts for the file ``image``: the :class:`~app.core.volume.Volume`, or a
+        :class:`~app.core.inference.streaming.LazyVolume` streamed tile by tile where predicting it whole
+        would not fit the memory budget (:func:`~app.core.inference.streaming.open_for_prediction`); with
+        ``target`` (the output CSV) a streamed prediction keeps resumable tile records beside it."""
+        return open_for_prediction(image, read_options, self, target=target)
 
     def run_network(self, volume: Volume, progress: ProgressLike = None, cancel: CancelLike = None) -> NetworkOutput:
         """Preprocess, run every member over the windows and stitch the heatmaps (no decoding).
@@ -624,37 +662,53 @@ class Predictor:
         timings: dict[str, float] = {}
         t_start = time.perf_counter()
         prepared, mapping = self._prepare_staged(volume)
-        staging = next(iter(prepared.values())).device
         shape = mapping.out_shape
         timings["preprocess"] = time.perf_counter() - t_start
         grid, batch = self.plan(shape)
+        heat_np, maxima, member_embeddings = yield from self._network_on_prepared(
+            prepared, grid, batch, token, timings, f"the image ({volume.describe()})")
+        del prepared
+        check_cancel(token)
+        timings["network_total"] = time.perf_counter() - t_start
+        return NetworkOutput(heat_np[0], heat_np[1], member_embeddings, grid, mapping,
+                             tuple(volume.spatial_shape), tuple(volume.voxel_size), batch, timings, maxima)
+
+    def _network_on_prepared(self, prepared: dict[tuple, torch.Tensor], grid: WindowGrid, batch: int,
+                             token: Optional[CancelToken], timings: dict[str, float], what: str,
+                             done_before: int = 0, total: Optional[int] = None) -> Job:
+        """Every member over the windows of ``grid`` on ``prepared`` (:meth:`_prepare`'s tensors, which it
+        releases), stitched: yields the windows' progress (``done_before`` + windows run, of ``total``,
+        default this grid's windows), returns ``(heatmaps, maxima, member_embeddings)``. ``what`` names the
+        image in an out-of-memory message. The streaming path (:mod:`app.core.inference.streaming`) calls
+        it once per tile."""
+        staging = next(iter(prepared.values())).device
+        shape = grid.shape
         weights, totals = zip(*(grid.axis_weights(a) for a in range(3)))
         weights = [[torch.from_numpy(w.astype(np.float32)).to(staging) for w in axis] for axis in weights]
         try:
             heat_sum = tuple(torch.zeros(shape, dtype=torch.float32, device=staging) for _ in range(2))
             run = _NetworkRun(grid, batch, list(weights), heat_sum, token,  # type: ignore[arg-type]
-                              total=len(grid) * len(self.members), timings=timings)
+                              total=total if total is not None else len(grid) * len(self.members),
+                              done=done_before, timings=timings)
             del heat_sum
-            yield Progress(0, run.total, "windows")
+            yield Progress(run.done, run.total, "windows")
             member_embeddings = []
             for member in self.members:
                 norm = member.spec.normalization
                 image = prepared[(norm.low_percentile, norm.high_percentile, norm.clip)]
                 member_embeddings.append((yield from self._run_member(member, image, run)))
-            del prepared, image
+            prepared.clear()
+            del image
             heat_np, maxima = self._finish_stitching(run, totals, staging)
         except MemoryError:
-            raise _out_of_memory(f"stitching the network's output for the image ({volume.describe()})",
+            raise _out_of_memory(f"stitching the network's output for {what}",
                                  [torch.device("cpu")], "a smaller image (crop it)") from None
         except RuntimeError as exc:
             if _is_oom(exc):
-                raise _out_of_memory(f"stitching the network's output for the image ({volume.describe()})",
+                raise _out_of_memory(f"stitching the network's output for {what}",
                                      [_oom_device(exc, staging)], "a smaller image (crop it)") from None
             raise
-        check_cancel(token)
-        timings["network_total"] = time.perf_counter() - t_start
-        return NetworkOutput(heat_np[0], heat_np[1], member_embeddings, grid, mapping,
-                             tuple(volume.spatial_shape), tuple(volume.voxel_size), batch, timings, maxima)
+        return heat_np, maxima, member_embeddings
 
     def _finish_stitching(self, run: _NetworkRun, totals: Sequence[np.ndarray], staging: torch.device
                           ) -> tuple[tuple[np.ndarray, np.ndarray], Optional[tuple[LocalMaxima, LocalMaxima]]]:
