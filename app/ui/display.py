@@ -118,8 +118,9 @@ def intensity_range(dtype: np.dtype, channel: Optional[np.ndarray] = None) -> tu
     return float(np.nanmin(channel)), float(np.nanmax(channel))
 
 
-def default_displays(volume: Volume) -> list[ChannelDisplay]:
-    """Green nuclei, magenta Golgi, other channels blue/yellow/grey, contrast from percentiles."""
+def default_displays(volume: Volume, preview: Optional[np.ndarray] = None) -> list[ChannelDisplay]:
+    """Green nuclei, magenta Golgi, other channels blue/yellow/grey, contrast from percentiles (of ``preview``,
+    ``(C, Z, Y, X)``, where given: a large image's coarsest level, its ``volume.data`` holding no pixels)."""
     others = iter(OTHER_COLOURS * 4)
     displays = []
     for index, name in enumerate(volume.channel_names):
@@ -129,7 +130,7 @@ def default_displays(volume: Volume) -> list[ChannelDisplay]:
             colour = GOLGI_COLOUR
         else:
             colour = next(others)
-        low, high = auto_contrast(volume.data[index])
+        low, high = auto_contrast((preview if preview is not None else volume.data)[index])
         displays.append(ChannelDisplay(name, colour, low, high))
     return displays
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import numpy as np
 from PySide6 import QtCore, QtWidgets
 
 from app import __version__
@@ -30,7 +32,9 @@ from app.core.annotation import (
 )
 from app.core.errors import CellPolError, FileFormatError, MissingVoxelSizeError
 from app.core.imageio import read_image_info, read_volume
+from app.core.imageio.lazy import open_lazy
 from app.core.imageio.readers import is_zarr_folder
+from app.core.multiscale import MultiscaleImage, available_memory_bytes, default_cache_dir, in_memory_bytes
 from app.core.pairs import (
     PairSet,
     read_3dngmic_vectors,
@@ -47,8 +51,14 @@ from app.ui.dialogs import VoxelSizeDialog
 from app.ui.series_dialog import choose_series
 from app.ui.display import default_displays
 from app.ui.state import ViewerState
+from app.ui.workers import run_in_thread
 
 MAX_RECENT = 10
+#: An image whose pixels would take more than this share of the memory available when it is opened is opened as a
+#: large image (a downsampled view, full resolution read for the region in view); the setting ``large_image_mb``
+#: (megabytes) overrides it.
+LARGE_IMAGE_MEMORY_SHARE = 0.25
+LARGE_IMAGE_NOTE = "Large image: showing a downsampled view; zoom in for full resolution."
 IMAGE_FILTER = ("Images (*.tif *.tiff *.ome.tif *.ome.tiff *.npy *.czi *.lif *.nd2 zarr.json .zattrs);;"
                 "All files (*)")
 IMAGE_SUFFIXES = (".tif", ".tiff", ".npy", ".czi")
@@ -220,6 +230,8 @@ class DocumentController(QtCore.QObject):
                 return False
         if voxel_size is None:
             voxel_size = self.remembered_voxel_size(path) if path.exists() else None
+        if self.is_large_image(path, series):
+            return self._open_large(path, voxel_size, axes, series)
         try:
             QtWidgets.QApplication.setOverrideCursor(QtCore.Qt.CursorShape.WaitCursor)
             try:
@@ -252,6 +264,163 @@ class DocumentController(QtCore.QObject):
         self.set_last_dir(path)
         return True
 
+    # --- large images (read at several resolutions) ---------------------------------------------
+    def large_image_threshold(self) -> int:
+        """Bytes above which an image opens as a large image: the ``large_image_mb`` setting, else
+        :data:`LARGE_IMAGE_MEMORY_SHARE` of the memory available now."""
+        try:
+            megabytes = float(self.settings.value("large_image_mb", 0) or 0)
+        except (TypeError, ValueError):
+            megabytes = 0.0
+        if megabytes > 0:
+            return int(megabytes * 2**20)
+        return int(LARGE_IMAGE_MEMORY_SHARE * available_memory_bytes())
+
+    def is_large_image(self, path: Path, series: int = 0) -> bool:
+        """Whether ``path`` is too large to load whole (its metadata only is read; unreadable files are left to
+        the usual path, which says what is wrong)."""
+        try:
+            info = read_image_info(path, scene=series)
+        except (CellPolError, OSError):
+            return False
+        shape = info.get("czyx_shape") or info.get("shape")
+        try:
+            needed = in_memory_bytes(shape, info.get("dtype"))
+        except TypeError:
+            return False
+        return needed > self.large_image_threshold()
+
+    def multiscale_cache_dir(self) -> Optional[Path]:
+        """Where the coarse levels of large images are cached (the ``multiscale_cache`` setting, else the user
+        cache folder; an empty setting value ``"none"`` turns the cache off)."""
+        value = str(self.settings.value("multiscale_cache", "") or "")
+        if value.lower() == "none":
+            return None
+        return Path(value) if value else default_cache_dir()
+
+    def _open_large(self, path: Path, voxel_size: Optional[Sequence[float]], axes: Optional[str],
+                    series: int) -> bool:
+        """Open ``path`` as a :class:`MultiscaleImage`: its coarsest level is computed (or read from the cache)
+        in a worker thread while the window keeps answering, then shown; the views read full resolution for the
+        region in view. ``state.volume`` is a :class:`Volume` of the full-resolution shape and voxel size whose
+        data hold no pixels (annotations stay in full-resolution voxels)."""
+        try:
+            lazy = open_lazy(path, series=series, axes=axes, voxel_size=voxel_size)
+        except MissingVoxelSizeError:
+            return self._ask_and_retry(path, read_image_info(path, scene=series), ask_axes=False, axes=axes,
+                                       series=series)
+        except CellPolError as exc:
+            self.warn("Cannot open image", str(exc))
+            return False
+        except MemoryError:
+            self.warn("Cannot open image", f"{path}: not enough memory to open this image.")
+            return False
+        if lazy.voxel_size is None:
+            lazy.close()
+            return self._ask_and_retry(path, read_image_info(path, scene=series), ask_axes=False, axes=axes,
+                                       series=series)
+        multiscale = self._build_multiscale(lazy, path)
+        if multiscale is None:
+            lazy.close()
+            return False
+        try:
+            volume = self._placeholder_volume(multiscale, path, series)
+        except CellPolError as exc:
+            multiscale.close()
+            self.warn("Cannot open image", str(exc))
+            return False
+        self.load_volume(volume, image_path=path, multiscale=multiscale)
+        self.add_recent(path)
+        self.set_last_dir(path)
+        self.status.emit(LARGE_IMAGE_NOTE)
+        return True
+
+    def _build_multiscale(self, lazy, path: Path) -> Optional[MultiscaleImage]:
+        """The multiscale image of ``lazy``, computed in a worker thread; the event loop runs meanwhile (a progress
+        dialog with Cancel when interactive). ``None`` (after saying why) when it fails or is cancelled."""
+        progress = {"done": 0, "total": 0}
+        cancelled = threading.Event()
+        outcome: dict[str, Any] = {}
+        loop = QtCore.QEventLoop()
+        cache_dir = self.multiscale_cache_dir()
+        options = {}
+        try:  # the coarsest level's memory budget (tests and small machines set it)
+            budget_mb = float(self.settings.value("multiscale_budget_mb", 0) or 0)
+        except (TypeError, ValueError):
+            budget_mb = 0.0
+        if budget_mb > 0:
+            options["budget_bytes"] = int(budget_mb * 2**20)
+
+        def build() -> MultiscaleImage:
+            return MultiscaleImage(lazy, cache_dir=cache_dir, **options, progress=lambda done, total: progress.update(
+                done=done, total=total), cancel=cancelled.is_set)
+
+        def finish(key: str, value: Any) -> None:
+            outcome[key] = value
+            loop.quit()
+
+        dialog = None
+        if self.interactive:
+            dialog = QtWidgets.QProgressDialog(f"Preparing a downsampled view of {path.name}…", "Cancel", 0, 100,
+                                               self.parent_widget)
+            dialog.setWindowModality(QtCore.Qt.WindowModality.WindowModal)
+            dialog.setMinimumDuration(500)
+            dialog.canceled.connect(cancelled.set)
+        timer = QtCore.QTimer()
+        timer.setInterval(200)
+
+        def report() -> None:
+            if progress["total"]:
+                share = int(100 * progress["done"] / progress["total"])
+                self.status.emit(f"Large image: preparing a downsampled view of {path.name}: {share} %")
+                if dialog is not None:
+                    dialog.setValue(share)
+
+        timer.timeout.connect(report)
+        timer.start()
+        self.status.emit(f"Large image: preparing a downsampled view of {path.name}…")
+        worker = run_in_thread(build, on_result=lambda value: finish("result", value),
+                               on_error=lambda exc: finish("error", exc))
+        if not outcome:
+            loop.exec()
+        timer.stop()
+        if dialog is not None:
+            dialog.reset()
+            dialog.deleteLater()
+        del worker
+        error = outcome.get("error")
+        if error is not None:
+            if cancelled.is_set():
+                self.status.emit("Opening cancelled.")
+            elif isinstance(error, MemoryError):
+                self.warn("Cannot open image", f"{path}: not enough memory for its downsampled view.")
+            else:
+                self.warn("Cannot open image", str(error) if isinstance(error, CellPolError) else
+                          f"{path}: cannot read the image ({type(error).__name__}: {error}).")
+            return None
+        return outcome.get("result")
+
+    @staticmethod
+    def _placeholder_volume(multiscale: MultiscaleImage, path: Path, series: int) -> Volume:
+        """The :class:`Volume` the rest of the window sees for a large image: full-resolution shape, voxel size and
+        channels; its data are a read-only broadcast of zeros (no memory). ``metadata["multiscale"]`` marks it:
+        whatever needs pixels must read them through ``ViewerState.multiscale``."""
+        image = multiscale.image
+        c = image.shape[0]
+        data = np.broadcast_to(np.zeros((c, 1, 1, 1), image.dtype), image.shape)
+        nucleus, golgi = 0, 1
+        try:
+            from app.core.imageio.reading import _channel_roles
+
+            nucleus, golgi, _ = _channel_roles(c, image.channel_names, {"nucleus": None, "golgi": None}, {}, path)
+        except Exception:  # noqa: BLE001 - the roles are a convenience; the user can set them
+            pass
+        metadata = {"format": image.format, "scene": series, "series_name": image.series_name,
+                    "multiscale": True, "levels": multiscale.describe(), "warnings": [],
+                    "original_dtype": str(image.dtype)}
+        return Volume(data, image.voxel_size, channel_names=image.channel_names or (), nucleus_channel=nucleus,
+                      golgi_channel=golgi, source=str(path), metadata=metadata)
+
     def _ask_and_retry(self, path: Path, info: dict, ask_axes: bool, axes: Optional[str],
                        voxel_size: Optional[Sequence[float]] = None, series: int = 0) -> bool:
         if info.get("voxel_size") and voxel_size is None:
@@ -274,9 +443,15 @@ class DocumentController(QtCore.QObject):
 
     def load_volume(self, volume: Volume, image_path: Optional[Path] = None,
                     vectors_path: Optional[Path] = None, pairs: Optional[PairSet] = None,
-                    fresh: bool = False) -> None:
+                    fresh: bool = False, multiscale: Optional[MultiscaleImage] = None) -> None:
         """Show ``volume`` and its annotations (from ``vectors_path``, or beside the image), offering to
-        recover an autosave newer than the saved file. ``fresh`` starts empty (the demo)."""
+        recover an autosave newer than the saved file. ``fresh`` starts empty (the demo). ``multiscale``: a large
+        image, whose ``volume`` holds no pixels (the large image open now stays when ``volume`` is its placeholder
+        again, e.g. with another voxel size)."""
+        previous = self.state.multiscale
+        if multiscale is None and previous is not None and volume.metadata.get("multiscale") and \
+                tuple(previous.shape) == tuple(volume.data.shape):
+            multiscale = previous
         self._detach_autosave()
         self.image_path = Path(image_path) if image_path is not None else None
         if vectors_path is None and self.image_path is not None:
@@ -286,7 +461,9 @@ class DocumentController(QtCore.QObject):
                 vectors_path = vectors_path_for(self.image_path)
         self.vectors_path = Path(vectors_path) if vectors_path is not None else None
         self._clear_comparison()
-        self.state.set_volume(volume, self._displays_for(volume))
+        self.state.set_volume(volume, self._displays_for(volume, multiscale), multiscale=multiscale)
+        if previous is not None and previous is not multiscale:
+            previous.close()
 
         loaded = PairSet.empty(volume.voxel_size)
         if pairs is not None:
@@ -328,9 +505,9 @@ class DocumentController(QtCore.QObject):
                 self.status.emit(f"Cannot update the project file: {exc.strerror or exc}")
         self.document_changed.emit()
 
-    def _displays_for(self, volume: Volume):
+    def _displays_for(self, volume: Volume, multiscale: Optional[MultiscaleImage] = None):
         """Default displays with the colours and gammas remembered for the nucleus/Golgi roles."""
-        displays = default_displays(volume)
+        displays = default_displays(volume, multiscale.levels[-1].array if multiscale is not None else None)
         prefs = self._settings_json("channel_display", {})
         for index, display in enumerate(displays):
             role = "nucleus" if index == volume.nucleus_channel else "golgi" if index == volume.golgi_channel else None

@@ -17,24 +17,32 @@ Mouse and trackpad, the same on every platform:
 from __future__ import annotations
 
 import functools
-from typing import Optional
+import math
+from typing import Any, Optional
 
 import numpy as np
 import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 
 from app.core.annotation import GOLGI, NUCLEUS
+from app.core.multiscale import PLANE_AXES
 from app.ui.display import (
     EVALUATION_COLOURS,
     SELECTED_COLOUR,
     CompositeRenderer,
 )
 from app.ui.state import AXIS_NAMES, VIEW_AXES, ViewerState
+from app.ui.workers import run_in_thread
 
 _HIT_PIXELS = 9.0
 _NUCLEUS_SIZE = 15.0
 _GOLGI_SIZE = 10.0
 _MIN_SCALE = 0.35  # marker size at the edge of the depth window
+#: A large image's sharp region is asked for this long after the view stops moving (pans and zooms come in bursts).
+DETAIL_DELAY_MS = 60
+#: At most this many bytes are read from the file for one view's sharp region; a coarser level is shown instead
+#: of a larger read (a YZ plane of a striped TIFF reads whole rows of every slice).
+MAX_DETAIL_READ_BYTES = 256 * 2**20
 
 
 def _colour(rgb, alpha: int = 255) -> QtGui.QColor:
@@ -85,6 +93,61 @@ class RedrawQueue(QtCore.QObject):
             self._views.pop(0).flush_overlay()
         if self._views:
             self._timer.start()
+
+
+class DetailLoader(QtCore.QObject):
+    """Reads one view's sharp region of a large image in a worker thread, one read at a time.
+
+    A request made while a read runs waits; a newer one replaces it (the user panned or scrolled on), so a
+    burst of scrolling costs one read in flight plus the last position, never a queue of stale reads. The GUI
+    thread never waits on the file.
+    """
+
+    loaded = QtCore.Signal(object, object)   # request, planes (C, a, b)
+    failed = QtCore.Signal(object, str)      # request, message
+
+    def __init__(self, parent: Optional[QtCore.QObject] = None) -> None:
+        super().__init__(parent)
+        self.current: Optional[dict] = None   # the request being read
+        self.pending: Optional[dict] = None   # the request to read next
+        self.reads = 0                        # reads started (tests count them)
+        self._worker: Any = None
+
+    @property
+    def busy(self) -> bool:
+        return self.current is not None
+
+    def request(self, request: dict) -> None:
+        if self.current is not None:
+            self.pending = request
+            return
+        self._start(request)
+
+    def drop_pending(self) -> None:
+        self.pending = None
+
+    def _start(self, request: dict) -> None:
+        self.current = request
+        self.reads += 1
+        self._worker = run_in_thread(request["read"], on_result=self._on_result, on_error=self._on_error)
+
+    def _next(self) -> None:
+        self.current, self._worker = None, None
+        if self.pending is not None:
+            request, self.pending = self.pending, None
+            self._start(request)
+
+    def _on_result(self, planes) -> None:
+        request = self.current
+        self._next()
+        if request is not None:
+            self.loaded.emit(request, planes)
+
+    def _on_error(self, exc: BaseException) -> None:
+        request = self.current
+        self._next()
+        if request is not None:
+            self.failed.emit(request, f"Cannot read the full-resolution region: {exc}")
 
 
 class _SliceViewBox(pg.ViewBox):
@@ -181,6 +244,22 @@ class SliceView(QtWidgets.QWidget):
         self.graphics.setCentralItem(self.viewbox)
         self.image = pg.ImageItem(axisOrder="row-major")
         self.viewbox.addItem(self.image)
+        # A large image: the coarsest level is ``image``; the region in view at the resolution the zoom asks for
+        # is ``detail``, above it, read in a worker thread (DetailLoader) after the view stops moving.
+        self.detail = pg.ImageItem(axisOrder="row-major")
+        self.detail.setZValue(5)
+        self.detail.setVisible(False)
+        self.viewbox.addItem(self.detail, ignoreBounds=True)
+        self.detail_loader = DetailLoader(self)
+        self.detail_loader.loaded.connect(self._on_detail_loaded)
+        self.detail_loader.failed.connect(self._on_detail_failed)
+        self.detail_shown: Optional[dict] = None   # the request whose planes ``detail`` shows
+        self.detail_planes: Optional[np.ndarray] = None
+        self._detail_timer = QtCore.QTimer(self)
+        self._detail_timer.setSingleShot(True)
+        self._detail_timer.setInterval(DETAIL_DELAY_MS)
+        self._detail_timer.timeout.connect(self.request_detail)
+        self.viewbox.sigRangeChanged.connect(self._schedule_detail)
         self._line_items: dict[tuple, pg.PlotCurveItem] = {}
         self.markers = _Markers(pxMode=True)
         self.markers.setZValue(20)
@@ -266,6 +345,12 @@ class SliceView(QtWidgets.QWidget):
         size = state.voxel_size
         width = state.shape[self.h_axis] * size[self.h_axis]
         height = state.shape[self.v_axis] * size[self.v_axis]
+        self._clear_detail()
+        if state.is_multiscale:
+            # the coarsest level's voxels cover whole blocks of level-0 voxels (the last block may run past the edge)
+            factors, preview = state.preview_factors(), state.preview().shape[1:]
+            width = preview[self.h_axis] * factors[self.h_axis] * size[self.h_axis]
+            height = preview[self.v_axis] * factors[self.v_axis] * size[self.v_axis]
         self._slice = -1
         self.refresh_image()
         self.image.setRect(QtCore.QRectF(0, 0, width, height))
@@ -281,6 +366,7 @@ class SliceView(QtWidgets.QWidget):
         if index != self._slice and not self.state.mip:
             self.refresh_image()
             self.refresh_overlay()
+            self._schedule_detail()
         self.slider.blockSignals(True)
         self.slider.setValue(index)
         self.slider.blockSignals(False)
@@ -290,6 +376,7 @@ class SliceView(QtWidgets.QWidget):
         self.slider.setEnabled(not on and self.state.shape[self.axis] > 1)
         self.refresh_image()
         self.refresh_overlay()
+        self._schedule_detail()
 
     def _on_slider(self, value: int) -> None:
         self.state.step_slice(self.axis, value - self.state.slice_index(self.axis))
@@ -323,7 +410,120 @@ class SliceView(QtWidgets.QWidget):
             return
         self._slice = self.state.slice_index(self.axis)
         self.image.setImage(self.current_rgb(), levels=(0, 255), autoLevels=False)
+        self._show_detail()
         self._update_title()
+
+    # --- a large image: the sharp region in view --------------------------------------------
+    def _clear_detail(self) -> None:
+        self._detail_timer.stop()
+        self.detail_loader.drop_pending()
+        self.detail_shown, self.detail_planes = None, None
+        self.detail.setVisible(False)
+
+    def _schedule_detail(self, *args) -> None:
+        if self.state.is_multiscale:
+            self._detail_timer.start()  # restarts: the read waits until the view stops moving
+
+    def _is_current(self, request: dict) -> bool:
+        """Whether ``request`` is for what the view shows now (its slice of its level, not a projection)."""
+        state = self.state
+        if not state.is_multiscale or state.mip or request["multiscale"] is not state.multiscale:
+            return False
+        factor = state.multiscale.scale_at(request["level"])[self.axis]
+        return state.slice_index(self.axis) // factor == request["slice"]
+
+    def wanted_detail(self) -> Optional[dict]:
+        """The region and level the view needs now (the region in view, at the level its zoom asks for), or
+        ``None`` when the coarsest level, in memory, is as sharp as the screen shows."""
+        state = self.state
+        multiscale = state.multiscale
+        if multiscale is None or state.volume is None or state.mip:
+            return None
+        size, shape = state.voxel_size, state.shape
+        (x0, x1), (y0, y1) = self.viewbox.viewRange()
+        ranges = {}
+        for axis, lo, hi in ((self.h_axis, x0, x1), (self.v_axis, y0, y1)):
+            first = int(np.clip(math.floor(lo / size[axis]), 0, shape[axis]))
+            last = int(np.clip(math.ceil(hi / size[axis]), 0, shape[axis]))
+            if last <= first:
+                return None
+            ranges[axis] = (first, last)
+        pixel_w, pixel_h = self.viewbox.viewPixelSize()
+        if not (pixel_w > 0 and pixel_h > 0):
+            return None
+        per_voxel = [math.inf, math.inf, math.inf]
+        per_voxel[self.h_axis] = size[self.h_axis] / pixel_w
+        per_voxel[self.v_axis] = size[self.v_axis] / pixel_h
+        plane_axes = PLANE_AXES[self.axis]
+        region0 = tuple(ranges[a] for a in plane_axes)
+        level = multiscale.choose_level(self.axis, per_voxel, region0, MAX_DETAIL_READ_BYTES)
+        if level >= multiscale.coarsest:
+            return None
+        factors = multiscale.scale_at(level)
+        region = tuple((lo // factors[a], -(-hi // factors[a])) for a, (lo, hi) in zip(plane_axes, region0))
+        return {"level": level, "slice": state.slice_index(self.axis) // factors[self.axis], "region": region,
+                "multiscale": multiscale}
+
+    @staticmethod
+    def _covers(have: Optional[dict], want: dict) -> bool:
+        return (have is not None and have["multiscale"] is want["multiscale"] and have["level"] == want["level"]
+                and have["slice"] == want["slice"]
+                and all(h0 <= w0 and w1 <= h1 for (h0, h1), (w0, w1) in zip(have["region"], want["region"])))
+
+    def request_detail(self) -> None:
+        """Ask for the sharp region in view (a worker thread reads it) unless it is shown or being read."""
+        want = self.wanted_detail()
+        if want is None:  # zoomed out to the coarsest level (as sharp as the screen), or a projection
+            self.detail_loader.drop_pending()
+            self.detail.setVisible(False)
+            return
+        if self._covers(self.detail_shown, want):
+            self.detail_loader.drop_pending()
+            self._show_detail()
+            return
+        if self._covers(self.detail_loader.current, want):
+            self.detail_loader.drop_pending()
+            return
+        # read a quarter more on each side, so that small pans need no new read
+        multiscale = want["multiscale"]
+        level_shape = multiscale.shape_at(want["level"])
+        padded = []
+        for a, (lo, hi) in zip(PLANE_AXES[self.axis], want["region"]):
+            margin = (hi - lo) // 4
+            padded.append((max(0, lo - margin), min(level_shape[1 + a], hi + margin)))
+        want["region"] = tuple(padded)
+        axis, index, level, region = self.axis, self.state.slice_index(self.axis), want["level"], want["region"]
+        want["read"] = lambda: multiscale.plane(axis, index, level, region)
+        self.detail_loader.request(want)
+
+    def _on_detail_loaded(self, request: dict, planes: np.ndarray) -> None:
+        if not self._is_current(request):
+            return  # the user scrolled on meanwhile: the next request is on its way
+        self.detail_shown, self.detail_planes = request, planes
+        self._show_detail()
+
+    def _on_detail_failed(self, request: dict, message: str) -> None:
+        if request["multiscale"] is self.state.multiscale:  # not a read of an image closed meanwhile
+            self.state.message.emit(message)
+
+    def _show_detail(self) -> None:
+        """Draw the loaded region (again, with the current channel displays), or hide it when it is stale."""
+        request, planes = self.detail_shown, self.detail_planes
+        if request is None or planes is None or not self._is_current(request):
+            self.detail.setVisible(False)
+            return
+        state = self.state
+        if self.axis == 2:
+            planes = planes.transpose(0, 2, 1)  # YZ: rows = y, columns = z
+        rgb = self.renderer.render([planes[c] if d.visible else None for c, d in enumerate(state.displays)],
+                                   state.displays)
+        factors, size = request["multiscale"].scale_at(request["level"]), state.voxel_size
+        extent = dict(zip(PLANE_AXES[self.axis], request["region"]))
+        (h0, h1), (v0, v1) = extent[self.h_axis], extent[self.v_axis]
+        fh, fv = factors[self.h_axis] * size[self.h_axis], factors[self.v_axis] * size[self.v_axis]
+        self.detail.setImage(rgb, levels=(0, 255), autoLevels=False)
+        self.detail.setRect(QtCore.QRectF(h0 * fh, v0 * fv, (h1 - h0) * fh, (v1 - v0) * fv))
+        self.detail.setVisible(True)
 
     # --- overlay ----------------------------------------------------------------------------
 

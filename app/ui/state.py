@@ -63,6 +63,9 @@ class ViewerState(QtCore.QObject):
         self.polarity_reference: Optional[tuple[str, tuple[float, float, float]]] = None
         self.pick: Optional[Callable[[tuple[float, float, float]], None]] = None  # the next click's taker, if any
         self._mips: dict[tuple[int, int], np.ndarray] = {}
+        # A large image opened at several resolutions (app.core.multiscale); ``volume.data`` is then a placeholder
+        # of the full-resolution shape that holds no pixels (see :meth:`is_multiscale`).
+        self.multiscale = None
         self.model = model if model is not None else AnnotationModel()
         self._connect_model(self.model)
 
@@ -74,8 +77,12 @@ class ViewerState(QtCore.QObject):
         model.history_changed.connect(self.history_changed.emit)
 
     # --- volume and display -----------------------------------------------------------------
-    def set_volume(self, volume: Volume, displays: Optional[Sequence[ChannelDisplay]] = None) -> None:
+    def set_volume(self, volume: Volume, displays: Optional[Sequence[ChannelDisplay]] = None,
+                   multiscale=None) -> None:
+        """Show ``volume``; ``multiscale`` (a :class:`~app.core.multiscale.MultiscaleImage`) for a large image whose
+        ``volume.data`` holds no pixels: the views then read the multiscale image."""
         self.volume = volume
+        self.multiscale = multiscale
         self.displays = list(displays) if displays is not None else default_displays(volume)
         self._mips.clear()
         z, y, x = volume.spatial_shape
@@ -102,8 +109,36 @@ class ViewerState(QtCore.QObject):
     def shape(self) -> tuple[int, int, int]:
         return self.volume.spatial_shape if self.volume is not None else (1, 1, 1)
 
+    @property
+    def is_multiscale(self) -> bool:
+        """A large image is open at several resolutions: ``volume.data`` holds no pixels (read them through
+        :attr:`multiscale`, :meth:`intensities_at` or :meth:`preview`)."""
+        return self.multiscale is not None
+
+    def preview(self) -> np.ndarray:
+        """The whole image in memory, ``(C, Z, Y, X)``: the volume's data, or a large image's coarsest level."""
+        if self.multiscale is not None:
+            return self.multiscale.levels[-1].array
+        return self.volume.data
+
+    def preview_factors(self) -> tuple[int, int, int]:
+        """Level-0 voxels per voxel of :meth:`preview` along z, y and x ((1, 1, 1) for an image in memory)."""
+        if self.multiscale is not None:
+            return self.multiscale.scale_at(self.multiscale.coarsest)
+        return (1, 1, 1)
+
+    def intensities_at(self, position: Sequence[float]) -> np.ndarray:
+        """Every channel's value at voxel ``(z, y, x)``: from memory, or read from a large image's file."""
+        z, y, x = (int(v) for v in np.clip(np.round(position), 0, np.asarray(self.shape) - 1))
+        if self.multiscale is not None:
+            return self.multiscale.intensities_at((z, y, x))
+        return self.volume.data[:, z, y, x]
+
     def plane(self, channel: int, axis: int) -> np.ndarray:
-        """What a view looking along ``axis`` shows of ``channel``: rows = its vertical axis."""
+        """What a view looking along ``axis`` shows of ``channel``: rows = its vertical axis. For a large image,
+        the plane of its coarsest level (:meth:`preview_factors` voxels per pixel)."""
+        if self.multiscale is not None:
+            return self._preview_plane(channel, axis)
         data = self.volume.data[channel]
         if self.mip:
             key = (channel, axis)
@@ -114,6 +149,18 @@ class ViewerState(QtCore.QObject):
             index = self.slice_index(axis)
             plane = data[(slice(None),) * axis + (index,)]
         return plane.T if axis == 2 else plane  # YZ: rows = y, columns = z
+
+    def _preview_plane(self, channel: int, axis: int) -> np.ndarray:
+        data = self.preview()[channel]
+        if self.mip:
+            key = (channel, axis)
+            if key not in self._mips:
+                self._mips[key] = data.max(axis=axis)
+            plane = self._mips[key]
+        else:
+            index = min(self.slice_index(axis) // self.preview_factors()[axis], data.shape[axis] - 1)
+            plane = data[(slice(None),) * axis + (index,)]
+        return plane.T if axis == 2 else plane
 
     def slice_index(self, axis: int) -> int:
         return int(np.clip(round(self.cursor[axis]), 0, self.shape[axis] - 1))
@@ -225,7 +272,25 @@ class ViewerState(QtCore.QObject):
         if channel is None or (not self.snap and free_axis is None):
             return position
         radius = self.snap_radius_um if self.snap else 0.0
+        if self.multiscale is not None:
+            return self._snapped_large(channel, position, radius, free_axis)
         return snap_to_peak(volume.data[channel], position, volume.voxel_size, radius, free_axis=free_axis)
+
+    def _snapped_large(self, channel: int, position: tuple[float, float, float], radius: float,
+                       free_axis: Optional[int]) -> tuple[float, float, float]:
+        """Snapping on a large image: the peak in a box of the full-resolution file around ``position`` (the
+        whole ray along ``free_axis`` on a projection), read for this click only."""
+        voxel = np.asarray(self.voxel_size)
+        # snap_to_peak smooths with sigma = max(radius / 3, 0.3) µm: a margin of 3 sigma beyond the radius
+        half = np.ceil((radius + 3 * max(radius / 3, 0.3)) / voxel).astype(int) + 1
+        centre = np.round(position).astype(int)
+        lo = np.maximum(centre - half, 0)
+        hi = np.minimum(centre + half + 1, np.asarray(self.shape))
+        if free_axis is not None:
+            lo[free_axis], hi[free_axis] = 0, self.shape[free_axis]
+        box = self.multiscale.read_level0(*((int(a), int(b)) for a, b in zip(lo, hi)))[channel]
+        local = snap_to_peak(box, np.asarray(position) - lo, self.voxel_size, radius, free_axis=free_axis)
+        return self.clamp(np.asarray(local) + lo)
 
     def place_at(self, position: Sequence[float], axis: Optional[int] = None) -> Optional[int]:
         """Place the next end (nucleus, then its Golgi) at ``position``; the crosshair follows it.

@@ -334,9 +334,17 @@ class Viewer3D(QtWidgets.QWidget):
         volume = self.state.volume
         if volume is None:
             return
-        self.factors = preview_factors(volume.spatial_shape, volume.voxel_size, self.max_voxels)
-        # The GPU ray caster blends at most 4 independent components.
-        data = block_max(volume.data[:4], self.factors)
+        if self.state.is_multiscale:
+            # a large image: its coarsest level (in memory), reduced further if it is still above max_voxels
+            source, base = self.state.preview(), self.state.preview_factors()
+            extra = preview_factors(source.shape[1:], [v * f for v, f in zip(volume.voxel_size, base)],
+                                    self.max_voxels)
+            self.factors = tuple(a * b for a, b in zip(base, extra))
+            data = block_max(source[:4], extra)
+        else:
+            self.factors = preview_factors(volume.spatial_shape, volume.voxel_size, self.max_voxels)
+            # The GPU ray caster blends at most 4 independent components.
+            data = block_max(volume.data[:4], self.factors)
         interleaved = np.ascontiguousarray(np.moveaxis(data, 0, -1))  # (Z, Y, X, C): x fastest in VTK
         if interleaved.dtype not in (np.uint8, np.uint16, np.float32):
             interleaved = interleaved.astype(np.float32)
@@ -541,8 +549,10 @@ class Viewer3D(QtWidgets.QWidget):
                 self.request_render()
             return
         renderer = self._plane_renderer
-        size = np.asarray(state.voxel_size)
-        shape = state.shape
+        # a large image's planes are its coarsest level's: voxels of preview_factors level-0 voxels
+        factors = np.asarray(state.preview_factors())
+        size = np.asarray(state.voxel_size) * factors
+        shape = state.preview().shape[1:] if state.is_multiscale else state.shape
         self._plane_buffers = []
         for axis in range(3):
             rgb = renderer.render([state.plane(c, axis) if d.visible else None for c, d in enumerate(state.displays)],
@@ -559,7 +569,7 @@ class Viewer3D(QtWidgets.QWidget):
             image.SetDimensions(*dims)
             image.SetSpacing(size[2], size[1], size[0])
             origin = [0.5 * size[2], 0.5 * size[1], 0.5 * size[0]]
-            origin[2 - axis] = (index + 0.5) * size[axis]
+            origin[2 - axis] = (index + 0.5) * state.voxel_size[axis]  # at the slice (inside its block)
             image.SetOrigin(*origin)
             array = numpy_to_vtk(buffer.reshape(-1, 3), deep=False)
             image.GetPointData().SetScalars(array)
