@@ -349,7 +349,8 @@ def predict_image(
         if existing is not None:
             return existing
     try:
-        volume = read_options.read(image)
+        opener = getattr(predictor, "open_image", None)  # learned predictors stream images too big for memory
+        volume = opener(image, read_options, target) if opener is not None else read_options.read(image)
         pairs = yield from _predict_one(predictor, volume, cancel)
     except CancelledError:
         raise
