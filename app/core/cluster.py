@@ -419,22 +419,24 @@ def predict_batch_cluster(
             yield Note(describe_provenance(provenance))
             tasks = [_Task(predict_task, (plan[i][0], plan[i][1], spec, read_options, overwrite,
                                           session.torch_threads), Path(plan[i][0]).name) for i in todo]
-            for outcome in _run_tasks(session.client, tasks, cancel, cluster.retries,
-                                      failed=lambda record: record.status == "failed"):
-                if isinstance(outcome, JobEvent):
-                    yield outcome
-                    continue
-                index = todo[outcome.index]
-                record = outcome.value
-                if outcome.error is not None:
-                    record = BatchRecord(plan[index][0], None, "failed",
-                                         error=f"{plan[index][0]}: the task failed on a worker: {outcome.error}")
-                record.attempts = outcome.attempts
-                if record.status == "failed" and outcome.attempts > 1:
-                    record.error = f"{record.error} (failed on all {outcome.attempts} attempts)"
-                if record.stops_batch:
-                    yield from _stop_batch(in_order(), record, len(plan), summary_path)
-                yield finish(index, record)
+            outcomes = _run_tasks(session.client, tasks, cancel, cluster.retries,
+                                  failed=lambda record: record.status == "failed")
+            with contextlib.closing(outcomes):  # its tasks cancelled while the client is open, however this ends
+                for outcome in outcomes:
+                    if isinstance(outcome, JobEvent):
+                        yield outcome
+                        continue
+                    index = todo[outcome.index]
+                    record = outcome.value
+                    if outcome.error is not None:
+                        record = BatchRecord(plan[index][0], None, "failed",
+                                             error=f"{plan[index][0]}: the task failed on a worker: {outcome.error}")
+                    record.attempts = outcome.attempts
+                    if record.status == "failed" and outcome.attempts > 1:
+                        record.error = f"{record.error} (failed on all {outcome.attempts} attempts)"
+                    if record.stops_batch:
+                        yield from _stop_batch(in_order(), record, len(plan), summary_path)
+                    yield finish(index, record)
     ordered = in_order()
     yield Result(ordered, f"{sum(r.status == 'ok' for r in ordered)} of {len(plan)} image(s) predicted")
     return ordered
@@ -501,21 +503,23 @@ def synthesize_cluster_job(
     if tasks:
         with open_cluster(cluster) as session:
             yield Note(session.description)
-            for outcome in _run_tasks(session.client, tasks, cancel, cluster.retries, failed=lambda value: False):
-                if isinstance(outcome, JobEvent):
-                    yield outcome
-                    continue
-                label = tasks[outcome.index].label
-                if outcome.error is not None:
-                    failed += 1
-                    yield JobWarning(f"{label} failed on all {outcome.attempts} attempts: {outcome.error}")
-                    message = f"{label}: failed"
-                    item = None
-                else:
-                    item, n_pairs = outcome.value
-                    written[outcome.index] = Path(item)
-                    message = f"{label}: {n_pairs} pairs"
-                yield ItemDone(len(written) + failed, len(tasks), message, item=item)
+            outcomes = _run_tasks(session.client, tasks, cancel, cluster.retries, failed=lambda value: False)
+            with contextlib.closing(outcomes):
+                for outcome in outcomes:
+                    if isinstance(outcome, JobEvent):
+                        yield outcome
+                        continue
+                    label = tasks[outcome.index].label
+                    if outcome.error is not None:
+                        failed += 1
+                        yield JobWarning(f"{label} failed on all {outcome.attempts} attempts: {outcome.error}")
+                        message = f"{label}: failed"
+                        item = None
+                    else:
+                        item, n_pairs = outcome.value
+                        written[outcome.index] = Path(item)
+                        message = f"{label}: {n_pairs} pairs"
+                    yield ItemDone(len(written) + failed, len(tasks), message, item=item)
     paths = [written[index] for index in sorted(written)]
     yield Result(paths, f"{len(paths)} volume(s) in {out}" + (f", {failed} failed" if failed else ""))
     return paths
