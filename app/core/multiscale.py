@@ -104,16 +104,25 @@ def level_factors(shape_zyx: Sequence[int], voxel_size: Optional[Sequence[float]
     list of (int, int, int)
         ``[(1, 1, 1), (1, 2, 2), ...]``; one entry when level 0 fits already.
     """
-    vz, vy, vx = voxel_size if voxel_size is not None else (1.0, 1.0, 1.0)
     factors = [(1, 1, 1)]
     while True:
-        fz, fy, fx = factors[-1]
         size = level_shape(shape_zyx, factors[-1])
-        if int(np.prod(size)) * bytes_per_voxel <= budget_bytes or max(size) <= 1:
+        following = _halved(shape_zyx, factors[-1], voxel_size)
+        if int(np.prod(size)) * bytes_per_voxel <= budget_bytes or following == factors[-1]:
             return factors
-        new_y, new_x = (fy * 2 if size[1] > 1 else fy), (fx * 2 if size[2] > 1 else fx)
-        halve_z = size[0] > MIN_Z_TO_HALVE and vz * fz < min(vy * new_y, vx * new_x)
-        factors.append((fz * 2 if halve_z else fz, new_y, new_x))
+        factors.append(following)
+
+
+def _halved(shape_zyx: Sequence[int], factors: Sequence[int],
+            voxel_size: Optional[Sequence[float]]) -> tuple[int, int, int]:
+    """The factors of the level after ``factors``: y and x halved (while longer than 1), z where it is long and
+    finer than the new in-plane step."""
+    vz, vy, vx = voxel_size if voxel_size is not None else (1.0, 1.0, 1.0)
+    fz, fy, fx = factors
+    size = level_shape(shape_zyx, factors)
+    new_y, new_x = (fy * 2 if size[1] > 1 else fy), (fx * 2 if size[2] > 1 else fx)
+    halve_z = size[0] > MIN_Z_TO_HALVE and vz * fz < min(vy * new_y, vx * new_x)
+    return (fz * 2 if halve_z else fz, new_y, new_x)
 
 
 def level_shape(shape_zyx: Sequence[int], factors: Sequence[int]) -> tuple[int, int, int]:
@@ -274,24 +283,19 @@ class MultiscaleImage:
             levels.append(Level(factors, tuple(reader.shape), reader=reader))
         if len(levels) > 1:
             # the file's own levels, then halving further from the coarsest of them while it is too large
-            last = levels[-1]
-            while self._level_bytes(levels[-1]) > self.budget_bytes and max(levels[-1].shape[1:]) > 1:
-                step = level_factors(levels[-1].shape[1:], self._voxel_at(levels[-1].factors),
-                                     self.n_channels * self.dtype.itemsize, 0)[1]
-                factors = tuple(a * b for a, b in zip(last.factors, step))
-                levels.append(Level(factors, (self.n_channels,) + level_shape(shape[1:], factors)))
-                last = levels[-1]
+            while self._level_bytes(levels[-1]) > self.budget_bytes:
+                factors = _halved(shape[1:], levels[-1].factors, self.voxel_size)
+                if factors == levels[-1].factors:
+                    break
+                source = next(level for level in reversed(levels) if level.reader is not None)
+                relative = tuple(a // b for a, b in zip(factors, source.factors))
+                levels.append(Level(factors, (self.n_channels,) + level_shape(source.shape[1:], relative)))
             return levels
         all_factors = level_factors(shape[1:], self.voxel_size, self.n_channels * self.dtype.itemsize,
                                     self.budget_bytes)
         for factors in all_factors[1:]:
             levels.append(Level(factors, (self.n_channels,) + level_shape(shape[1:], factors)))
         return levels
-
-    def _voxel_at(self, factors: Sequence[int]) -> Optional[tuple[float, float, float]]:
-        if self.voxel_size is None:
-            return None
-        return tuple(v * f for v, f in zip(self.voxel_size, factors))  # type: ignore[return-value]
 
     @property
     def n_levels(self) -> int:
