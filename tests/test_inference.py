@@ -425,3 +425,32 @@ def test_test_time_augmentation_averages_the_mirrored_outputs():
     assert plain[:, :, -1].mean() > plain[:, :, 0].mean() + 0.3  # leans right without it
     np.testing.assert_allclose(averaged, averaged[:, :, ::-1], atol=1e-5)  # mirror-symmetric with it
     np.testing.assert_allclose(averaged.mean(), plain.mean(), rtol=0.05)
+
+
+def test_windows_reaching_past_the_image_are_filled_by_mirroring_it_not_with_zeros():
+    """A stack thinner than the network window is grown by reflecting it at its border (zeros gave the
+    starter false cells on the slices next to them), repeatedly when the window is more than twice as long."""
+    from app.core.inference.predictor import mirror_pad
+
+    rng = np.random.default_rng(1)
+    part = rng.random((2, 3, 4, 5)).astype(np.float32) + 1.0
+    grown = mirror_pad(torch.from_numpy(part), (6, 4, 9)).numpy()
+    np.testing.assert_array_equal(grown, np.pad(part, ((0, 0), (0, 3), (0, 0), (0, 4)), mode="reflect"))
+    long = mirror_pad(torch.arange(3.0).reshape(1, 1, 1, 3), (1, 1, 8)).numpy().ravel()
+    np.testing.assert_array_equal(long, [0, 1, 2, 1, 0, 1, 2, 1])
+    assert mirror_pad(torch.ones(1, 1, 1, 1), (3, 1, 2)).min() == 1.0  # one voxel: repeated
+    # Through the predictor: every window it feeds the network holds no zero from padding.
+    seen = []
+
+    class Spy(OracleNet):
+        def forward(self, x):
+            seen.append(x.clone())
+            return super().forward(x)
+
+    volume = Volume(part * 100, (1.0, 0.5, 0.5), ("nuclei", "golgi"))
+    spec = oracle_spec((1.0, 0.5, 0.5))
+    spec = dataclasses.replace(spec, network=dataclasses.replace(spec.network, levels=3, pool_factors=((2, 2, 2), (2, 2, 2))))
+    Predictor.from_modules([(Spy(), spec)], "cpu", amp=False).run_network(volume)
+    assert seen and all(x.shape[2] > part.shape[1] for x in seen)  # the window is thicker than the stack
+    normalised_min = min(float(x.min()) for x in seen)
+    assert all(float((x == 0).float().mean()) < 0.1 for x in seen) and normalised_min >= 0.0

