@@ -76,6 +76,11 @@ def test_resampled_regions_equal_the_whole_image_resampled():
         got = resample_region(block, mapping, box, [s.start for s in src]).numpy()
         np.testing.assert_allclose(got, whole[box], rtol=1e-5, atol=1e-2)
         assert block.shape[1] <= (box[1].stop - box[1].start) * 0.5 / 0.3 + 2
+    # Strided voxels (what the statistics sample) are the same voxels of the whole resampled image.
+    box = (slice(2, 5), np.arange(0, 25, 3), np.arange(1, 33, 4))
+    src = source_box(mapping, box)
+    got = resample_region(data[src], mapping, box, [s.start for s in src]).numpy()
+    np.testing.assert_allclose(got, whole[2:5][:, box[1]][:, :, box[2]], rtol=1e-5, atol=1e-2)
 
 
 def test_tiles_partition_the_grid_and_grow_by_the_halo_where_they_have_neighbours():

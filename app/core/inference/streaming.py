@@ -73,11 +73,13 @@ from app.core.jobs import CancelToken, Job, Note, Progress, Result, check_cancel
 from app.core.pairs import PairSet
 from app.core.preprocess import _PERCENTILE_SAMPLE, Resampling, linear_sources, resampling_for
 
-#: Estimated in-memory footprint (bytes) above which :func:`open_for_prediction` streams an image.
-STREAMING_MEMORY_BUDGET = 3.0e9
+#: Estimated in-memory footprint (bytes, :func:`in_memory_bytes`) above which :func:`open_for_prediction` streams an
+#: image. The whole-image peak RSS is about this estimate + 0.9 GB (64×768×768×2 at 0.27×0.666 µm: 0.84 GB
+#: estimated, 1.73 GB measured), so streaming starts where the in-memory path would pass about 3 GB.
+STREAMING_MEMORY_BUDGET = 2.0e9
 #: Memory (bytes) for one tile's data: its input pixels, resampled and normalised copy, heatmaps and
 #: embeddings (the network's activations come on top: the predictor's activation budget).
-DEFAULT_TILE_BYTES = 0.5e9
+DEFAULT_TILE_BYTES = 1.0e9
 #: Model-grid planes the normalisation statistics are sampled from (all planes where there are fewer).
 STATS_PLANES = 12
 #: Smallest tile core side (model voxels) in y and x.
@@ -375,16 +377,29 @@ def choose_core(model_shape: Sequence[int], halo: Sequence[int], input_voxels_pe
 # ----------------------------------------------------------------------------------------------
 # Reading and resampling a region
 # ----------------------------------------------------------------------------------------------
-def source_box(mapping: Resampling, box: Sequence[slice]) -> tuple[slice, slice, slice]:
-    """The input voxels the linear resampling of model-grid ``box`` reads, as ``(z, y, x)`` slices."""
+def _sources(mapping: Resampling, axis: int, selection: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`~app.core.preprocess.linear_sources` of a slice or of an array of output voxels."""
+    if isinstance(selection, slice):
+        return linear_sources(mapping, axis, selection.start, selection.stop)
+    selection = np.asarray(selection, dtype=np.int64)
+    i0, i1, w = linear_sources(mapping, axis, int(selection.min()), int(selection.max()) + 1)
+    pick = selection - int(selection.min())
+    return i0[pick], i1[pick], w[pick]
+
+
+def source_box(mapping: Resampling, box: Sequence[Any]) -> tuple[slice, slice, slice]:
+    """The input voxels the linear resampling of model-grid ``box`` reads, as ``(z, y, x)`` slices.
+
+    ``box`` holds one slice (or array of model-grid voxels) per axis.
+    """
     out = []
-    for axis, sl in enumerate(box):
-        i0, i1, _ = linear_sources(mapping, axis, sl.start, sl.stop)
+    for axis, sel in enumerate(box):
+        i0, i1, _ = _sources(mapping, axis, sel)
         out.append(slice(int(i0.min()), int(i1.max()) + 1))
     return tuple(out)  # type: ignore[return-value]
 
 
-def resample_region(block: np.ndarray, mapping: Resampling, box: Sequence[slice],
+def resample_region(block: np.ndarray, mapping: Resampling, box: Sequence[Any],
                     block_origin: Sequence[int]) -> torch.Tensor:
     """Model-grid voxels ``box`` of a whole image resampled as :func:`~app.core.preprocess.resample` (and
     ``prepare_on_device``) would, computed from ``block``, the input voxels :func:`source_box` names.
@@ -395,39 +410,42 @@ def resample_region(block: np.ndarray, mapping: Resampling, box: Sequence[slice]
         Input pixels starting at ``block_origin``.
     mapping : Resampling
         The whole image's mapping to the model grid.
-    box : sequence of 3 slice
-        Model-grid region wanted.
+    box : sequence of 3 slice or array of int
+        Model-grid region wanted (a slice per axis), or the model-grid voxels wanted along an axis.
     block_origin : sequence of 3 int
 
     Returns
     -------
     Tensor
-        float32 ``(z, y, x)`` of ``box``'s shape.
+        float32 ``(z, y, x)``, one entry per voxel of ``box``.
     """
-    x: Optional[torch.Tensor] = None
-    for axis, sl in enumerate(box):
-        i0, i1, w = linear_sources(mapping, axis, sl.start, sl.stop)
+    x: Optional[np.ndarray] = None
+    for axis, sel in enumerate(box):
+        i0, i1, w = _sources(mapping, axis, sel)
         i0, i1 = i0 - int(block_origin[axis]), i1 - int(block_origin[axis])
         if x is None:  # the first axis works from the stored pixels, one output plane at a time
-            planes = np.empty((len(i0),) + block.shape[1:], dtype=np.float32)
+            x = np.empty((len(i0),) + block.shape[1:], dtype=np.float32)
             for k, (a, b, t) in enumerate(zip(i0, i1, w)):
-                planes[k] = block[a]
+                x[k] = block[a]
                 if t != 0.0 and b != a:
-                    planes[k] += np.float32(t) * (block[b].astype(np.float32) - planes[k])
-            x = torch.from_numpy(planes)
+                    x[k] += np.float32(t) * (block[b].astype(np.float32) - x[k])
             continue
-        if mapping.in_shape[axis] == mapping.out_shape[axis]:
+        if isinstance(sel, slice) and mapping.in_shape[axis] == mapping.out_shape[axis]:
             continue  # the identity along this axis (source_box read exactly the box)
-        lo = x.index_select(axis, torch.from_numpy(i0))
-        hi = x.index_select(axis, torch.from_numpy(i1))
+        # numpy's take is several times faster here than torch's index_select along an inner axis
+        low = np.take(x, i0, axis=axis)
+        high = np.take(x, i1, axis=axis)
         shape = [1, 1, 1]
         shape[axis] = len(w)
-        x = torch.lerp(lo, hi, torch.from_numpy(w.astype(np.float32)).reshape(shape))
-        del lo, hi
-    return x  # type: ignore[return-value]
+        high -= low
+        high *= w.astype(np.float32).reshape(shape)
+        low += high
+        x = low
+        del high
+    return torch.from_numpy(x)
 
 
-def _read_model_box(image: Any, channel: int, mapping: Resampling, box: Sequence[slice]) -> torch.Tensor:
+def _read_model_box(image: Any, channel: int, mapping: Resampling, box: Sequence[Any]) -> torch.Tensor:
     """Channel ``channel`` of model-grid ``box``: only the input voxels it needs are read."""
     src = source_box(mapping, box)
     block = image.read_region(z=(src[0].start, src[0].stop), y=(src[1].start, src[1].stop),
@@ -490,16 +508,13 @@ def estimate_percentiles(image: Any, channels: Sequence[int], mapping: Resamplin
     for z in z_planes:
         for y0, y1, x0, x1 in sorted(cores):
             check_cancel(cancel)
-            ys = np.arange(y0, y1)
-            xs = np.arange(x0, x1)
-            keep_y = ys[ys % stride == 0] - y0
-            keep_x = xs[xs % stride == 0] - x0
-            if len(keep_y) == 0 or len(keep_x) == 0:
+            ys = np.arange(-(-y0 // stride) * stride, y1, stride)  # global rows and columns ≡ 0 mod stride
+            xs = np.arange(-(-x0 // stride) * stride, x1, stride)
+            if len(ys) == 0 or len(xs) == 0:
                 continue
-            box = (slice(int(z), int(z) + 1), slice(int(y0), int(y1)), slice(int(x0), int(x1)))
+            box = (slice(int(z), int(z) + 1), ys, xs)  # only the sampled voxels are resampled
             for k, channel in enumerate(channels):
-                values = _read_model_box(image, channel, mapping, box)[0].numpy()
-                samples[k].append(values[np.ix_(keep_y, keep_x)].reshape(-1))
+                samples[k].append(_read_model_box(image, channel, mapping, box).numpy().reshape(-1))
     ranges: dict[tuple[float, float], list[tuple[float, float]]] = {}
     flat = [np.concatenate(s) if s else np.zeros(1, np.float32) for s in samples]
     for low, high in percentiles:
@@ -787,10 +802,13 @@ def _match(predictor: Any, records: Sequence[TileRecord], mapping: Resampling, i
 
     dec = predictor.decoding
     voxel = np.asarray(predictor.voxel_size, dtype=np.float64)
-    cat = lambda name, width=None: (np.concatenate([getattr(r, name) for r in records])  # noqa: E731
-                                    if records else np.zeros((0, width) if width else 0))
-    n_pos, n_vox, n_h = cat("nuclei_pos", 3).reshape(-1, 3), cat("nuclei_vox", 3).reshape(-1, 3), cat("nuclei_h")
-    g_pos, g_vox, g_h = cat("golgi_pos", 3).reshape(-1, 3), cat("golgi_vox", 3).reshape(-1, 3), cat("golgi_h")
+
+    def cat(name: str, points: bool = False) -> np.ndarray:
+        joined = np.concatenate([getattr(r, name) for r in records]) if records else np.zeros(0)
+        return joined.reshape(-1, 3) if points else joined
+
+    n_pos, n_vox, n_h = cat("nuclei_pos", True), cat("nuclei_vox", True).astype(np.int64), cat("nuclei_h")
+    g_pos, g_vox, g_h = cat("golgi_pos", True), cat("golgi_vox", True).astype(np.int64), cat("golgi_h")
     g_ridge = cat("golgi_ridge")
     # Highest first, as one whole-image peak search orders them.
     order_n = np.lexsort((n_vox[:, 2], n_vox[:, 1], n_vox[:, 0], -n_h)) if len(n_h) else np.zeros(0, np.int64)
@@ -809,7 +827,7 @@ def _match(predictor: Any, records: Sequence[TileRecord], mapping: Resampling, i
     else:
         offsets = np.cumsum([0] + [len(r.nuclei_h) for r in records])
         e_rows = np.concatenate([r.edge_nucleus + o for r, o in zip(records, offsets)]) if records else np.zeros(0)
-        e_gvox = cat("edge_golgi_vox", 3).reshape(-1, 3)
+        e_gvox = cat("edge_golgi_vox", True)
         e_emb = cat("edge_cost")
         e_rows = rank_n[e_rows.astype(np.int64)] if len(e_rows) else np.zeros(0, np.int64)
         # Each edge's Golgi is the one its owner tile found at that voxel (±1 voxel where the tiles' heatmaps
