@@ -549,8 +549,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise CellPolError("No images found in the given inputs (looked for .tif, .tiff, .ome.tif, .npy, .czi, "
                            ".lif, .nd2 and OME-Zarr folders).")
     images = _series_items(images, args.series)
-    ensure_folder(args.out)  # before loading a model
     cluster = _cluster_options(args)
+    ensure_folder(args.out)  # before loading a model
     if cluster is None:
         predictor, provenance = _make_predictor(args)
         job = predict_batch(images, args.out, predictor, options, provenance, overwrite=args.overwrite)

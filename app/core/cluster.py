@@ -178,13 +178,27 @@ def start_local_cluster(workers: int) -> Any:
 
     No memory limit (Dask would otherwise restart a worker that a large image brings near its share of memory,
     where the serial batch would have finished it); no dashboard, and its health server on a free local port
-    rather than 8787; its logs and its workers' kept to errors.
+    rather than 8787; its logs and its workers' kept to errors; Ctrl+C is the command's, not the workers'
+    (:func:`dask_setup`).
     """
     from distributed import LocalCluster
 
     return LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True, dashboard_address=None,
                         scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}, silence_logs=logging.ERROR,
-                        memory_limit=0)
+                        memory_limit=0, preload=[__name__])
+
+
+def dask_setup(worker: Any) -> None:
+    """Run by each local worker process as it starts (Dask's preload hook): Ctrl+C is left to ``cellpol``.
+
+    The terminal sends Ctrl+C to every process of the command, the workers too; the command cancels the tasks
+    and closes the cluster, so a worker needs no interrupt of its own (which would print its traceback)."""
+    import signal
+
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not this process's main thread: leave it
+        pass
 
 
 @contextlib.contextmanager
