@@ -134,29 +134,46 @@ def level_shape(shape_zyx: Sequence[int], factors: Sequence[int]) -> tuple[int, 
 def block_mean(block: np.ndarray, factors: Sequence[int], dtype: Any = None) -> np.ndarray:
     """Average ``(C, Z, Y, X)`` over blocks of ``factors`` ``(fz, fy, fx)`` starting at index 0; partial blocks at
     the far edges average the voxels they have. Integers are rounded back to ``dtype`` (default: the input's).
+
+    Sums of strided views (``a[..., i::f]``), as :func:`app.ui.viewer3d.block_max` does: several times faster than
+    ``np.add.reduceat`` or a reshape-and-reduce over small inner axes.
     """
     dtype = np.dtype(dtype if dtype is not None else block.dtype)
-    work_type = np.float64 if block.dtype.itemsize > 2 or block.dtype.kind == "f" else np.float32
+    factors = [int(f) for f in factors]
+    if factors == [1, 1, 1]:
+        return block.astype(dtype, copy=True)
+    if block.dtype.kind in "ub" and block.dtype.itemsize <= 2 and int(np.prod(factors)) <= 65536:
+        work_type: Any = np.uint32  # exact: at most 65536 values of at most 65535
+    elif block.dtype.kind in "ui":
+        work_type = np.int64 if block.dtype.kind == "i" or block.dtype.itemsize < 8 else np.float64
+    else:
+        work_type = np.float64
     result = block
-    counts = np.ones((1, 1, 1, 1), work_type)
+    counts = np.ones((1, 1, 1, 1), np.float64)
     for axis, factor in zip((1, 2, 3), factors):
-        factor = int(factor)
         n = result.shape[axis]
         if factor == 1 or n == 0:
             continue
-        starts = np.arange(0, n, factor)
-        result = np.add.reduceat(result, starts, axis=axis, dtype=work_type)
-        lengths = np.diff(np.append(starts, n)).astype(work_type)
-        shape = [1, 1, 1, 1]
-        shape[axis] = len(lengths)
-        counts = counts * lengths.reshape(shape)
-    if result is block:
-        return block.astype(dtype, copy=True)
-    result = result / counts
+        m = -(-n // factor)
+        shape = list(result.shape)
+        shape[axis] = m
+        total = np.zeros(shape, work_type)
+        count = np.zeros(m, np.float64)
+        for i in range(min(factor, n)):
+            part = result[(slice(None),) * axis + (slice(i, None, factor),)]
+            k = part.shape[axis]
+            np.add(total[(slice(None),) * axis + (slice(0, k),)], part,
+                   out=total[(slice(None),) * axis + (slice(0, k),)], casting="unsafe")
+            count[:k] += 1
+        result = total
+        view = [1, 1, 1, 1]
+        view[axis] = m
+        counts = counts * count.reshape(view)
+    mean = result / counts
     if dtype.kind in "ui":
         info = np.iinfo(dtype)
-        result = np.clip(np.rint(result), info.min, info.max)
-    return result.astype(dtype)
+        mean = np.clip(np.rint(mean), info.min, info.max)
+    return mean.astype(dtype)
 
 
 @dataclass

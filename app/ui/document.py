@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import sys
 import threading
 from pathlib import Path
@@ -266,10 +267,11 @@ class DocumentController(QtCore.QObject):
 
     # --- large images (read at several resolutions) ---------------------------------------------
     def large_image_threshold(self) -> int:
-        """Bytes above which an image opens as a large image: the ``large_image_mb`` setting, else
-        :data:`LARGE_IMAGE_MEMORY_SHARE` of the memory available now."""
+        """Bytes above which an image opens as a large image: the ``large_image_mb`` setting (or the environment
+        variable ``CELLPOL_LARGE_IMAGE_MB``), else :data:`LARGE_IMAGE_MEMORY_SHARE` of the memory available now."""
         try:
-            megabytes = float(self.settings.value("large_image_mb", 0) or 0)
+            megabytes = float(self.settings.value("large_image_mb", 0) or os.environ.get("CELLPOL_LARGE_IMAGE_MB")
+                              or 0)
         except (TypeError, ValueError):
             megabytes = 0.0
         if megabytes > 0:
