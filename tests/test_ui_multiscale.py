@@ -192,3 +192,25 @@ def test_normal_stack_opens_as_before(qtbot, window, large, settings):
     assert window.open_path(path)
     assert not window.state.is_multiscale
     np.testing.assert_array_equal(window.state.volume.data, data)
+
+
+def test_status_bar_contrast_and_prediction_read_the_file_not_the_placeholder(qtbot, window, large):
+    """In large-image mode the status bar's intensities, the contrast slider's range and Auto, and "predict
+    this image" all reach the file's pixels (the open volume holds none)."""
+    path, data = large
+    open_large(qtbot, window, path)
+    from app.ui.channel_controls import ChannelRow
+
+    window.status_bar.show_position((0, NUCLEUS))
+    assert f"nuclei {int(data[0][NUCLEUS])}" in window.status_bar.position_label.text()
+    rows = window.findChildren(ChannelRow)
+    assert len(rows) == 2
+    rows[0].auto_contrast()
+    low, high = rows[0].contrast.value()
+    assert high > low >= 100  # from the coarse level's pixels (noise 100–1100), not the all-zero placeholder
+    volume = window.volume_to_predict()
+    from app.core.inference.streaming import LazyVolume
+
+    assert isinstance(volume, LazyVolume) and volume.voxel_size == VOXEL
+    assert volume.image.read_region(z=(NUCLEUS[0], NUCLEUS[0] + 1))[0, 0, NUCLEUS[1], NUCLEUS[2]] == data[0][NUCLEUS]
+    assert (volume.nucleus_channel, volume.golgi_channel) == (0, 1)

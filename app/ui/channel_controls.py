@@ -33,7 +33,7 @@ class ChannelRow(QtWidgets.QGroupBox):
         self.auto.setToolTip("Contrast from the 0.5–99.8 percentiles")
         self.auto.clicked.connect(self.auto_contrast)
 
-        channel = state.volume.data[index]
+        channel = state.preview()[index]
         low, high = intensity_range(channel.dtype, channel)
         self.contrast = QLabeledDoubleRangeSlider(QtCore.Qt.Orientation.Horizontal)
         self.contrast.setRange(low, high)
@@ -82,7 +82,7 @@ class ChannelRow(QtWidgets.QGroupBox):
         self.state.set_display(self.index, low=low, high=high)
 
     def auto_contrast(self) -> None:
-        low, high = auto_contrast(self.state.volume.data[self.index])
+        low, high = auto_contrast(self.state.preview()[self.index])
         self.contrast.setValue((low, high))
 
     def sync(self) -> None:

@@ -58,7 +58,7 @@ class StatusBar(QtWidgets.QStatusBar):
         position = hover[1] if hover is not None else self.state.cursor
         z, y, x = (int(round(v)) for v in position)
         vz, vy, vx = volume.voxel_size
-        values = volume.data[:, z, y, x]
+        values = self.state.intensities_at((z, y, x))
         intensities = "  ".join(f"{name} {value:g}" for name, value in zip(volume.channel_names, values.tolist()))
         where = "" if hover is not None else "crosshair "
         self.position_label.setText(

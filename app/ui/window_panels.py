@@ -42,7 +42,7 @@ class PanelsMixin:
         if self.predict_dock is None:
             from app.ui.predict_panel import PredictPanel  # lazily: torch, see the docstring
 
-            self.predict_panel = PredictPanel(self.start_job, lambda: self.state.volume, lambda: self.device,
+            self.predict_panel = PredictPanel(self.start_job, self.volume_to_predict, lambda: self.device,
                                               self.add_predictions, self.open_with_predictions,
                                               get_project=lambda: self.document.project)
             self.predict_panel.threshold_changed.connect(self.state.set_score_threshold)
@@ -52,6 +52,17 @@ class PanelsMixin:
             self._install_panel("predict", "Predict", self.predict_panel)
             self.resizeDocks([self.predict_dock], [520], QtCore.Qt.Orientation.Horizontal)
         return self._raise_panel("predict")
+
+    def volume_to_predict(self):
+        """What "predict this image" runs on: the open volume, or for a large image open at several
+        resolutions (its ``volume`` holds no pixels) the file itself, streamed tile by tile."""
+        volume = self.state.volume
+        if volume is None or not self.state.is_multiscale:
+            return volume
+        from app.core.inference.streaming import LazyVolume
+
+        return LazyVolume(self.state.multiscale.image, tuple(volume.voxel_size), volume.nucleus_channel,
+                          volume.golgi_channel, {"voxel_size_source": volume.metadata.get("voxel_size_source")})
 
     def add_predictions(self, pairs) -> None:
         """Put predicted vectors of the open image into the annotation model, to review (one undoable step)."""
