@@ -199,6 +199,46 @@ def failure_modes(predictor, volumes: list[tuple[Volume, PairSet]], outputs: Opt
     return dict(counts)
 
 
+#: Radius (µm) within which a predicted pair end counts as finding a true nucleus or Golgi (per-class table).
+DETECTION_RADIUS_UM = 3.0
+
+
+def detection_stats(gt: PairSet, pred: PairSet, voxel_size) -> dict:
+    """Per class (nucleus, Golgi): true objects, predicted pair ends, one-to-one matches within
+    :data:`DETECTION_RADIUS_UM` and the matched distances (3D, and x/y for the Golgi) in µm."""
+    from app.core.evaluate.matching import hungarian_match
+
+    scale = np.asarray(voxel_size, dtype=float)
+    out = {}
+    for key in ("nuclei", "golgi"):
+        truth = np.asarray(getattr(gt, key), dtype=float).reshape(-1, 3) * scale
+        found = np.asarray(getattr(pred, key), dtype=float).reshape(-1, 3) * scale
+        cost = np.linalg.norm(truth[:, None] - found[None], axis=2) if len(truth) and len(found) else np.zeros((0, 0))
+        rows, cols, _ = hungarian_match(cost, DETECTION_RADIUS_UM)
+        keep = cost[rows, cols] <= DETECTION_RADIUS_UM if len(rows) else np.zeros(0, bool)
+        rows, cols = rows[keep], cols[keep]
+        diff = truth[rows] - found[cols]
+        out[key] = {"n_true": len(truth), "n_found": len(found), "matched": len(rows),
+                    "error": np.linalg.norm(diff, axis=1), "xy": np.hypot(diff[:, 1], diff[:, 2])}
+    return out
+
+
+def summarise_detections(stats: list[dict]) -> dict:
+    """Recall, precision and median localisation errors over all volumes of :func:`detection_stats`."""
+    out = {}
+    for key, name in (("nuclei", "nucleus"), ("golgi", "golgi")):
+        matched = sum(s[key]["matched"] for s in stats)
+        out[f"{name}_recall"] = matched / max(1, sum(s[key]["n_true"] for s in stats))
+        out[f"{name}_precision"] = matched / max(1, sum(s[key]["n_found"] for s in stats))
+        errors = np.concatenate([s[key]["error"] for s in stats]) if stats else np.zeros(0)
+        xy = np.concatenate([s[key]["xy"] for s in stats]) if stats else np.zeros(0)
+        out[f"{name}_error"] = float(np.median(errors)) if len(errors) else float("nan")
+        if name == "golgi":
+            out["golgi_xy"] = float(np.median(xy)) if len(xy) else float("nan")
+            out["golgi_xy90"] = float(np.percentile(xy, 90)) if len(xy) else float("nan")
+    return out
+
+
 def label(path: str, paths: list[str]) -> str:
     """A model's name in the table: its file stem, with its folder where another of ``paths`` shares it."""
     stem = Path(path).stem
@@ -233,6 +273,8 @@ def main() -> None:
                         help="with --renderer outside: the random volumes' field in µm (default 14–24 × 160 × 160)")
     parser.add_argument("--voxel-xy", type=float, default=None, metavar="UM",
                         help="with --renderer outside --layouts: render at this x/y voxel instead of the crops' own")
+    parser.add_argument("--tta", action="store_true",
+                        help="also run each --model with test-time augmentation (mirrored windows averaged)")
     parser.add_argument("--failures", action="store_true",
                         help="also break each --model's misses and false vectors down by cause (failure_modes)")
     args = parser.parse_args()
@@ -265,6 +307,8 @@ def main() -> None:
 
         for path in args.model:
             methods[label(path, args.model)] = predictor = Predictor.from_files([path], args.device)
+            if args.tta:
+                methods[f"{label(path, args.model)} +TTA"] = Predictor.from_files([path], args.device, tta=True)
             if args.embedding_delta is not None:
                 decoding = dataclasses.replace(predictor.decoding, embedding_delta=args.embedding_delta)
                 methods[f"{label(path, args.model)} Δ={args.embedding_delta:g}"] = Predictor.from_files(
@@ -275,10 +319,12 @@ def main() -> None:
         members = args.ensemble or args.model
         methods["ensemble(" + "+".join(label(p, members) for p in members) + ")"] = Predictor.from_files(members, args.device)
     print(f"{source}, presets {args.presets}, {sum(len(p) for _, p in volumes)} GT pairs")
-    print(f"{'method':28s} {'TPR@0':>7s} {'FDR@0':>7s} {'TPR@5':>7s} {'FDR@5':>7s} {'cos@0':>7s} {'s/vol':>7s}")
+    print(f"{'method':28s} {'TPR@0':>7s} {'FDR@0':>7s} {'TPR@5':>7s} {'FDR@5':>7s} {'TPR@10':>7s} {'cos@0':>7s} "
+          f"{'s/vol':>7s}")
     outputs: dict[str, list] = {}  # network outputs kept for --failures, so it does not run them again
+    details = {}
     for name, method in methods.items():
-        scores, seconds = [], []
+        scores, seconds, detections = [], [], []
         keep = args.failures and getattr(method, "architecture", None) == "cellpol"
         for volume, gt in volumes:
             started = time.perf_counter()
@@ -290,10 +336,20 @@ def main() -> None:
                 pred = method(volume)
             seconds.append(time.perf_counter() - started)
             scores.append(evaluate.score_pairs(gt, pred, image_shape=volume.spatial_shape))
+            detections.append(detection_stats(gt, pred, volume.voxel_size))
         result = evaluate.aggregate(scores)
         cos = result.mean["cos"][0]
         print(f"{name:28s} {result.tpr[0]:7.3f} {result.fdr[0]:7.3f} {result.tpr[5]:7.3f} {result.fdr[5]:7.3f} "
-              f"{cos:7.3f} {np.median(seconds):7.2f}")
+              f"{result.tpr[10]:7.3f} {cos:7.3f} {np.median(seconds):7.2f}", flush=True)
+        details[name] = summarise_detections(detections)
+    print(f"\nper class, within {DETECTION_RADIUS_UM:g} µm (pair ends against true objects; errors: median of the "
+          "matched, µm)")
+    print(f"{'method':28s} {'N rec':>7s} {'N prec':>7s} {'G rec':>7s} {'G prec':>7s} {'N err':>7s} {'G err':>7s} "
+          f"{'G xy':>7s} {'G xy90':>7s}")
+    for name, d in details.items():
+        print(f"{name:28s} {d['nucleus_recall']:7.3f} {d['nucleus_precision']:7.3f} {d['golgi_recall']:7.3f} "
+              f"{d['golgi_precision']:7.3f} {d['nucleus_error']:7.2f} {d['golgi_error']:7.2f} {d['golgi_xy']:7.2f} "
+              f"{d['golgi_xy90']:7.2f}")
     if args.failures:
         for path in args.model:
             name = label(path, args.model)
