@@ -273,6 +273,9 @@ def main() -> None:
                         help="with --renderer outside: the random volumes' field in µm (default 14–24 × 160 × 160)")
     parser.add_argument("--voxel-xy", type=float, default=None, metavar="UM",
                         help="with --renderer outside --layouts: render at this x/y voxel instead of the crops' own")
+    parser.add_argument("--golgi-refine", type=float, default=None, metavar="UM",
+                        help="also run each --model with its Golgi ends refined on the image within UM µm "
+                             "(decoding golgi_refine_radius_um; 0: without)")
     parser.add_argument("--tta", action="store_true",
                         help="also run each --model with test-time augmentation (mirrored windows averaged)")
     parser.add_argument("--failures", action="store_true",
@@ -307,6 +310,10 @@ def main() -> None:
 
         for path in args.model:
             methods[label(path, args.model)] = predictor = Predictor.from_files([path], args.device)
+            if args.golgi_refine is not None:
+                decoding = dataclasses.replace(predictor.decoding, golgi_refine_radius_um=args.golgi_refine)
+                methods[f"{label(path, args.model)} refine={args.golgi_refine:g}"] = Predictor.from_files(
+                    [path], args.device, decoding=decoding)
             if args.tta:
                 methods[f"{label(path, args.model)} +TTA"] = Predictor.from_files([path], args.device, tta=True)
             if args.embedding_delta is not None:

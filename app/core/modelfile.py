@@ -108,8 +108,9 @@ class DecodingSpec:
     valley ratios by :func:`app.core.inference.peaks.find_peaks`; ``embedding_delta`` (Δ),
     ``max_pair_distance_um`` (d_max) and the pairing weights by :func:`app.core.inference.pairing.pairing_cost`
     (the module :mod:`app.core.inference.pairing` says why each term exists); ``ridge_radius_um`` by
-    :func:`app.core.inference.peaks.ridge_scores`. Weights and ratios of 0 switch their term off (the paper's
-    decoding); calibration chooses them per model.
+    :func:`app.core.inference.peaks.ridge_scores`; ``golgi_refine_radius_um`` by
+    :func:`app.core.inference.refine.refine_golgi` (0: the Golgi ends stay where the heatmap put them). Weights
+    and ratios of 0 switch their term off (the paper's decoding); calibration chooses them per model.
     """
 
     peak_threshold_nucleus: float = 0.4
@@ -124,6 +125,7 @@ class DecodingSpec:
     peak_valley_golgi: float = 0.0
     pairing_ridge_weight: float = 0.0
     ridge_radius_um: float = 3.5
+    golgi_refine_radius_um: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("pairing_distance_weight", "pairing_height_weight", "peak_valley_nucleus",
@@ -140,6 +142,8 @@ class DecodingSpec:
         }
         for name, (lo, hi) in limits.items():
             object.__setattr__(self, name, _number("decoding", name, getattr(self, name), lo, hi, lo_open=True))
+        object.__setattr__(self, "golgi_refine_radius_um",
+                           _number("decoding", "golgi_refine_radius_um", self.golgi_refine_radius_um, 0.0, 20.0))
 
 
 @dataclass(frozen=True)

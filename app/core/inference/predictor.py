@@ -31,6 +31,7 @@ from app.core.inference.pairing import (
     pair_by_embedding,
     vector_scores,
 )
+from app.core.inference.refine import refine_golgi
 from app.core.inference.peaks import MAX_PEAKS, LocalMaxima, Peaks, device_local_maxima, find_peaks, ridge_scores
 from app.core.inference.streaming import LazyVolume, as_lazy_volume, open_for_prediction, predict_lazy_job
 from app.core.inference.staging import _is_oom, _oom_device, _out_of_memory, fuse_batchnorm, prepare_on_device
@@ -603,7 +604,7 @@ class Predictor:
         if isinstance(volume, LazyVolume):  # an image too big for memory: tile by tile
             return (yield from predict_lazy_job(self, volume, as_cancel_token(cancel)))
         output = yield from self._network_steps(volume, as_cancel_token(cancel))
-        pairs = self.decode(output)
+        pairs = self.refine(self.decode(output), volume)
         prediction = Prediction(
             pairs, output.resampling, self.voxel_size,
             output.heatmap_nucleus if keep_heatmaps else None,
@@ -798,6 +799,16 @@ class Predictor:
             **pairing.meta,
         })
         return meta
+
+    def refine(self, pairs: PairSet, volume: Volume, decoding: Optional[DecodingSpec] = None) -> PairSet:
+        """``pairs`` (decoded from ``volume``) with their Golgi ends moved to the Golgi channel's intensity
+        centroid around them (:func:`~app.core.inference.refine.refine_golgi`), where the decoding asks for it."""
+        radius = (decoding or self.decoding).golgi_refine_radius_um
+        if radius <= 0 or len(pairs) == 0 or volume.golgi_channel is None:
+            return pairs
+        refined = pairs.subset(slice(None))
+        refined.golgi = refine_golgi(volume.data[volume.golgi_channel], pairs.golgi, volume.voxel_size, radius)
+        return refined
 
     def peaks(self, output: NetworkOutput, decoding: Optional[DecodingSpec] = None) -> tuple[Peaks, Peaks]:
         """Every nucleus and every Golgi peak :meth:`decode` pairs from, before pairing.
