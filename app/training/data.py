@@ -176,7 +176,8 @@ def appearance_shift(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     - optics: a channel blurred by a Gaussian of U(0.3, 1.2) voxels in y/x and U(0, 0.8) in z (other PSFs,
       coarser acquisitions resampled up), or sharpened (unsharp mask) instead, one time in three;
     - depth: signal falling (or rising) along z by exp(±z / L), L U(8, 40) voxels;
-    - background: a smooth additive field (a tilted plane plus a broad bump), up to 0.15;
+    - background: a smooth additive field (a tilted plane plus a broad bump), up to 0.15, and blotchy tissue
+      autofluorescence (rectified smooth noise 1–4 µm across), up to 0.35;
     - camera: signal-dependent (shot-like) noise of relative size U(0, 0.25), fixed-pattern row stripes, and
       a few hot voxels per thousand;
     - range: saturation at U(0.6, 1.0), or a coarser bit depth (64–256 levels).
@@ -209,6 +210,14 @@ def appearance_shift(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
             peak = float(field.max())
             if peak > 0:
                 out[c] += (rng.uniform(0.0, 0.15) / peak) * field[None]
+        if rng.random() < 0.5:
+            # Blotchy tissue autofluorescence: smooth noise 1–4 µm across (at the model's 0.5 µm in x/y),
+            # rectified, up to a third of the stain's brightness; in the Golgi channel too.
+            sxy = rng.uniform(2.0, 8.0)
+            blotch = ndimage.gaussian_filter(rng.standard_normal(out[c].shape).astype(np.float32),
+                                             (0.0 if nz == 1 else rng.uniform(1.0, 3.0), sxy, sxy))
+            blotch = np.clip(blotch / (float(blotch.std()) + 1e-6) - rng.uniform(-0.5, 1.0), 0, None)
+            out[c] += (rng.uniform(0.05, 0.35) / (float(blotch.max()) + 1e-6)) * blotch
         if rng.random() < 0.5:
             scale = rng.uniform(0.0, 0.25)
             out[c] += scale * np.sqrt(np.clip(out[c], 0, None)) * rng.standard_normal(out[c].shape).astype(np.float32)
