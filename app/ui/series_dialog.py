@@ -31,7 +31,7 @@ class SeriesDialog(QtWidgets.QDialog):
         self.table.setEditTriggers(QtWidgets.QAbstractItemView.EditTrigger.NoEditTriggers)
         for row, info in enumerate(self.series):
             shape = "×".join(str(n) for n in info.shape) if info.shape else "axes unknown"
-            voxel = "×".join(f"{v:g}" for v in info.voxel_size) if info.voxel_size else "not in the file"
+            voxel = "×".join(f"{v:.4g}" for v in info.voxel_size) if info.voxel_size else "not in the file"
             channels = ", ".join(info.channel_names) if info.channel_names else ""
             for column, text in enumerate((str(info.index), info.name, shape, voxel, channels)):
                 self.table.setItem(row, column, QtWidgets.QTableWidgetItem(text))
