@@ -8,7 +8,8 @@ Run from the project root::
 
 1. **Synthesis, tile by tile.** A two-channel uint16 OME-TIFF (axes ZCYX, 256×256 tiles, 0.27×0.333×0.333
    µm by default) is written from a generator: tifffile asks for one 256×256 tile at a time and the image
-   never exists whole. The content is one simulator volume (:func:`app.core.simulate.simulate`,
+   never exists whole (``--layout imagej``: an ImageJ hyperstack written plane by plane, whose every region
+   read decodes whole planes). The content is one simulator volume (:func:`app.core.simulate.simulate`,
    ``--template`` Z×512×512 voxels, the ``confocal`` preset) repeated over the plane and mirrored on every
    other repeat, so the seams are continuous and the whole stack looks like a field of cells.
 2. **Prediction in a fresh process**: ``cellpol predict FILE --out DIR`` (:func:`app.cli.main`, the starter
@@ -68,12 +69,27 @@ def _mirrored(index: np.ndarray, period: int) -> np.ndarray:
     return np.where(k < period, k, 2 * period - 1 - k)
 
 
-def write_stack(path: Path, shape, voxel, template: np.ndarray) -> dict:
-    """Write a (Z, C, Y, X) OME-TIFF with 256×256 tiles from a generator of tiles (never whole)."""
+def write_stack(path: Path, shape, voxel, template: np.ndarray, layout: str = "tiled") -> dict:
+    """Write a (Z, C, Y, X) stack from a generator (never whole): ``tiled``, an OME-TIFF of 256×256 tiles;
+    ``imagej``, an ImageJ hyperstack of whole planes (what most microscopes' exports look like)."""
     import tifffile
 
     z_len, y_len, x_len = shape
     _, tz, ty, tx = template.shape
+    if layout == "imagej":
+        rows, cols = _mirrored(np.arange(y_len), ty), _mirrored(np.arange(x_len), tx)
+
+        def planes():
+            for z in range(z_len):
+                zt = int(_mirrored(np.array([z]), tz)[0])
+                for c in range(2):
+                    yield template[c, zt][np.ix_(rows, cols)]
+
+        started = time.perf_counter()
+        tifffile.imwrite(path, planes(), shape=(z_len, 2, y_len, x_len), dtype=np.uint16, imagej=True,
+                         resolution=(1 / voxel[2], 1 / voxel[1]),
+                         metadata={"axes": "ZCYX", "spacing": voxel[0], "unit": "um"})
+        return {"seconds": time.perf_counter() - started, "bytes": path.stat().st_size, "rss_mb": _peak_rss_mb()}
 
     def tiles():
         for z in range(z_len):
@@ -100,7 +116,7 @@ def synth_child(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     template = make_template(min(args.shape[0], args.template[0]), args.template[1], args.voxel_size, args.seed)
     template_s = time.perf_counter() - t0
-    info = write_stack(Path(args.synth_child), tuple(args.shape), tuple(args.voxel_size), template)
+    info = write_stack(Path(args.synth_child), tuple(args.shape), tuple(args.voxel_size), template, args.layout)
     info["template_seconds"] = template_s
     print(json.dumps(info))
     return 0
@@ -213,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--voxel-size", nargs=3, type=float, default=VOXEL, metavar=("Z", "Y", "X"))
     parser.add_argument("--template", nargs=2, type=int, default=(120, 512), metavar=("Z", "YX"),
                         help="simulated volume repeated over the stack (default 120 × 512 × 512)")
+    parser.add_argument("--layout", choices=("tiled", "imagej"), default="tiled",
+                        help="tiled: OME-TIFF of 256x256 tiles (default); imagej: ImageJ hyperstack of whole planes")
     parser.add_argument("--dir", default=None, help="where the stack is written (default: the temp folder)")
     parser.add_argument("--model", help="model .json (default: the starter model)")
     parser.add_argument("--seed", type=int, default=0)
@@ -240,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         return compare(args)
     folder = Path(tempfile.mkdtemp(prefix="cellpol-bigstack-", dir=args.dir))
     try:
-        stack = folder / "big.ome.tif"
+        stack = folder / ("big.ome.tif" if args.layout == "tiled" else "big.tif")
         z, y, x = args.shape
         need = z * y * x * 2 * 2
         free = shutil.disk_usage(folder).free
@@ -251,13 +269,14 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         base = [sys.executable, __file__, "--shape", *map(str, args.shape), "--voxel-size",
                 *map(str, args.voxel_size), "--seed", str(args.seed)]
-        done = subprocess.run(base + ["--template", *map(str, args.template), "--synth-child", str(stack)],
+        done = subprocess.run(base + ["--template", *map(str, args.template), "--layout", args.layout,
+                                      "--synth-child", str(stack)],
                               capture_output=True, text=True)
         if done.returncode != 0:
             print(done.stderr, file=sys.stderr)
             return 1
         synth = json.loads(done.stdout.strip().splitlines()[-1])
-        print(f"written tile by tile in {synth['seconds']:.0f} s (template {synth['template_seconds']:.0f} s), "
+        print(f"written piece by piece in {synth['seconds']:.0f} s (template {synth['template_seconds']:.0f} s), "
               f"{synth['bytes'] / 1e9:.2f} GB on disk, writer peak RSS {synth['rss_mb']:.0f} MB")
         command = base + ["--predict-child", str(stack), "--out", str(folder / "out")]
         if args.model:
