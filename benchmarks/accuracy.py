@@ -267,7 +267,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, metavar="K", help="with --layouts: the first K crops only")
     parser.add_argument("--renderer", choices=("ours", "outside"), default="ours",
                         help="who draws the volumes: our simulator (default) or benchmarks/outside_render.py")
-    parser.add_argument("--outside-config", choices=("validation", "ship"), default="validation",
+    parser.add_argument("--outside-config", choices=("validation", "second", "ship"), default="validation",
                         help="with --renderer outside: its microscope configuration and seed range")
     parser.add_argument("--field", nargs=3, type=float, default=None, metavar=("Z", "Y", "X"),
                         help="with --renderer outside: the random volumes' field in µm (default 14–24 × 160 × 160)")

@@ -209,7 +209,7 @@ def main(argv=None) -> int:
     parser.add_argument("--renderer", choices=("ours", "outside"), default="ours",
                         help="who draws train and test volumes: our simulator's --preset (default) or "
                              "benchmarks/outside_render.py (never used to train a shipped model)")
-    parser.add_argument("--outside-config", choices=("validation", "ship"), default="validation")
+    parser.add_argument("--outside-config", choices=("validation", "second", "ship"), default="validation")
     parser.add_argument("--field", nargs=3, type=float, default=(20.0, 66.6, 66.6), metavar=("Z", "Y", "X"),
                         help="--renderer outside: field of the random volumes in µm (y = x; x/y voxel 0.333 and "
                              "0.666 µm alternating)")

@@ -135,10 +135,21 @@ class OutsideConfig:
     rbc_per_field: Range = (0.0, 8.0)
 
 
-#: The named configurations. ``validation`` reports models; ``ship`` (another microscope: widefield-like
-#: optics, EMCCD, 12-bit, stronger attenuation, other Golgi mix) is looked at only when a model ships.
+#: The named configurations. ``validation`` reports models; ``second`` (a dimmer spinning-disk-like confocal:
+#: fewer photons, wider PSF, weaker autofluorescence, more fragmented Golgi, fewer non-endothelial nuclei) is the
+#: second outside data set of the fine-tuning study; ``ship`` (another microscope: widefield-like optics, EMCCD,
+#: 12-bit, stronger attenuation, other Golgi mix) is looked at only when a model ships.
 CONFIGS: dict[str, OutsideConfig] = {
     "validation": OutsideConfig(name="validation", seed_base=50_000, stream=1),
+    "second": OutsideConfig(
+        name="second", seed_base=70_000, stream=3, nucleus_photons=(120.0, 500.0), golgi_photons=(100.0, 450.0),
+        autofluor_nucleus=(0.02, 0.08), autofluor_golgi=(0.04, 0.14), haze_golgi=(0.04, 0.12),
+        sigma_xy=(0.2, 0.32), sigma_z=(0.6, 1.0), rayleigh_z=(0.8, 1.4), z_asymmetry=(1.1, 1.4),
+        tail_weight=(0.1, 0.25), halo_weight=(0.02, 0.06), depth_length=(30.0, 80.0),
+        bleed_nucleus_to_golgi=(0.01, 0.04), read_noise=(1.4, 2.8), hot_fraction=(2e-4, 8e-4),
+        golgi_kinds=(("blob", 0.25), ("cap", 0.25), ("fragmented", 0.4), ("dispersed", 0.1)),
+        other_layer_per_field=(2.0, 8.0), pericyte_fraction=(0.02, 0.06),
+    ),
     "ship": OutsideConfig(
         name="ship", seed_base=90_000, stream=2, camera="emccd", bits=12, fill=(0.12, 0.3), adu_per_e=(0.0, 0.0),
         nucleus_photons=(30.0, 120.0), golgi_photons=(25.0, 140.0),
