@@ -59,3 +59,26 @@ def test_decoding_carries_the_refinement_radius_and_the_predictor_applies_it():
     assert len(plain) == len(refined) == 1
     np.testing.assert_allclose(refined.nuclei, plain.nuclei)
     assert refined.golgi[0, 1] > plain.golgi[0, 1] + 0.5  # pulled towards the second piece
+
+
+def test_streamed_prediction_refines_golgi_ends_as_the_in_memory_one(tmp_path):
+    """A large image predicted tile by tile gets the same Golgi refinement, reading only small boxes."""
+    from test_streaming import CORE, INPUT_VOXEL, MODEL_VOXEL, SHAPE, _cells, _pairs_match  # noqa: E402
+
+    from app.core.imageio import open_lazy
+    from test_inference import oracle_predictor, render  # noqa: E402
+
+    volume = render(SHAPE, INPUT_VOXEL, _cells())
+    data = np.round(volume.data * 4000 + 100).astype(np.uint16)
+    path = tmp_path / "stack.npy"
+    np.save(path, data)
+    from app.core.volume import Volume
+
+    volume = Volume(data, INPUT_VOXEL, ("nuclei", "golgi"))
+    plain_predictor, _ = oracle_predictor(MODEL_VOXEL)
+    predictor, _ = oracle_predictor(MODEL_VOXEL, golgi_refine_radius_um=2.0)
+    whole, plain = predictor(volume), plain_predictor(volume)
+    assert not np.allclose(whole.golgi, plain.golgi)  # the refinement moved them (off the model grid's peaks)
+    with open_lazy(path, axes="CZYX", voxel_size=INPUT_VOXEL) as image:
+        streamed = predictor.predict_lazy(image, core=CORE).pairs
+    _pairs_match(streamed, whole, tolerance=0.05)

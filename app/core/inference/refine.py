@@ -30,8 +30,9 @@ def refine_golgi(channel: np.ndarray, positions: np.ndarray, voxel_size: Sequenc
 
     Parameters
     ----------
-    channel : ndarray, shape (Z, Y, X)
-        The Golgi channel at the image's own resolution (any numeric dtype).
+    channel : ndarray, shape (Z, Y, X), or a view of one channel of a lazy image
+        The Golgi channel at the image's own resolution (any numeric dtype); anything with ``shape`` and
+        3D slicing, e.g. :class:`LazyChannel`, which reads only the small boxes it is asked for.
     positions : ndarray, shape (N, 3)
         Voxel coordinates ``(z, y, x)`` in ``channel``.
     voxel_size : sequence of 3 float
@@ -75,3 +76,16 @@ def refine_golgi(channel: np.ndarray, positions: np.ndarray, voxel_size: Sequenc
             q = start + step * (radius_um / distance) / scale
         out[i] = np.clip(q, 0, shape - 1)
     return out
+
+
+class LazyChannel:
+    """One channel of a :class:`~app.core.imageio.LazyImage` as a 3D array that reads only what is sliced."""
+
+    def __init__(self, image, channel: int) -> None:
+        self.image, self.channel = image, int(channel)
+        self.shape = tuple(int(n) for n in image.shape[1:])
+
+    def __getitem__(self, key) -> np.ndarray:
+        z, y, x = key
+        return self.image.read_region(z=(z.start, z.stop), y=(y.start, y.stop), x=(x.start, x.stop),
+                                      c=(self.channel, self.channel + 1))[0]

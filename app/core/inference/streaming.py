@@ -58,6 +58,7 @@ from scipy.spatial import cKDTree
 
 from app.core.errors import CellPolError, ChannelError, MissingVoxelSizeError
 from app.core.fileutil import atomic_path, atomic_write_json
+from app.core.inference.refine import LazyChannel, refine_golgi
 from app.core.inference.pairing import (
     PairingRun,
     _find_edges,
@@ -758,6 +759,12 @@ def _predict_lazy_steps(predictor: Any, volume: LazyVolume, cancel: Optional[Can
     t0 = time.perf_counter()
     pairs = _match(predictor, records, mapping, in_shape, volume.voxel_size, timings)
     timings["pairing"] = time.perf_counter() - t0
+    radius = predictor.decoding.golgi_refine_radius_um
+    if radius > 0 and len(pairs):  # as in memory, reading only a small box around each Golgi end
+        t0 = time.perf_counter()
+        pairs.golgi = refine_golgi(LazyChannel(volume.image, volume.golgi_channel), pairs.golgi,
+                                   volume.voxel_size, radius)
+        timings["golgi_refine"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
     pairs.meta.update(_stream_meta(predictor, plan, grids, records, stats_info, timings, mapping))
     if records_at is not None:
