@@ -62,3 +62,17 @@ def test_single_series_file_opens_without_dialog(qtbot, window, image_path, monk
     monkeypatch.setattr(SeriesDialog, "exec", lambda dialog: pytest.fail("no dialog for a one-series file"))
     window.document.interactive = True
     assert window.open_path(image_path)
+
+
+def test_each_series_keeps_its_own_annotations(qtbot, window, lif_path):
+    """Two series of one file never share a vectors file: series 0 keeps <stem>.vectors.csv, series 1 gets
+    <stem>_s1.vectors.csv, and what is saved on one does not appear on the other."""
+    assert window.document.open_path(lif_path, series=1)
+    assert window.document.vectors_path == lif_path.with_name("experiment_s1.vectors.csv")
+    window.model.add_pair((1.0, 10.0, 8.0), (1.0, 12.0, 10.0))
+    assert window.document.save()
+    assert window.document.open_path(lif_path, series=0)
+    assert window.document.vectors_path == lif_path.with_name("experiment.vectors.csv")
+    assert len(window.model.pairs) == 0
+    assert window.document.open_path(lif_path, series=1)
+    assert len(window.model.pairs) == 1

@@ -26,11 +26,14 @@ if TYPE_CHECKING:  # for the type only: app.core.annotation re-exports this modu
     from app.core.annotation import AnnotationModel
 
 
-def vectors_path_for(image_path: str | os.PathLike, folder: Optional[str | os.PathLike] = None) -> Path:
-    """``<folder or the image's folder>/<stem>.vectors.csv``."""
+def vectors_path_for(image_path: str | os.PathLike, folder: Optional[str | os.PathLike] = None,
+                     series: int = 0) -> Path:
+    """``<folder or the image's folder>/<stem>.vectors.csv``; series ``N`` > 0 of a file with several (a LIF,
+    CZI, ND2 or OME-Zarr) ``<stem>_s<N>.vectors.csv``, so two series of one file never share annotations."""
     image_path = Path(image_path)
     base = Path(folder) if folder is not None else image_path.parent
-    return base / f"{image_stem(image_path)}.vectors.csv"
+    suffix = f"_s{int(series)}" if series else ""
+    return base / f"{image_stem(image_path)}{suffix}.vectors.csv"
 
 
 def autosave_path_for(vectors_path: str | os.PathLike) -> Path:

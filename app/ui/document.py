@@ -457,10 +457,13 @@ class DocumentController(QtCore.QObject):
         self._detach_autosave()
         self.image_path = Path(image_path) if image_path is not None else None
         if vectors_path is None and self.image_path is not None:
+            series = int(volume.metadata.get("scene") or 0)  # series N > 0 of a multi-series file: its own file
             if self.project is not None and self.project.contains(self.image_path):
                 vectors_path = self.project.vectors_path(self.image_path)
+                if series:
+                    vectors_path = vectors_path_for(self.image_path, vectors_path.parent, series)
             else:
-                vectors_path = vectors_path_for(self.image_path)
+                vectors_path = vectors_path_for(self.image_path, series=series)
         self.vectors_path = Path(vectors_path) if vectors_path is not None else None
         self._clear_comparison()
         self.state.set_volume(volume, self._displays_for(volume, multiscale), multiscale=multiscale)
