@@ -481,10 +481,18 @@ class MultiscaleImage:
                                                                         b_lo - tb_lo:b_hi - tb_lo]
         return out
 
-    def intensities_at(self, position: Sequence[float]) -> np.ndarray:
-        """Every channel's full-resolution value at voxel ``(z, y, x)`` (read from the file)."""
+    def intensities_at(self, position: Sequence[float], wait: bool = True) -> Optional[np.ndarray]:
+        """Every channel's full-resolution value at voxel ``(z, y, x)`` (read from the file).
+
+        ``wait=False``: ``None`` instead of waiting while another thread reads the file (a slice view loading a
+        region), so a caller on the GUI thread never blocks on a slow disk."""
         z, y, x = (int(round(v)) for v in position)
-        return self.read_level0((z, z + 1), (y, y + 1), (x, x + 1)).reshape(-1)
+        if not self._read_lock.acquire(blocking=wait):
+            return None
+        try:
+            return self.read_level0((z, z + 1), (y, y + 1), (x, x + 1)).reshape(-1)
+        finally:
+            self._read_lock.release()
 
     # --- the coarsest level -------------------------------------------------------------------
     def _cached_or_built(self, index: int, progress, cancel) -> np.ndarray:

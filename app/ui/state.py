@@ -127,11 +127,12 @@ class ViewerState(QtCore.QObject):
             return self.multiscale.scale_at(self.multiscale.coarsest)
         return (1, 1, 1)
 
-    def intensities_at(self, position: Sequence[float]) -> np.ndarray:
-        """Every channel's value at voxel ``(z, y, x)``: from memory, or read from a large image's file."""
+    def intensities_at(self, position: Sequence[float], wait: bool = True) -> Optional[np.ndarray]:
+        """Every channel's value at voxel ``(z, y, x)``: from memory, or read from a large image's file
+        (``wait=False``: ``None`` while another thread is reading that file; see ``MultiscaleImage``)."""
         z, y, x = (int(v) for v in np.clip(np.round(position), 0, np.asarray(self.shape) - 1))
         if self.multiscale is not None:
-            return self.multiscale.intensities_at((z, y, x))
+            return self.multiscale.intensities_at((z, y, x), wait=wait)
         return self.volume.data[:, z, y, x]
 
     def plane(self, channel: int, axis: int) -> np.ndarray:

@@ -58,8 +58,10 @@ class StatusBar(QtWidgets.QStatusBar):
         position = hover[1] if hover is not None else self.state.cursor
         z, y, x = (int(round(v)) for v in position)
         vz, vy, vx = volume.voxel_size
-        values = self.state.intensities_at((z, y, x))
-        intensities = "  ".join(f"{name} {value:g}" for name, value in zip(volume.channel_names, values.tolist()))
+        # never wait on the GUI thread for a large image's file while a view is reading it
+        values = self.state.intensities_at((z, y, x), wait=False)
+        intensities = ("reading…" if values is None else
+                       "  ".join(f"{name} {value:g}" for name, value in zip(volume.channel_names, values.tolist())))
         where = "" if hover is not None else "crosshair "
         self.position_label.setText(
             f"{where}x {x} y {y} z {z} vox · {x * vx:.2f}, {y * vy:.2f}, {z * vz:.2f} µm · {intensities}")
