@@ -138,20 +138,6 @@ class ViewerState(QtCore.QObject):
     def plane(self, channel: int, axis: int) -> np.ndarray:
         """What a view looking along ``axis`` shows of ``channel``: rows = its vertical axis. For a large image,
         the plane of its coarsest level (:meth:`preview_factors` voxels per pixel)."""
-        if self.multiscale is not None:
-            return self._preview_plane(channel, axis)
-        data = self.volume.data[channel]
-        if self.mip:
-            key = (channel, axis)
-            if key not in self._mips:
-                self._mips[key] = data.max(axis=axis)
-            plane = self._mips[key]
-        else:
-            index = self.slice_index(axis)
-            plane = data[(slice(None),) * axis + (index,)]
-        return plane.T if axis == 2 else plane  # YZ: rows = y, columns = z
-
-    def _preview_plane(self, channel: int, axis: int) -> np.ndarray:
         data = self.preview()[channel]
         if self.mip:
             key = (channel, axis)
@@ -161,7 +147,7 @@ class ViewerState(QtCore.QObject):
         else:
             index = min(self.slice_index(axis) // self.preview_factors()[axis], data.shape[axis] - 1)
             plane = data[(slice(None),) * axis + (index,)]
-        return plane.T if axis == 2 else plane
+        return plane.T if axis == 2 else plane  # YZ: rows = y, columns = z
 
     def slice_index(self, axis: int) -> int:
         return int(np.clip(round(self.cursor[axis]), 0, self.shape[axis] - 1))

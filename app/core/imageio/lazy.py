@@ -11,10 +11,11 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from app.core.errors import CellPolError, FileFormatError
+from app.core.errors import CellPolError
 from app.core.imageio.axes import _AxesPlan, _plan_axes, _plan_user_axes, _resolve_axes_argument
 from app.core.imageio.metadata import _voxel_size_from
 from app.core.imageio.readers import _open_image
+from app.core.imageio.reading import describe_raw
 from app.core.volume import parse_voxel_size
 
 
@@ -69,13 +70,7 @@ def list_series(path: str | os.PathLike) -> list[SeriesInfo]:
         else:
             with contextlib.ExitStack() as stack:
                 raw = _open_image(path, index, stack)
-        try:
-            plan: Optional[_AxesPlan] = _plan_axes(raw.shape, raw.axes, raw.stack_axes, path)
-            axes_problem = None
-        except FileFormatError as exc:
-            plan, axes_problem = None, str(exc)
-        voxel, voxel_problem = (None, "axes unknown") if plan is None else _voxel_size_from(raw.calibration,
-                                                                                             plan.is_2d)[:2]
+        plan, axes_problem, voxel, voxel_problem = describe_raw(raw, path)
         found.append(SeriesInfo(
             index=index,
             name=names[index] if index < len(names) else f"Series {index}",

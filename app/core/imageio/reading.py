@@ -207,17 +207,8 @@ def read_image_info(path: str | os.PathLike, scene: int = 0, series: Optional[in
     scene = _check_scene_argument(scene if series is None else series)
     with contextlib.ExitStack() as stack:
         raw = _open_image(path, scene, stack)
-    try:
-        plan: Optional[_AxesPlan] = _plan_axes(raw.shape, raw.axes, raw.stack_axes, path)
-        axes_problem = None
-    except FileFormatError as exc:
-        plan, axes_problem = None, str(exc)
-    if plan is None:
-        voxel_size, voxel_problem = None, "axes unknown"
-        names = raw.channel_names
-    else:
-        voxel_size, voxel_problem, _ = _voxel_size_from(raw.calibration, plan.is_2d)
-        names = _channel_names(raw.channel_names, raw.axes, plan.czyx_shape[0])
+    plan, axes_problem, voxel_size, voxel_problem = describe_raw(raw, path)
+    names = raw.channel_names if plan is None else _channel_names(raw.channel_names, raw.axes, plan.czyx_shape[0])
     return {
         "path": str(path),
         "format": raw.format,
@@ -234,6 +225,19 @@ def read_image_info(path: str | os.PathLike, scene: int = 0, series: Optional[in
         "scene": scene,
         "series_names": raw.series_names or tuple(f"Series {i}" for i in range(raw.n_scenes)),
     }
+
+
+def describe_raw(raw: "_RawImage", path: Path) -> tuple[Optional[_AxesPlan], Optional[str],
+                                                       Optional[tuple[float, float, float]], Optional[str]]:
+    """How the file's stored axes map to C, Z, Y, X and its voxel size, or why either is unknown:
+    ``(plan, axes_problem, voxel_size, voxel_problem)`` (shared by :func:`read_image_info` and
+    :func:`~app.core.imageio.lazy.list_series`)."""
+    try:
+        plan: Optional[_AxesPlan] = _plan_axes(raw.shape, raw.axes, raw.stack_axes, path)
+    except FileFormatError as exc:
+        return None, str(exc), None, "axes unknown"
+    voxel_size, voxel_problem, _ = _voxel_size_from(raw.calibration, plan.is_2d)
+    return plan, None, voxel_size, voxel_problem
 
 
 def find_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:
