@@ -169,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", nargs=3, type=int, metavar=("Z", "Y", "X"),
                    help="largest sliding window in voxels at the model's voxel size (smaller = less memory)")
     p.add_argument("--batch-size", type=int, metavar="N", help="windows per network call")
+    p.add_argument("--tta", action="store_true",
+                   help="average the network over the image and its mirror images in y, x and both: about 3-4x "
+                        "the time, fewer false vectors on images unlike the training data (docs/models)")
     _series_arg(p, "which series (scene) of multi-series files (LIF, CZI, ND2, OME-TIFF, OME-Zarr) to predict: N "
                    "(0-based) or all, each written as <stem>_s<N>-<name>.pred.vectors.csv; default 0")
     _voxel_size_arg(p, help_extra="; overrides the file's metadata, required where it has none")
@@ -515,7 +518,10 @@ def _predictor_spec(args: argparse.Namespace):
         print(f"Method: {method}" + ("" if method == "cellpol" else " (no learned model available)"),
               file=sys.stderr)
     models = tuple(str(Path(m).resolve()) for m in args.model or ()) if method == "cellpol" else ()
-    return PredictorSpec(method, models, args.device, tuple(args.window) if args.window else None, args.batch_size)
+    if getattr(args, "tta", False) and method != "cellpol":
+        print("Note: --tta applies to the learned model only; the classic method ignores it.", file=sys.stderr)
+    return PredictorSpec(method, models, args.device, tuple(args.window) if args.window else None, args.batch_size,
+                         tta=bool(getattr(args, "tta", False)))
 
 
 def _make_predictor(args: argparse.Namespace):

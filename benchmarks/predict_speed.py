@@ -2,7 +2,7 @@
 
 Run from the project root::
 
-    .venv/bin/python benchmarks/predict_speed.py [--model PATH] [--device cpu|cuda|auto] [--repeats 3]
+    .venv/bin/python benchmarks/predict_speed.py [--model PATH] [--device cpu|cuda|auto] [--repeats 3] [--tta]
 
 Builds one 64×768×768×2 uint16 volume at 0.27×0.666×0.666 µm with the simulator (``--random`` for noise
 instead), then predicts it ``--repeats`` times, each in a fresh process (so each peak RSS is that of one
@@ -96,6 +96,8 @@ def child(args: argparse.Namespace) -> int:
         options["window"] = tuple(args.window)
     if args.batch_size:
         options["batch_size"] = args.batch_size
+    if args.tta:
+        options["tta"] = True
     predictor = Predictor.from_files([args.model], device=args.device, **options)
     load_s = time.perf_counter() - t0
     warmup_s = None
@@ -173,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="build a fresh NetworkConfig(base_filters=N) network instead (what-if for smaller models)")
     parser.add_argument("--window", nargs=3, type=int, metavar=("Z", "Y", "X"), help="largest window (voxels)")
     parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--tta", action="store_true", help="test-time augmentation (mirror images averaged)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--random", action="store_true", help="random data instead of the simulator")
     parser.add_argument("--cells", type=int, default=600, help="cells for the decode-only timing (0 = skip)")
@@ -201,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
             command += ["--window", *map(str, args.window)]
         if args.batch_size:
             command += ["--batch-size", str(args.batch_size)]
+        if args.tta:
+            command.append("--tta")
         if args.warmup is not None:
             command.append("--warmup" if args.warmup else "--no-warmup")
         runs = []

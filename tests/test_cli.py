@@ -153,6 +153,26 @@ def test_predict_uses_the_bundled_starters_for_stacks_and_planes(synth_dir, tmp_
         assert pairs.voxel_size is not None and len(pairs) > 0
 
 
+def test_predict_tta_averages_mirror_images_and_says_so(synth_dir, tmp_path, capsys):
+    """`cellpol predict --tta`: the network runs on the mirror images too, the sidecar records it."""
+    from app.core.inference.predictor import TTA_DESCRIPTION
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "stack.tif").write_bytes(sorted(synth_dir.glob("*.tif"))[0].read_bytes())
+    runs = {}
+    for name, extra in (("plain", []), ("tta", ["--tta"])):
+        assert main(["predict", str(inputs), "--out", str(tmp_path / name), "--device", "cpu", *extra]) == EXIT_OK
+        runs[name] = read_pairs(tmp_path / name / "stack.pred.vectors.csv")
+    assert runs["tta"].meta["test_time_augmentation"] == TTA_DESCRIPTION
+    assert runs["plain"].meta["test_time_augmentation"] is None
+    assert len(runs["tta"]) > 0
+    plain, tta = runs["plain"], runs["tta"]
+    assert len(plain) != len(tta) or not np.allclose(plain.nuclei, tta.nuclei)  # other network outputs
+    assert main(["predict", str(inputs), "--out", str(tmp_path / "classic"), "--method", "classic", "--tta"]) == EXIT_OK
+    assert "--tta applies to the learned model only" in capsys.readouterr().err
+
+
 def test_info_lists_the_series_of_a_one_series_file(tmp_path, capsys):
     from app.core.imageio import write_imagej_tiff
     from app.core.volume import Volume

@@ -172,6 +172,32 @@ def test_predict_folder_reports_each_image_and_the_damaged_one(qtbot, stacks, tm
     assert recorder.opened == [(stacks[2], out_dir / "synth_0002.pred.vectors.csv")]
 
 
+def test_mirror_averaging_box_reaches_the_predictor(qtbot, stacks, tmp_path):
+    from app.core.inference.predictor import TTA_DESCRIPTION
+    from app.core.pairs import read_pairs
+
+    recorder = Recorder()
+    panel = make_panel(qtbot, recorder, window=(16, 96, 96))
+    box = panel.findChild(type(panel.tta_check), "cellpol.predict.tta")
+    assert not box.isChecked() and panel.job_options() == {"window": (16, 96, 96)}
+    panel.show()
+    qtbot.waitExposed(panel)
+    qtbot.mouseClick(box, Qt.MouseButton.LeftButton)
+    assert box.isChecked() and panel.job_options() == {"window": (16, 96, 96), "tta": True}
+    assert panel.predictor_options == {"window": (16, 96, 96)}  # the panel's own options are not altered
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(stacks[0], one / stacks[0].name)
+    panel.predict_folder(one, tmp_path / "mirrored")
+    finish(qtbot, panel)
+    assert read_pairs(tmp_path / "mirrored" / "synth_0000.pred.vectors.csv").meta["test_time_augmentation"] \
+        == TTA_DESCRIPTION
+    qtbot.mouseClick(box, Qt.MouseButton.LeftButton)
+    panel.predict_folder(one, tmp_path / "plain")
+    finish(qtbot, panel)
+    assert read_pairs(tmp_path / "plain" / "synth_0000.pred.vectors.csv").meta["test_time_augmentation"] is None
+
+
 def test_cancel_inside_an_image_ends_cancelled_without_pairs(qtbot, tmp_path, monkeypatch):
     volume = read_volume(synthesize_dataset(tmp_path / "big", 1, shape=(16, 160, 160), seed=2)[0])
     real_build = predict_module.build_predictor
@@ -222,6 +248,7 @@ def test_model_card_and_chosen_model_file(qtbot, stacks, tmp_path):
     panel = make_panel(qtbot, recorder, read_volume(stacks[0]))
     assert "Trained at voxel size: 1 × 0.5 × 0.5 µm" in panel.card.text()
     assert "Trained by: python -m app.training.starter" in panel.card.text()
+    assert "Weights: averaged, 0.7 × stage10.json, 0.3 × stage8.json" in panel.card.text()  # the 3D starter's
     assert "2D images" in panel.card.text() and "3D images" in panel.card.text()
 
     starter = starter_models()[3]

@@ -186,6 +186,9 @@ class PredictorSpec:
         Largest sliding window ``(z, y, x)`` (:class:`app.core.inference.Predictor`).
     batch_size : int, optional
         Windows per network call.
+    tta : bool
+        Test-time augmentation: the network's outputs averaged over the image and its mirror images
+        (:class:`app.core.inference.Predictor`, ``tta``; about 4× the network time).
     """
 
     method: str = "cellpol"
@@ -193,6 +196,7 @@ class PredictorSpec:
     device: str = "auto"
     window: Optional[tuple[int, int, int]] = None
     batch_size: Optional[int] = None
+    tta: bool = False
 
     def build(self) -> tuple[PairPredictor, dict[str, Any]]:
         """The predictor and the provenance its outputs' sidecars carry.
@@ -213,7 +217,7 @@ class PredictorSpec:
             raise CellPolError(f"Unknown method {self.method!r}; choose cellpol or classic.", settings={"method": None})
         from app.core.inference import Predictor, StarterPredictor
 
-        options = {"window": self.window, "batch_size": self.batch_size}
+        options = {"window": self.window, "batch_size": self.batch_size, "tta": self.tta}
         if not self.models:
             predictor = StarterPredictor(self.device, **options)
         else:

@@ -110,6 +110,10 @@ def _card_lines(spec: Any, path: Path, serves: str) -> str:
     if trained_by:
         text = str(trained_by)
         lines.append("Trained by: " + (text if len(text) <= 120 else text[:117] + "…"))
+    average = provenance.get("weight_average")
+    if isinstance(average, dict) and average.get("members"):
+        lines.append("Weights: averaged, " + ", ".join(
+            f"{weight:g} × {member}" for member, weight in zip(average["members"], average.get("weights", []))))
     if provenance.get("data"):
         lines.append(f"Data: {provenance['data']}")
     calibration = provenance.get("calibration")
@@ -245,6 +249,11 @@ class PredictPanel(QtWidgets.QWidget):
         self.overwrite_check = QtWidgets.QCheckBox("Overwrite existing predictions",
                                                    objectName="cellpol.predict.overwrite")
         self.overwrite_check.setToolTip("Unticked, images whose predictions exist are skipped")
+        self.tta_check = QtWidgets.QCheckBox("Average over mirror images (about 4× slower)",
+                                             objectName="cellpol.predict.tta")
+        self.tta_check.setToolTip("Runs the network on the image and on its mirror images in y, x and both and "
+                                  "averages: fewer false vectors on images unlike the training data, for about "
+                                  "four times the network time (model card: docs/models/cellpol_starter.md)")
         self.apart_check = QtWidgets.QCheckBox("Keep each model's predictions apart",
                                                objectName="cellpol.predict.apart")
         self.apart_check.setToolTip("Predict project writes into results/<model name>/ instead of results/, so "
@@ -278,6 +287,7 @@ class PredictPanel(QtWidgets.QWidget):
         card_area.setMaximumHeight(110)
         layout.addWidget(card_area)
         layout.addWidget(self.image_button)
+        layout.addWidget(self.tta_check)
         row = QtWidgets.QHBoxLayout()
         row.addWidget(QtWidgets.QLabel("Score ≥"))
         row.addWidget(self.threshold_slider, 1)
@@ -300,6 +310,14 @@ class PredictPanel(QtWidgets.QWidget):
         self._threshold_moved(self.threshold_slider.value())
         self.card.setText(model_card(None))
         self.refresh_models()
+
+    def job_options(self) -> dict[str, Any]:
+        """The :class:`~app.core.inference.Predictor` options of the next job: ``predictor_options`` plus the
+        panel's own (``tta`` when "Average over mirror images" is ticked)."""
+        options = dict(self.predictor_options)
+        if self.tta_check.isChecked():
+            options["tta"] = True
+        return options
 
     # --- model ---------------------------------------------------------------------------
     @property
@@ -382,7 +400,7 @@ class PredictPanel(QtWidgets.QWidget):
         if volume is None:
             self._say("Open an image first.")
             return None
-        factory = image_job_factory(self._model, self._get_device(), volume, self.predictor_options)
+        factory = image_job_factory(self._model, self._get_device(), volume, self.job_options())
         return self._start("Predict image", factory, self._image_done, retry=self.predict_image)
 
     def _choose_folder(self) -> None:
@@ -400,7 +418,7 @@ class PredictPanel(QtWidgets.QWidget):
         self.table.setRowCount(0)
         self.last_records = []
         factory = folder_job_factory(self._model, self._get_device(), Path(folder), Path(out_dir),
-                                     self.overwrite_check.isChecked(), self.predictor_options)
+                                     self.overwrite_check.isChecked(), self.job_options())
         return self._start(f"Predict folder {Path(folder).name}", factory, self._folder_done,
                            retry=lambda: self.predict_folder(folder, out_dir))
 
@@ -418,7 +436,7 @@ class PredictPanel(QtWidgets.QWidget):
         if self.apart_check.isChecked():  # one folder per model, to compare them (Evaluate panel)
             out = out / (self._model.stem if self._model is not None else "starter")
         factory = folder_job_factory(self._model, self._get_device(), project.folder("images"), out,
-                                     self.overwrite_check.isChecked(), self.predictor_options)
+                                     self.overwrite_check.isChecked(), self.job_options())
         return self._start(f"Predict project {project.name}", factory, self._folder_done,
                            retry=self.predict_project)
 
@@ -433,7 +451,7 @@ class PredictPanel(QtWidgets.QWidget):
         self.table.setRowCount(0)
         self.last_records = []
         factory = folder_job_factory(self._model, self._get_device(), list(images), project.folder("results"),
-                                     True, self.predictor_options)
+                                     True, self.job_options())
         return self._start(f"Predict {len(images)} image(s) again", factory, self._folder_done,
                            retry=lambda: self.predict_images(images, model))
 

@@ -14,7 +14,7 @@ import torch
 from app.core.device import select_device
 from app.core.errors import CellPolError
 from app.core.fileutil import sha256_file
-from app.core.inference.predictor import CancelLike, PathLike, Prediction, Predictor, ProgressLike
+from app.core.inference.predictor import TTA_DESCRIPTION, CancelLike, PathLike, Prediction, Predictor, ProgressLike
 from app.core.jobs import Job
 from app.core.modelfile import load_spec, model_paths
 from app.core.pairs import PairSet
@@ -159,4 +159,5 @@ class StarterPredictor:
                 models.append({"name": path.stem, "path": str(path.resolve()), "images": f"{dims}D",
                                "weights_sha256": sha256_file(model_paths(path)[1])})
         return {"method": "cellpol", "models": models, "device": str(self.device),
-                "note": "the bundled starter models: 3D stacks use the 3D one, single planes the 2D one"}
+                "note": "the bundled starter models: 3D stacks use the 3D one, single planes the 2D one",
+                "test_time_augmentation": TTA_DESCRIPTION if self.options.get("tta") else None}

@@ -50,6 +50,8 @@ PathLike = Union[str, Path]
 DEFAULT_CONTEXT_UM = 3.0
 #: Mirror images test-time augmentation adds to each window (dims from the end: y, x, both); 2D and 3D alike.
 TTA_FLIPS = ((-2,), (-1,), (-2, -1))
+#: How provenance names it.
+TTA_DESCRIPTION = "mirrored in y, x and both, averaged"
 #: Largest default window along z and in-plane (voxels at the model's voxel size). Larger windows waste less
 #: compute on overlaps: on the 64×768×768 benchmark, 9 windows of 20×368×368 took 22 s of network time
 #: against 28.5 s for 25 windows of 20×240×240 (benchmarks/predict_speed.py, 2-core CPU).
@@ -356,7 +358,7 @@ class Predictor:
             "window_max_zyx": list(self.window) if self.window else "auto",
             "batch_size": self.batch_size or "auto",
             "context_um": self.context_um,
-            "test_time_augmentation": "mirrored in y, x and both, averaged" if self.tta else None,
+            "test_time_augmentation": TTA_DESCRIPTION if self.tta else None,
             "probability": SCORE_FORMULA,
         }
 
