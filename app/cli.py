@@ -218,10 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of the pull/push embedding loss (default 0.5 fine-tuning, 1 = the paper's from scratch)")
     p.add_argument("--calibrate", choices=("auto", "always", "never"), default="auto",
                    help="re-choose the decoding thresholds on the validation images: auto = from scratch, or "
-                        "when the validation images hold at least 30 pairs (else the initial model's are kept)")
+                        "when the validation images hold at least 100 pairs (else the initial model's are kept)")
     p.add_argument("--keep", choices=("auto", "best", "last"), default="auto",
                    help="which weights become the model: the epoch with the best validation score, the last, or "
-                        "auto = the best when the validation images hold at least 30 pairs, else the last")
+                        "auto = the best when the validation images hold at least 100 pairs, else the last")
+    p.add_argument("--init-share", type=float, default=None, metavar="S",
+                   help="fine-tuning: average the kept weights with the initial model's, this share of the latter "
+                        "(WiSE-FT; default 0.5, 0 = the fine-tuned weights alone)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model and discard its checkpoints")
     _voxel_size_arg(p, help_extra="; overrides the files' metadata, required where they have none")
     _channel_args(p)
@@ -676,7 +679,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         patch_shape=tuple(args.patch) if args.patch else None, epoch_steps=args.epoch_steps,
         synthetic=args.synthetic, synthetic_dir=args.synthetic_dir, synthetic_fraction=args.synthetic_fraction,
         model_voxel_size=args.model_voxel_size, base_filters=args.base_filters, calibrate=args.calibrate, keep=args.keep,
-        overwrite=args.overwrite,
+        init_share=args.init_share, overwrite=args.overwrite,
     )
     paths = output_paths(args.out)
     baseline = {}

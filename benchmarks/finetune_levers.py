@@ -9,12 +9,11 @@ volumes are scored (the paper's protocol, TPR / FDR at τL = 0) with:
 - ``starter``: the initial model, as shipped;
 - ``starter+bn``: the starter with its batch-norm statistics re-estimated on the run's training images
   (no gradient step: "normalisation statistics" alone, AdaBN);
-- ``default``: the fine-tuned model as ``cellpol train`` writes it (the kept epoch, the calibrated decoding);
-- ``no-calibration``: the same weights with the starter's decoding (calibration on the user's annotations off);
-- ``other-epoch``: the checkpoint the default did not keep (``last`` where it kept the best epoch and the
-  reverse), with the default's decoding (stopping);
-- ``wise-ft``: the fine-tuned weights averaged half and half with the starter's (WiSE-FT,
-  :func:`app.training.average.average_modules`), with the default's decoding.
+- ``W/D`` for weights W and decoding D: W is ``best`` (the best validation epoch), ``last`` (the last
+  weights; stopping), ``wise-best`` or ``wise-last`` (those averaged half and half with the starter's, WiSE-FT,
+  :func:`app.training.average.average_modules`); D is ``cal`` (the decoding ``cellpol train`` calibrated on
+  the validation images for the weights it kept) or ``init`` (the starter's: calibration off). The model
+  ``cellpol train`` wrote is the row marked ``*`` (its kept weights with ``cal``).
 
 Prints one row per run and variant, then per variant the mean ± sd over runs of TPR, FDR and TPR − FDR
 and in how many runs it beat the starter.
@@ -86,26 +85,25 @@ def variants(init: Path, run: Path):
     from app.core.inference import Predictor
     from app.core.modelfile import load_model, load_spec
 
+    from app.training.average import average_modules
+
     starter_spec = load_spec(init)
     final = run / "finetuned.json"
     kept = json.loads(final.read_text(encoding="utf-8"))["provenance"].get("weights_from", "last")
-    other = run / "finetuned.checkpoints" / ("last.json" if kept == "best" else "best.json")
-    tuned, tuned_spec = load_model(final)
+    decodings = {"cal": load_spec(final).decoding, "init": starter_spec.decoding}
     yield "starter", Predictor.from_files([init], "cpu")
     yield "starter+bn", Predictor.from_modules([renormalized(init, run / "train")], "cpu")
-    yield "default", Predictor.from_modules([(tuned, tuned_spec)], "cpu")
-    module, spec = load_model(final)
-    yield "no-calibration", Predictor.from_modules([(module, dataclasses.replace(spec, decoding=starter_spec.decoding))],
-                                                   "cpu")
-    if other.is_file():
-        module, spec = load_model(other)
-        yield f"other-epoch ({other.stem})", Predictor.from_modules(
-            [(module, dataclasses.replace(spec, decoding=tuned_spec.decoding))], "cpu")
-    from app.training.average import average_modules
-
-    mixed, _ = load_model(final)
-    mixed.load_state_dict(average_modules([load_model(final)[0], load_model(init)[0]], [0.5, 0.5]))
-    yield "wise-ft", Predictor.from_modules([(mixed, tuned_spec)], "cpu")
+    for weights in ("best", "last", "wise-best", "wise-last"):
+        checkpoint = run / "finetuned.checkpoints" / f"{weights.split('-')[-1]}.json"
+        if not checkpoint.is_file():
+            continue
+        for decoding in ("cal", "init"):
+            module, spec = load_model(checkpoint)
+            if weights.startswith("wise"):
+                module.load_state_dict(average_modules([module, load_model(init)[0]], [0.5, 0.5]))
+            mark = "*" if weights == kept and decoding == "cal" else ""
+            yield f"{weights}/{decoding}{mark}", Predictor.from_modules(
+                [(module, dataclasses.replace(spec, decoding=decodings[decoding]))], "cpu")
 
 
 def main(argv=None) -> int:
@@ -125,8 +123,10 @@ def main(argv=None) -> int:
     for run in args.runs:
         for name, predictor in variants(args.init, run):
             m = score(predictor, run / "test")
-            key = name.split(" ")[0]
+            key = name.rstrip("*")
             table.setdefault(key, []).append(m)
+            if name.endswith("*"):
+                table.setdefault("default", []).append(m)
             print(f"{str(run)[-28:]:28s} {name:24s} {m['tpr0']:8.3f} {m['fdr0']:8.3f} "
                   f"{m['tpr0'] - m['fdr0']:8.3f} {m['pred']:5d}", flush=True)
     print()

@@ -122,7 +122,8 @@ def run_seed(args, seed: int, init: Path, work: Path) -> dict:
                               init=init, steps=args.steps,
                               batch_size=args.batch_size, epoch_steps=args.epoch_steps, device=args.device,
                               seed=seed, val_images=val_dir if args.validation == "extra" else None,
-                              overwrite=True, learning_rate=args.lr,
+                              overwrite=True, learning_rate=args.lr, init_share=args.init_share,
+                              calibrate=args.calibrate, keep=args.keep,
                               **({"embedding_weight": args.embedding_weight} if args.embedding_weight is not None else {}))
     wall = time.perf_counter()
     model_path = None
@@ -223,6 +224,12 @@ def main(argv=None) -> int:
     parser.add_argument("--synthetic-fraction", type=float, default=0.5, help="share of patches drawn from them")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: cellpol train's)")
     parser.add_argument("--embedding-weight", type=float, default=None, help="pull/push weight (default: cellpol train's)")
+    parser.add_argument("--init-share", type=float, default=None,
+                        help="share of the starter's weights averaged in at the end (default: cellpol train's)")
+    parser.add_argument("--calibrate", choices=("auto", "always", "never"), default="auto")
+    parser.add_argument("--keep", choices=("auto", "best", "last"), default="auto",
+                        help="for a study of every variant (benchmarks/finetune_levers.py): --init-share 0 "
+                             "--calibrate always --keep best, so the run keeps what each variant needs")
     args = parser.parse_args(argv)
     if args.renderer == "ours" and args.layouts:
         parser.error("--layouts needs --renderer outside")

@@ -238,15 +238,28 @@ def test_cli_fine_tunes_a_given_model(train_dir, val_dir, tmp_path, capsys, monk
     assert tuned.decoding == spec.decoding
     # ... and too few to tell the best epoch: the last weights become the model.
     assert "Keeping the last weights" in captured.err and tuned.provenance["weights_from"] == "last"
+    # The last weights averaged half and half with the initial model's (WiSE-FT, the default share).
+    assert "Averaged the kept weights with those of init.json (0.5 : 0.5)" in captured.err
+    assert tuned.provenance["weight_average"] == {"init_share": finetune.FINETUNE_INIT_SHARE, "init": "init.json"}
     final = load_model(out.with_suffix(".json"))[0].state_dict()
     last = load_model(out.with_name("tuned.checkpoints") / "last.json")[0].state_dict()
-    assert all(torch.equal(final[k], last[k]) for k in final)
+    initial = load_model(tmp_path / "init.json")[0].state_dict()
+    floats = [k for k in final if torch.is_floating_point(final[k])]
+    assert all(torch.allclose(final[k], (last[k] + initial[k]) / 2, atol=1e-6) for k in floats)
+    assert not all(torch.allclose(final[k], last[k]) for k in floats)
     assert main(["train", "--images", str(train_dir), "--out", str(out), "--steps", "2", "--init",
-                 str(tmp_path / "init.json"), "--calibrate", "always", "--keep", "best", "--overwrite"]) == EXIT_OK
+                 str(tmp_path / "init.json"), "--calibrate", "always", "--keep", "best", "--init-share", "0",
+                 "--overwrite"]) == EXIT_OK
     err = capsys.readouterr().err
     assert "Calibrated decoding" in err and "vessel (ridge) weight" in err and "Keeping the last weights" not in err
-    again = load_model(out.with_suffix(".json"))[1].provenance
-    assert again["calibration"]["method"].startswith("grid search") and again["weights_from"] == "best"
+    assert "Averaged the kept weights" not in err
+    again = load_model(out.with_suffix(".json"))
+    assert again[1].provenance["calibration"]["method"].startswith("grid search")
+    assert again[1].provenance["weights_from"] == "best" and "weight_average" not in again[1].provenance
+    best = load_model(out.with_name("tuned.checkpoints") / "best.json")[0].state_dict()
+    assert all(torch.equal(again[0].state_dict()[k], best[k]) for k in best)  # share 0: the kept weights as they are
+    assert main(["train", "--images", str(train_dir), "--out", str(tmp_path / "z"), "--init-share", "1"]) == EXIT_USAGE
+    assert "share of the weights must be in [0, 1)" in capsys.readouterr().err
     assert tuned.provenance["synthetic"]["volumes"] == 3 and tuned.provenance["synthetic"]["fraction"] == 0.25
     assert tuned.provenance["augment"]["noise"] == 0.0 and tuned.provenance["augment"]["rotate90"] == 1.0
     capsys.readouterr()

@@ -22,8 +22,9 @@ PathLike = Union[str, Path]
 
 
 def average_modules(modules: Sequence[nn.Module], weights: Sequence[float]) -> dict[str, torch.Tensor]:
-    """The weighted mean (weights normalised to sum 1) of the modules' state dicts: every floating-point
-    tensor, batch-norm running statistics included; others (the batch counter) are the first module's.
+    """The weighted mean (weights normalised to sum 1) of the modules' state dicts, on the CPU: every
+    floating-point tensor, batch-norm running statistics included; others (the batch counter) are the first
+    module's. ``load_state_dict`` copies the result to wherever a module lives.
 
     Raises
     ------
@@ -45,9 +46,9 @@ def average_modules(modules: Sequence[nn.Module], weights: Sequence[float]) -> d
         if not torch.is_floating_point(tensor):
             mixed[key] = tensor.clone()
             continue
-        acc = torch.zeros_like(tensor, dtype=torch.float64)
+        acc = torch.zeros(tensor.shape, dtype=torch.float64)  # on the CPU (float64 is not on every device)
         for w, state in zip(weights, states):
-            acc += (w / total) * state[key].to(torch.float64)
+            acc += (w / total) * state[key].detach().to("cpu", torch.float64)
         mixed[key] = acc.to(tensor.dtype)
     return mixed
 
