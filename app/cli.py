@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "auto = the best when the validation images hold at least 100 pairs, else the last")
     p.add_argument("--init-share", type=float, default=None, metavar="S",
                    help="fine-tuning: average the kept weights with the initial model's, this share of the latter "
-                        "(WiSE-FT; default 0.5, 0 = the fine-tuned weights alone)")
+                        "(WiSE-FT, e.g. 0.5; default 0: the fine-tuned weights alone)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model and discard its checkpoints")
     _voxel_size_arg(p, help_extra="; overrides the files' metadata, required where they have none")
     _channel_args(p)

@@ -224,7 +224,8 @@ def test_cli_fine_tunes_a_given_model(train_dir, val_dir, tmp_path, capsys, monk
     monkeypatch.setattr(finetune, "SYNTHETIC_FIELD_UM", (8.0, 24.0, 24.0))  # small simulated volumes
     status = main(["train", "--images", str(train_dir), "--out", str(out), "--steps", "4", "--epoch-steps", "2",
                    "--init", str(tmp_path / "init.json"), "--seed", "2", "--synthetic", "1", "--synthetic-dir",
-                   str(val_dir), "--synthetic-fraction", "0.25", "--augment", "noise=0", "rotate90=1"])
+                   str(val_dir), "--synthetic-fraction", "0.25", "--augment", "noise=0", "rotate90=1",
+                   "--init-share", "0.5"])
     captured = capsys.readouterr()
     assert status == EXIT_OK, captured.err
     assert "Fine-tuning init.json" in captured.err and "before:" in captured.out and "after:" in captured.out
@@ -238,9 +239,9 @@ def test_cli_fine_tunes_a_given_model(train_dir, val_dir, tmp_path, capsys, monk
     assert tuned.decoding == spec.decoding
     # ... and too few to tell the best epoch: the last weights become the model.
     assert "Keeping the last weights" in captured.err and tuned.provenance["weights_from"] == "last"
-    # The last weights averaged half and half with the initial model's (WiSE-FT, the default share).
+    # The last weights averaged half and half with the initial model's (WiSE-FT, asked for).
     assert "Averaged the kept weights with those of init.json (0.5 : 0.5)" in captured.err
-    assert tuned.provenance["weight_average"] == {"init_share": finetune.FINETUNE_INIT_SHARE, "init": "init.json"}
+    assert tuned.provenance["weight_average"] == {"init_share": 0.5, "init": "init.json"}
     final = load_model(out.with_suffix(".json"))[0].state_dict()
     last = load_model(out.with_name("tuned.checkpoints") / "last.json")[0].state_dict()
     initial = load_model(tmp_path / "init.json")[0].state_dict()
@@ -248,8 +249,7 @@ def test_cli_fine_tunes_a_given_model(train_dir, val_dir, tmp_path, capsys, monk
     assert all(torch.allclose(final[k], (last[k] + initial[k]) / 2, atol=1e-6) for k in floats)
     assert not all(torch.allclose(final[k], last[k]) for k in floats)
     assert main(["train", "--images", str(train_dir), "--out", str(out), "--steps", "2", "--init",
-                 str(tmp_path / "init.json"), "--calibrate", "always", "--keep", "best", "--init-share", "0",
-                 "--overwrite"]) == EXIT_OK
+                 str(tmp_path / "init.json"), "--calibrate", "always", "--keep", "best", "--overwrite"]) == EXIT_OK
     err = capsys.readouterr().err
     assert "Calibrated decoding" in err and "vessel (ridge) weight" in err and "Keeping the last weights" not in err
     assert "Averaged the kept weights" not in err
@@ -257,7 +257,7 @@ def test_cli_fine_tunes_a_given_model(train_dir, val_dir, tmp_path, capsys, monk
     assert again[1].provenance["calibration"]["method"].startswith("grid search")
     assert again[1].provenance["weights_from"] == "best" and "weight_average" not in again[1].provenance
     best = load_model(out.with_name("tuned.checkpoints") / "best.json")[0].state_dict()
-    assert all(torch.equal(again[0].state_dict()[k], best[k]) for k in best)  # share 0: the kept weights as they are
+    assert all(torch.equal(again[0].state_dict()[k], best[k]) for k in best)  # by default the kept weights as they are
     assert main(["train", "--images", str(train_dir), "--out", str(tmp_path / "z"), "--init-share", "1"]) == EXIT_USAGE
     assert "share of the weights must be in [0, 1)" in capsys.readouterr().err
     assert tuned.provenance["synthetic"]["volumes"] == 3 and tuned.provenance["synthetic"]["fraction"] == 0.25
