@@ -34,8 +34,8 @@ What it does, in order:
    stored in the model file, and a final evaluation with the paper's protocol. When fine-tuning, the
    decoding is re-chosen only when the validation images hold at least :data:`MIN_CALIBRATION_PAIRS`
    pairs (``calibrate="auto"``): a dozen parameters chosen on a few dozen cells fit those cells, not the
-   images (measured: ``benchmarks/RESULTS.md``, "Fine-tuning choices" and "Fine-tuning on images unlike ours"). A model from scratch has no
-   calibrated decoding to keep, so it is always calibrated.
+   images (measured: ``benchmarks/RESULTS.md``, "Fine-tuning choices" and "Fine-tuning on images unlike
+   ours"). A model from scratch has no calibrated decoding to keep, so it is always calibrated.
 
 Writes ``<out>.json`` + ``<out>.safetensors`` (the model), ``<out>.log.csv`` (losses per step),
 ``<out>.validation.csv`` (per epoch) and ``<out>.checkpoints/``. The generator's return value (and the
@@ -114,7 +114,7 @@ FINETUNE_EMBEDDING_WEIGHT = 0.5
 #: halve the gain where fine-tuning helps most); benchmarks/RESULTS.md, "Fine-tuning on images unlike ours".
 FINETUNE_INIT_SHARE = 0.0
 #: Fewest validation pairs for which a fine-tuned model's decoding is re-chosen (``calibrate="auto"``) and
-#: the best epoch rather than the last becomes the model (``keep="auto"``). At 30–40 pairs (two held-out
+#: the best epoch rather than the last becomes the model (``keep="auto"``). At 28–50 pairs (two held-out
 #: images) both chose noise on images unlike ours: the re-chosen decodings moved peak thresholds and minimum
 #: distances far from the starter's and lowered held-out TPR − FDR (benchmarks/RESULTS.md, "Fine-tuning on
 #: images unlike ours"); 30 was the bar before.

@@ -249,11 +249,11 @@ class PredictPanel(QtWidgets.QWidget):
         self.overwrite_check = QtWidgets.QCheckBox("Overwrite existing predictions",
                                                    objectName="cellpol.predict.overwrite")
         self.overwrite_check.setToolTip("Unticked, images whose predictions exist are skipped")
-        self.tta_check = QtWidgets.QCheckBox("Average over mirror images (about 4× slower)",
+        self.tta_check = QtWidgets.QCheckBox("Average over mirror images (about 3× slower)",
                                              objectName="cellpol.predict.tta")
         self.tta_check.setToolTip("Runs the network on the image and on its mirror images in y, x and both and "
                                   "averages: fewer false vectors on images unlike the training data, for about "
-                                  "four times the network time (model card: docs/models/cellpol_starter.md)")
+                                  "three times the time (model card: docs/models/cellpol_starter.md)")
         self.apart_check = QtWidgets.QCheckBox("Keep each model's predictions apart",
                                                objectName="cellpol.predict.apart")
         self.apart_check.setToolTip("Predict project writes into results/<model name>/ instead of results/, so "
