@@ -93,14 +93,15 @@ def variants(init: Path, run: Path):
     decodings = {"cal": load_spec(final).decoding, "init": starter_spec.decoding}
     yield "starter", Predictor.from_files([init], "cpu")
     yield "starter+bn", Predictor.from_modules([renormalized(init, run / "train")], "cpu")
+    starter_module, _ = load_model(init)
     for weights in ("best", "last", "wise-best", "wise-last"):
         checkpoint = run / "finetuned.checkpoints" / f"{weights.split('-')[-1]}.json"
         if not checkpoint.is_file():
             continue
-        for decoding in ("cal", "init"):
-            module, spec = load_model(checkpoint)
-            if weights.startswith("wise"):
-                module.load_state_dict(average_modules([module, load_model(init)[0]], [0.5, 0.5]))
+        module, spec = load_model(checkpoint)
+        if weights.startswith("wise"):
+            module.load_state_dict(average_modules([module, starter_module], [0.5, 0.5]))
+        for decoding in ("cal", "init"):  # the predictor folds batch norm on a copy: one module serves both
             mark = "*" if weights == kept and decoding == "cal" else ""
             yield f"{weights}/{decoding}{mark}", Predictor.from_modules(
                 [(module, dataclasses.replace(spec, decoding=decodings[decoding]))], "cpu")

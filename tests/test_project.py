@@ -25,6 +25,7 @@ def test_project_folder(tmp_path):
     image = project.folder("images") / "a.tif"
     image.write_bytes(b"")
     assert project.vectors_path(image) == project.folder("annotations") / "a.vectors.csv"
+    assert project.vectors_path(image, series=2) == project.folder("annotations") / "a_s2.vectors.csv"
     assert project.predictions_path(image) == project.folder("results") / "a.pred.vectors.csv"
     # A project of an earlier version: its predictions under the annotations' name are still found.
     older = project.folder("results") / "a.vectors.csv"

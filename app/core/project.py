@@ -182,9 +182,10 @@ class Project:
             return False
         return True
 
-    def vectors_path(self, image_path: str | os.PathLike) -> Path:
-        """Annotations of an image live in ``annotations/<stem>.vectors.csv``."""
-        return vectors_path_for(image_path, self.folder("annotations"))
+    def vectors_path(self, image_path: str | os.PathLike, series: int = 0) -> Path:
+        """Annotations of an image live in ``annotations/<stem>.vectors.csv`` (series N > 0 of a multi-series
+        file: ``annotations/<stem>_s<N>.vectors.csv``)."""
+        return vectors_path_for(image_path, self.folder("annotations"), series)
 
     def predictions_path(self, image_path: str | os.PathLike) -> Path:
         """Predictions of an image live in ``results/<stem>.pred.vectors.csv``.

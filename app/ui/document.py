@@ -459,9 +459,7 @@ class DocumentController(QtCore.QObject):
         if vectors_path is None and self.image_path is not None:
             series = int(volume.metadata.get("scene") or 0)  # series N > 0 of a multi-series file: its own file
             if self.project is not None and self.project.contains(self.image_path):
-                vectors_path = self.project.vectors_path(self.image_path)
-                if series:
-                    vectors_path = vectors_path_for(self.image_path, vectors_path.parent, series)
+                vectors_path = self.project.vectors_path(self.image_path, series)
             else:
                 vectors_path = vectors_path_for(self.image_path, series=series)
         self.vectors_path = Path(vectors_path) if vectors_path is not None else None
