@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-filters", type=int, default=8, metavar="N", help="from scratch only: network width (default 8)")
     p.add_argument("--augment", nargs="+", metavar="NAME=P",
                    help="augmentation probabilities, e.g. rotate90=0.5 noise=0 (flip_y, flip_x, rotate90, flip_z, "
-                        "intensity, gamma, noise)")
+                        "intensity, gamma, noise, appearance)")
     p.add_argument("--no-augment", action="store_true", help="no augmentation at all")
     p.add_argument("--embedding-weight", type=float, default=None, metavar="W",
                    help="weight of the pull/push embedding loss (default 0.5 fine-tuning, 1 = the paper's from scratch)")
@@ -222,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", choices=("auto", "best", "last"), default="auto",
                    help="which weights become the model: the epoch with the best validation score, the last, or "
                         "auto = the best when the validation images hold at least 100 pairs, else the last")
+    p.add_argument("--encoder-lr-scale", type=float, default=1.0, metavar="S",
+                   help="learning rate of the network's encoder against the rest's, 0 to 1 (default 1: alike; "
+                        "0 freezes the encoder's weights)")
     p.add_argument("--init-share", type=float, default=None, metavar="S",
                    help="fine-tuning: average the kept weights with the initial model's, this share of the latter "
                         "(WiSE-FT, e.g. 0.5; default 0: the fine-tuned weights alone)")
@@ -679,7 +682,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         patch_shape=tuple(args.patch) if args.patch else None, epoch_steps=args.epoch_steps,
         synthetic=args.synthetic, synthetic_dir=args.synthetic_dir, synthetic_fraction=args.synthetic_fraction,
         model_voxel_size=args.model_voxel_size, base_filters=args.base_filters, calibrate=args.calibrate, keep=args.keep,
-        init_share=args.init_share, overwrite=args.overwrite,
+        init_share=args.init_share, encoder_lr_scale=args.encoder_lr_scale, overwrite=args.overwrite,
     )
     paths = output_paths(args.out)
     baseline = {}

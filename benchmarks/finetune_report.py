@@ -14,7 +14,9 @@ seconds per step (CPU unless ``--device`` says otherwise). Without the starter m
 
 ``--synthetic-dir DIR`` mixes generated volumes (``cellpol vox2vox generate`` or ``cellpol synth`` output) into
 the fine-tuning, ``--synthetic-fraction`` of the patches (``cellpol train --synthetic-dir``); the model is then
-written as ``WORK/finetuned_synthetic`` so that a run without it in the same ``--work`` folder is kept.
+written as ``WORK/finetuned_synthetic`` so that a run without it in the same ``--work`` folder is kept;
+``--synthetic N`` mixes N volumes of our own simulator the same way (``cellpol train --synthetic``).
+``--augment NAME=P ...`` (e.g. ``appearance=0.5``) and ``--encoder-lr-scale S`` are ``cellpol train``'s.
 
 ``--renderer outside [--outside-config validation|ship] [--field Z Y X] [--layouts DIR]`` trains and tests on
 volumes of ``benchmarks/outside_render.py`` (an independent renderer; train and test seeds disjoint, the test
@@ -115,10 +117,18 @@ def run_seed(args, seed: int, init: Path, work: Path) -> dict:
 
     from app.training.finetune import TrainingOptions, run_training
 
+    from app.training.data import AugmentConfig
+
     if args.synthetic_dir:
         print(f"mixing in the volumes of {args.synthetic_dir} ({args.synthetic_fraction:.0%} of the patches)")
-    options = TrainingOptions(images=train_dir, out=work / ("finetuned_synthetic" if args.synthetic_dir else "finetuned"),
-                              synthetic_dir=args.synthetic_dir, synthetic_fraction=args.synthetic_fraction,
+    if args.synthetic:
+        print(f"mixing in {args.synthetic} volumes of our simulator ({args.synthetic_fraction:.0%} of the patches)")
+    mixed = bool(args.synthetic_dir or args.synthetic)
+    options = TrainingOptions(images=train_dir, out=work / ("finetuned_synthetic" if mixed else "finetuned"),
+                              synthetic_dir=args.synthetic_dir, synthetic=args.synthetic,
+                              synthetic_fraction=args.synthetic_fraction,
+                              augment=AugmentConfig(**dict(args.augment or {})),
+                              encoder_lr_scale=args.encoder_lr_scale,
                               init=init, steps=args.steps,
                               batch_size=args.batch_size, epoch_steps=args.epoch_steps, device=args.device,
                               seed=seed, val_images=val_dir if args.validation == "extra" else None,
@@ -191,6 +201,11 @@ def summary(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _augment_item(text: str) -> tuple[str, float]:
+    name, _, value = text.partition("=")
+    return name, float(value)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--init", help="starter model .json (default: the one in resources/models)")
@@ -222,6 +237,13 @@ def main(argv=None) -> int:
     parser.add_argument("--work", help="working folder (default: a temporary one)")
     parser.add_argument("--synthetic-dir", help="mix these generated volumes into fine-tuning (cellpol train --synthetic-dir)")
     parser.add_argument("--synthetic-fraction", type=float, default=0.5, help="share of patches drawn from them")
+    parser.add_argument("--synthetic", type=int, default=0, metavar="N",
+                        help="mix N volumes of our simulator into fine-tuning (cellpol train --synthetic)")
+    parser.add_argument("--augment", nargs="+", type=_augment_item, metavar="NAME=P",
+                        help="augmentation probabilities other than the defaults, e.g. appearance=0.5 "
+                             "(cellpol train --augment)")
+    parser.add_argument("--encoder-lr-scale", type=float, default=1.0,
+                        help="the encoder's learning rate against the rest's (cellpol train --encoder-lr-scale)")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: cellpol train's)")
     parser.add_argument("--embedding-weight", type=float, default=None, help="pull/push weight (default: cellpol train's)")
     parser.add_argument("--init-share", type=float, default=None,

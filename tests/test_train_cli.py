@@ -249,17 +249,21 @@ def test_cli_fine_tunes_a_given_model(train_dir, val_dir, tmp_path, capsys, monk
     assert all(torch.allclose(final[k], (last[k] + initial[k]) / 2, atol=1e-6) for k in floats)
     assert not all(torch.allclose(final[k], last[k]) for k in floats)
     assert main(["train", "--images", str(train_dir), "--out", str(out), "--steps", "2", "--init",
-                 str(tmp_path / "init.json"), "--calibrate", "always", "--keep", "best", "--overwrite"]) == EXIT_OK
+                 str(tmp_path / "init.json"), "--calibrate", "always", "--keep", "best", "--overwrite",
+                 "--encoder-lr-scale", "0.25"]) == EXIT_OK
     err = capsys.readouterr().err
     assert "Calibrated decoding" in err and "vessel (ridge) weight" in err and "Keeping the last weights" not in err
     assert "Averaged the kept weights" not in err
     again = load_model(out.with_suffix(".json"))
     assert again[1].provenance["calibration"]["method"].startswith("grid search")
     assert again[1].provenance["weights_from"] == "best" and "weight_average" not in again[1].provenance
+    assert again[1].provenance["train"]["encoder_lr_scale"] == 0.25 and tuned.provenance["train"]["encoder_lr_scale"] == 1
     best = load_model(out.with_name("tuned.checkpoints") / "best.json")[0].state_dict()
     assert all(torch.equal(again[0].state_dict()[k], best[k]) for k in best)  # by default the kept weights as they are
     assert main(["train", "--images", str(train_dir), "--out", str(tmp_path / "z"), "--init-share", "1"]) == EXIT_USAGE
     assert "share of the weights must be in [0, 1)" in capsys.readouterr().err
+    assert main(["train", "--images", str(train_dir), "--out", str(tmp_path / "z"), "--encoder-lr-scale", "2"]) == EXIT_USAGE
+    assert "encoder's learning-rate scale must be between 0 and 1" in capsys.readouterr().err
     assert tuned.provenance["synthetic"]["volumes"] == 3 and tuned.provenance["synthetic"]["fraction"] == 0.25
     assert tuned.provenance["augment"]["noise"] == 0.0 and tuned.provenance["augment"]["rotate90"] == 1.0
     capsys.readouterr()

@@ -350,3 +350,27 @@ def test_appearance_shift_changes_the_look_but_not_the_objects(sampler):
     off = PatchSampler(sampler.volumes, PATCH, AugmentConfig())
     (a, pa), (b, pb) = on.sample(np.random.default_rng(9)), off.sample(np.random.default_rng(9))
     assert np.allclose(pa.nuclei, pb.nuclei) and np.allclose(pa.golgi, pb.golgi) and not np.allclose(a, b)
+
+
+def test_encoder_learning_rate_scale_trains_the_parts_apart(sampler, tmp_path):
+    # A first run gives a model to fine-tune from; then 0 freezes the encoder's weights while the decoder
+    # and heads move, 0.1 moves the encoder less than 1 does, and resuming keeps the parameter groups.
+    list(train(tiny_spec(), sampler, small_config(steps=2), tmp_path / "init"))
+    start = weights(tmp_path / "init" / "last.json")
+
+    def tuned(scale, name):
+        list(train(tiny_spec(), sampler, small_config(encoder_lr_scale=scale), tmp_path / name,
+                   init=tmp_path / "init" / "last.json"))
+        return weights(tmp_path / name / "last.json")
+
+    def moved(after, encoder):
+        keys = [k for k in start if k.startswith("encoders.") == encoder and start[k].is_floating_point()
+                and "running" not in k]
+        assert keys
+        return sum(float((after[k] - start[k]).abs().sum()) for k in keys)
+
+    frozen, slow, alike = tuned(0.0, "frozen"), tuned(0.1, "slow"), tuned(1.0, "alike")
+    assert moved(frozen, encoder=True) == 0.0 and moved(frozen, encoder=False) > 0
+    assert 0 < moved(slow, encoder=True) < 0.5 * moved(alike, encoder=True)
+    with pytest.raises(CellPolError):
+        small_config(encoder_lr_scale=1.5)

@@ -87,6 +87,7 @@ from app.training.trainer import (
     PauseToken,
     TrainConfig,
     TrainEvent,
+    check_encoder_lr_scale,
     checkpoint_exists,
     read_checkpoint_state,
     train,
@@ -175,6 +176,9 @@ class TrainingOptions:
         Fine-tuning only: the kept weights become ``(1 - init_share) × kept + init_share × initial`` (weight-space
         ensembling, WiSE-FT: keeps what the starter knew where a few images teach little; default
         :data:`FINETUNE_INIT_SHARE`, 0: the fine-tuned weights alone).
+    encoder_lr_scale : float
+        The encoder's learning rate against the rest of the network's (0 to 1; default 1, every part alike:
+        :class:`~app.training.trainer.TrainConfig`).
     embedding_weight, embedding_warmup_steps :
         Weight of the pull/push loss (default :data:`FINETUNE_EMBEDDING_WEIGHT` when fine-tuning, 1 — the
         paper's — from scratch) and steps over which it ramps in (:class:`~app.training.trainer.TrainConfig`).
@@ -217,6 +221,7 @@ class TrainingOptions:
     embedding_weight: Optional[float] = None  # default FINETUNE_EMBEDDING_WEIGHT fine-tuning, 1 (the paper's) from scratch
     init_share: Optional[float] = None  # default FINETUNE_INIT_SHARE when fine-tuning; unused from scratch
     embedding_warmup_steps: int = 0
+    encoder_lr_scale: float = 1.0
     model_voxel_size: Optional[Sequence[float]] = None
     architecture: str = "cellpol"
     levels: int = 4
@@ -241,6 +246,7 @@ class TrainingOptions:
                                                 and not isinstance(self.init_share, bool)
                                                 and 0.0 <= self.init_share < 1.0):
             raise CellPolError(f"The initial model's share of the weights must be in [0, 1), got {self.init_share!r}.")
+        check_encoder_lr_scale(self.encoder_lr_scale)
         if self.embedding_weight is not None and not (math.isfinite(self.embedding_weight)
                                                       and self.embedding_weight >= 0):
             raise CellPolError(f"The embedding loss weight must be a number ≥ 0, got {self.embedding_weight}.")
@@ -694,7 +700,7 @@ def _train_config(opts: TrainingOptions, start: _Start) -> TrainConfig:
         seed=opts.seed, device=opts.device, checkpoint_every=opts.checkpoint_every or epoch_steps,
         epoch_steps=epoch_steps, amp=opts.amp,
         loss=LossConfig(pull_weight=embedding_weight, push_weight=embedding_weight),
-        embedding_warmup_steps=opts.embedding_warmup_steps,
+        embedding_warmup_steps=opts.embedding_warmup_steps, encoder_lr_scale=opts.encoder_lr_scale,
     )
 
 
@@ -721,6 +727,7 @@ def _fingerprint(opts: TrainingOptions, data: _Data, start: _Start, patches: _Pa
         "augment": opts.augment.to_dict(), "foreground_fraction": opts.foreground_fraction,
         "epoch_steps": config.epoch_steps, "loss": config.loss.fingerprint(),
         "embedding_warmup_steps": config.embedding_warmup_steps,
+        **({"encoder_lr_scale": config.encoder_lr_scale} if config.encoder_lr_scale != 1.0 else {}),
     }
 
 

@@ -88,6 +88,12 @@ class TrainConfig:
     simulator runs (150 steps) the heatmap loss fell ~10× further with the embedding terms off, ~4× with
     their weight at 0.1 (``loss.pull_weight`` / ``loss.push_weight``), while a linear ramp over half the
     run gained little.
+
+    ``encoder_lr_scale`` multiplies the learning rate of the U-Net's encoder (its contracting half, whose
+    parameters are named ``encoders.*``) against the rest (decoder, branches, heads): 1, the default, trains
+    every part alike; below 1 keeps the starter's features and adapts the decoder and heads more
+    (discriminative fine-tuning); 0 freezes the encoder's weights (its batch-norm statistics still follow the
+    data).
     """
 
     steps: int = 1000
@@ -103,6 +109,7 @@ class TrainConfig:
     deterministic: bool = True
     grad_clip: float = 5.0
     embedding_warmup_steps: int = 0
+    encoder_lr_scale: float = 1.0
     sigma_um: dict[str, float] = field(default_factory=lambda: {"nucleus": 2.0, "golgi": 1.0})
     loss: LossConfig = field(default_factory=LossConfig)
 
@@ -116,6 +123,13 @@ class TrainConfig:
             raise CellPolError(f"warmup_steps must be a whole number ≥ 0, got {self.warmup_steps!r}.")
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise CellPolError(f"The learning rate must be a positive number, got {self.learning_rate!r}.")
+        check_encoder_lr_scale(self.encoder_lr_scale)
+
+
+def check_encoder_lr_scale(scale: Any) -> None:
+    """Raise :class:`CellPolError` unless ``scale`` is a number from 0 to 1 (``TrainConfig.encoder_lr_scale``)."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.0 <= scale <= 1.0:
+        raise CellPolError(f"The encoder's learning-rate scale must be between 0 and 1, got {scale!r}.")
 
 
 def _lr_at(step: int, config: TrainConfig) -> float:
@@ -132,6 +146,23 @@ def _loss_at(step: int, config: TrainConfig) -> LossConfig:
     ramp = step / config.embedding_warmup_steps
     return dataclasses.replace(config.loss, pull_weight=config.loss.pull_weight * ramp,
                                push_weight=config.loss.push_weight * ramp)
+
+
+#: Parameter-name prefix of the U-Net's encoder (:class:`app.core.network.CellPolNet`), which
+#: ``TrainConfig.encoder_lr_scale`` scales.
+ENCODER_PREFIX = "encoders."
+
+
+def parameter_groups(model: torch.nn.Module, encoder_lr_scale: float) -> list[dict[str, Any]]:
+    """The optimiser's parameter groups: one for every parameter when ``encoder_lr_scale`` is 1, else the
+    encoder's (``lr_scale`` = ``encoder_lr_scale``) then the rest's (1). A network without an encoder of that
+    name is one group."""
+    params = list(model.named_parameters())
+    encoder = [p for name, p in params if name.startswith(ENCODER_PREFIX)]
+    rest = [p for name, p in params if not name.startswith(ENCODER_PREFIX)]
+    if encoder_lr_scale == 1.0 or not encoder or not rest:
+        return [{"params": [p for _, p in params], "lr_scale": 1.0}]
+    return [{"params": encoder, "lr_scale": float(encoder_lr_scale)}, {"params": rest, "lr_scale": 1.0}]
 
 
 def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -383,8 +414,8 @@ class _Session:
         self.memory_format = (preferred_memory_format(spec.network) if device.type in ("cpu", "cuda")
                               else torch.contiguous_format)
         self.model = model.to(memory_format=self.memory_format)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate,
-                                           weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, config.encoder_lr_scale),
+                                           lr=config.learning_rate, weight_decay=config.weight_decay)
         if state.start_step and optimizer_tensors:
             load_optimizer_state(self.optimizer, {k: v.to(device) for k, v in optimizer_tensors.items()})
         self.autocast_dtype = choose_autocast_dtype(device, config.amp)
@@ -460,7 +491,7 @@ class _Session:
         config, state, model, optimizer, scaler = self.config, self.state, self.model, self.optimizer, self.scaler
         state.learning_rate = _lr_at(step, config)
         for group in optimizer.param_groups:
-            group["lr"] = state.learning_rate
+            group["lr"] = state.learning_rate * group.get("lr_scale", 1.0)
         autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
                     else contextlib.nullcontext())
         with autocast:
