@@ -115,9 +115,8 @@ def run_seed(args, seed: int, init: Path, work: Path) -> dict:
     before = score(Predictor.from_files([init], args.device), test_dir)
     print(f"starter on {n_test} test volumes ({before['gt']} GT pairs): {time.perf_counter() - started:.0f} s")
 
-    from app.training.finetune import TrainingOptions, run_training
-
     from app.training.data import AugmentConfig
+    from app.training.finetune import TrainingOptions, run_training
 
     if args.synthetic_dir:
         print(f"mixing in the volumes of {args.synthetic_dir} ({args.synthetic_fraction:.0%} of the patches)")
@@ -127,7 +126,7 @@ def run_seed(args, seed: int, init: Path, work: Path) -> dict:
     options = TrainingOptions(images=train_dir, out=work / ("finetuned_synthetic" if mixed else "finetuned"),
                               synthetic_dir=args.synthetic_dir, synthetic=args.synthetic,
                               synthetic_fraction=args.synthetic_fraction,
-                              augment=AugmentConfig(**dict(args.augment or {})),
+                              augment=AugmentConfig.from_dict(dict(args.augment or {})),
                               encoder_lr_scale=args.encoder_lr_scale,
                               init=init, steps=args.steps,
                               batch_size=args.batch_size, epoch_steps=args.epoch_steps, device=args.device,
