@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -52,3 +53,12 @@ def image_path(tmp_path):
     from test_ui_annotation import cell_volume
 
     return write_imagej_tiff(tmp_path / "cells.tif", cell_volume())
+
+
+@pytest.fixture(autouse=True)
+def _collect_qt_garbage_on_the_main_thread(request):
+    """After a test with widgets, collect its garbage here, on the main thread: left for later, a collection that
+    a job's worker thread happens to start can reach those dead Qt objects and deadlock with the GUI thread."""
+    yield
+    if "qtbot" in request.fixturenames:
+        gc.collect()

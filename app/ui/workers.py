@@ -256,6 +256,9 @@ def start_job(title: str, factory: JobFactory, *, can_pause: bool = False,
         Connect to its signals right away: the first events arrive once control returns to the event loop.
     """
     handle = JobHandle(title, can_pause=can_pause, parent=parent)
+    # Collect the garbage now, on the GUI thread: a collection that starts in the worker thread and reaches a
+    # dead Qt object deadlocks with the GUI thread's own deletions (PySide6; seen once in the test suite).
+    gc.collect()
     worker = create_worker(_drive, factory, handle.cancel_token, handle.pause_token, _start_thread=False)
     worker.yielded.connect(handle._on_yielded)
     worker.returned.connect(handle._on_returned)
