@@ -7,7 +7,8 @@ The data are simulator volumes at random voxel sizes (0.2–0.8 µm in x/y, 0.25
 optionally the real 3DNGMic object masks, resampled to the model's voxel size as user images are.
 The pool is partly regenerated every ``--refresh-every`` steps so the model sees thousands of scenes.
 A killed run resumes from ``<out>.checkpoints/``. ``--init`` continues from an earlier model's weights
-(a 3DCtrDet run may start from a CellPol model: the backbone and heatmap heads carry over); ``--dims 2``
+(a 3DCtrDet run may start from a CellPol model: the backbone and heatmap heads carry over; a run with more
+``--base-filters`` than the earlier model grows it, ``app.training.widen``); ``--dims 2``
 trains the starter for single-plane images on 2D simulator scenes. The exact commands behind the shipped
 models are in their JSON (``provenance.trained_by``).
 """
@@ -31,6 +32,7 @@ from typing import Optional
 import numpy as np
 
 import app.core.simulate as simulation  # simulation.simulate is looked up at each call (a test replaces it)
+from app.core.errors import CellPolError
 from app.core.fileutil import sha256_file
 from app.core.inference import Predictor
 from app.core.modelfile import DecodingSpec, ModelSpec, load_model, load_spec, model_paths, save_model
@@ -41,6 +43,7 @@ from app.training.data import AugmentConfig, PatchSampler, synthetic_pool
 from app.training.parallel import PoolRecipe, WorkerPatches
 from app.training.losses import LossConfig
 from app.training.trainer import TrainConfig, train, train_config_dict
+from app.training.widen import WIDTH_FIELDS, widen_model
 
 MODEL_VOXEL_SIZE = (1.0, 0.5, 0.5)
 PATCH_SHAPE = (16, 128, 128)
@@ -125,12 +128,24 @@ def main(argv=None) -> int:
     init_provenance, init_path = None, args.init
     if args.init is not None:
         init_spec = load_spec(args.init)
-        same_backbone = dataclasses.replace(init_spec.network, architecture=network.architecture) == network
+        widths = {name: getattr(network, name) for name in WIDTH_FIELDS}
+        wider = dataclasses.replace(init_spec.network, **widths)
+        same_backbone = dataclasses.replace(wider, architecture=network.architecture) == network
         if not same_backbone or tuple(init_spec.voxel_size) != MODEL_VOXEL_SIZE:
             parser.error(f"--init {args.init}: its architecture or voxel size differs from this run's")
         init_provenance = {"path": str(args.init), "name": init_spec.name,
                            "weights_sha256": sha256_file(model_paths(args.init)[1]), "provenance": init_spec.provenance}
-        if init_spec.network != network:
+        if wider != init_spec.network:
+            # A wider network grown from a narrower one: it starts computing exactly what that one computes.
+            if wider.architecture != init_spec.network.architecture:
+                parser.error("--init: a network can be widened or turned into a 3DCtrDet, not both at once")
+            try:
+                init_path = widen_model(args.init, out.with_name(out.name + "_init"), widths, seed=args.seed)
+            except CellPolError as exc:
+                parser.error(f"--init {args.init}: {exc}")
+            init_provenance["transferred"] = (f"widened from {init_spec.network.base_filters} to "
+                                              f"{network.base_filters} base filters (app.training.widen)")
+        elif init_spec.network != network:
             # A 3DCtrDet from a CellPol model: the backbone and heatmap heads carry over, the embeddings go.
             init_path = transfer_weights(args.init, network, out.with_name(out.name + "_init"))
             init_provenance["transferred"] = "backbone and heatmap heads (embedding heads dropped)"
