@@ -57,8 +57,15 @@ def image_path(tmp_path):
 
 @pytest.fixture(autouse=True)
 def _collect_qt_garbage_on_the_main_thread(request):
-    """After a test with widgets, collect its garbage here, on the main thread: left for later, a collection that
-    a job's worker thread happens to start can reach those dead Qt objects and deadlock with the GUI thread."""
+    """In a test with widgets, garbage is collected on the main thread only, as in the app
+    (app.ui.workers.MainThreadCollector): a collection that a job's worker thread happens to start can reach dead
+    Qt objects and deadlock with the GUI thread. After the test, Python collects as usual again."""
+    if "qtbot" not in request.fixturenames:
+        yield
+        return
+    from app.ui.workers import install_main_thread_collector
+
+    collector = install_main_thread_collector(request.getfixturevalue("qapp"))
     yield
-    if "qtbot" in request.fixturenames:
-        gc.collect()
+    collector.stop()
+    gc.collect()

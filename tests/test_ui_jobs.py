@@ -98,6 +98,43 @@ def test_the_result_is_the_last_result_event_when_the_generator_returns_nothing(
     assert result.args == ["value"]
 
 
+class _Cycle:
+    """Cyclic garbage that records which thread collected it."""
+
+    collected_on: list = []
+
+    def __init__(self):
+        self.me = self
+
+    def __del__(self):
+        _Cycle.collected_on.append(threading.get_ident())
+
+
+def test_garbage_made_by_a_job_is_collected_on_the_gui_thread(qtbot, window):
+    """A collection started in a worker thread can deadlock on dead Qt objects; the app collects on the GUI
+    thread only (MainThreadCollector), so the job's thousands of cycles die there, none in the worker."""
+    import gc
+
+    _Cycle.collected_on = []
+    worker_thread = []
+
+    def factory(cancel, pause):
+        worker_thread.append(threading.get_ident())
+        for _ in range(20):  # far past Python's automatic threshold (700 allocations)
+            for _ in range(1000):
+                _Cycle()
+            yield Progress(1, 2, "making garbage")
+        return "done"
+
+    assert not gc.isenabled()  # the test fixture installs the app's collector, as run_app does
+    handle = window.start_job("Garbage", factory)
+    with qtbot.waitSignal(handle.succeeded, timeout=10000):
+        pass
+    qtbot.waitUntil(lambda: len(_Cycle.collected_on) >= 20000, timeout=5000)
+    assert worker_thread and worker_thread[0] != threading.get_ident()
+    assert set(_Cycle.collected_on) == {threading.get_ident()}
+
+
 def test_cancel_mid_job_ends_cancelled_not_failed(qtbot, window, messages):
     gate = threading.Event()
     handle = window.start_job("Long", gated_job(gate))

@@ -43,7 +43,8 @@ from app.ui.slice_views import OrthoViews
 from app.ui.state import ViewerState
 from app.ui.status_bar import StatusBar
 from app.ui.window_panels import LAZY_PANELS, PanelsMixin
-from app.ui.workers import JobFactory, JobHandle, freeze_heap, run_in_thread, start_job
+from app.ui.workers import (JobFactory, JobHandle, freeze_heap, install_main_thread_collector, run_in_thread,
+                             start_job)
 
 __all__ = ["MainWindow", "demo_data", "grab_window", "run_app", "save_screenshot"]
 
@@ -874,6 +875,7 @@ def run_app(files: Sequence[str] = (), demo: bool = False, screenshot: Optional[
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
     app.setOrganizationName(SETTINGS_ORGANISATION)
     app.setApplicationName(SETTINGS_APPLICATION)
+    install_main_thread_collector(app)  # garbage collected on this thread only: see MainThreadCollector
     icon = app_icon_path()
     if icon is not None:
         app.setWindowIcon(QtGui.QIcon(str(icon)))

@@ -36,6 +36,9 @@ def run_selftest(say: Callable[[str], None] = print, timeout: float = 300.0) -> 
     say(f"CellPol Studio {__version__}, Python {sys.version.split()[0]}, Qt {QtCore.qVersion()}, "
         f"platform {os.environ.get('QT_QPA_PLATFORM') or 'default'}")
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
+    from app.ui.workers import install_main_thread_collector
+
+    install_main_thread_collector(app)  # as the app does: garbage collected on the GUI thread only
     scratch = tempfile.TemporaryDirectory(prefix="cellpol-selftest-")
     settings = QtCore.QSettings(str(Path(scratch.name) / "settings.ini"), QtCore.QSettings.Format.IniFormat)
     QtCore.QStandardPaths.setTestModeEnabled(True)  # the demo's autosave goes to a test folder, not the user's

@@ -42,6 +42,69 @@ def freeze_heap(reason: str) -> None:
         gc.freeze()
 
 
+class MainThreadCollector(QtCore.QObject):
+    """Python's cyclic garbage collection, run only on the GUI thread (:func:`install_main_thread_collector`).
+
+    Automatic collection starts in whichever thread happens to allocate. Started in a job's worker thread, it can
+    reach dead Qt objects whose deletion needs the GUI thread, while the GUI thread, deleting a widget, waits for
+    the worker: a deadlock (PySide6; seen once in the test suite, a QMenu being deleted). So automatic collection
+    is switched off and a timer on the GUI thread collects instead, generation by generation, whenever the
+    allocation counts pass the thresholds Python would have used. Garbage made in worker threads is collected
+    too, a moment later, on the GUI thread.
+    """
+
+    def __init__(self, interval_ms: int = 250, parent: Optional[QtCore.QObject] = None) -> None:
+        super().__init__(parent)
+        self.thresholds = gc.get_threshold()
+        self.collections = 0
+        self._was_enabled = gc.isenabled()
+        gc.disable()
+        self._timer = QtCore.QTimer(self)
+        self._timer.setInterval(interval_ms)
+        self._timer.timeout.connect(self.check)
+        self._timer.start()
+
+    def check(self) -> None:
+        """Collect the generations whose counts passed their thresholds (called by the timer)."""
+        counts = gc.get_count()
+        generation = -1
+        for level in range(3):
+            if counts[level] > self.thresholds[level]:
+                generation = level
+            else:
+                break
+        if generation >= 0:
+            gc.collect(generation)
+            self.collections += 1
+
+    def stop(self) -> None:
+        """Stop the timer and give collection back to Python (as it was before)."""
+        self._timer.stop()
+        if self._was_enabled:
+            gc.enable()
+        global _COLLECTOR
+        if _COLLECTOR is self:
+            _COLLECTOR = None
+        self.deleteLater()
+
+
+_COLLECTOR: Optional[MainThreadCollector] = None
+
+
+def install_main_thread_collector(app: QtCore.QCoreApplication) -> MainThreadCollector:
+    """Collect garbage only on the GUI thread from now until ``app`` quits (:class:`MainThreadCollector`).
+
+    Call it on the GUI thread, once the application exists; a second call returns the collector already running.
+    """
+    global _COLLECTOR
+    if QtCore.QThread.currentThread() != app.thread():
+        raise RuntimeError("install_main_thread_collector must be called on the GUI thread.")
+    if _COLLECTOR is None:
+        _COLLECTOR = MainThreadCollector(parent=app)
+        app.aboutToQuit.connect(_COLLECTOR.stop)
+    return _COLLECTOR
+
+
 def run_in_thread(
     function: Callable[..., Any],
     *args: Any,
@@ -257,7 +320,8 @@ def start_job(title: str, factory: JobFactory, *, can_pause: bool = False,
     """
     handle = JobHandle(title, can_pause=can_pause, parent=parent)
     # Collect the garbage now, on the GUI thread: a collection that starts in the worker thread and reaches a
-    # dead Qt object deadlocks with the GUI thread's own deletions (PySide6; seen once in the test suite).
+    # dead Qt object deadlocks with the GUI thread's own deletions (PySide6; seen once in the test suite). The
+    # app's MainThreadCollector keeps it that way while the job runs; this covers windows run without it.
     gc.collect()
     worker = create_worker(_drive, factory, handle.cancel_token, handle.pause_token, _start_thread=False)
     worker.yielded.connect(handle._on_yielded)
