@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Union
 
 import torch
 from torch import nn
@@ -124,7 +124,3 @@ def widen_model(source: PathLike, out: PathLike, widths: dict, seed: int = 0) ->
                                   "seed": seed}
     return save_model(out, wide, dataclasses.replace(spec, network=config, provenance=provenance))
 
-
-def parameter_counts(configs: Sequence[NetworkConfig]) -> list[int]:
-    """Trainable parameters of a network of each configuration (for reports)."""
-    return [sum(p.numel() for p in build_network(c).parameters()) for c in configs]
