@@ -104,3 +104,7 @@ def test_starter_grows_an_earlier_model_when_asked_for_more_filters(monkeypatch,
     with pytest.raises(SystemExit) as refused:  # narrower: a usage error, not a traceback
         starter.main(["--out", str(tmp_path / "narrow"), "--init", str(source), "--base-filters", "2"])
     assert refused.value.code == 2
+    with pytest.raises(SystemExit) as refused:  # grow and become a 3DCtrDet at once: one step at a time
+        starter.main(["--out", str(tmp_path / "ctr"), "--init", str(source), "--base-filters", "6",
+                      "--architecture", "ctrdet"])
+    assert refused.value.code == 2

@@ -137,7 +137,7 @@ def main(argv=None) -> int:
                            "weights_sha256": sha256_file(model_paths(args.init)[1]), "provenance": init_spec.provenance}
         if wider != init_spec.network:
             # A wider network grown from a narrower one: it starts computing exactly what that one computes.
-            if wider.architecture != init_spec.network.architecture:
+            if network.architecture != init_spec.network.architecture:
                 parser.error("--init: a network can be widened or turned into a 3DCtrDet, not both at once")
             try:
                 init_path = widen_model(args.init, out.with_name(out.name + "_init"), widths, seed=args.seed)
