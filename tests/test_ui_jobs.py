@@ -135,6 +135,22 @@ def test_garbage_made_by_a_job_is_collected_on_the_gui_thread(qtbot, window):
     assert set(_Cycle.collected_on) == {threading.get_ident()}
 
 
+def test_the_collector_gives_collection_back_when_stopped(qapp):
+    """Outside the window (and between Qt tests) Python collects as usual again: stop() restores it."""
+    import gc
+
+    from app.ui.workers import install_main_thread_collector
+
+    assert gc.isenabled()  # no qtbot here, so no collector installed by the test fixture
+    collector = install_main_thread_collector(qapp)
+    assert not gc.isenabled() and install_main_thread_collector(qapp) is collector  # one per application
+    collector.stop()
+    assert gc.isenabled()
+    assert install_main_thread_collector(qapp) is not collector  # a stopped one is not handed out again
+    install_main_thread_collector(qapp).stop()
+    assert gc.isenabled()
+
+
 def test_cancel_mid_job_ends_cancelled_not_failed(qtbot, window, messages):
     gate = threading.Event()
     handle = window.start_job("Long", gated_job(gate))
