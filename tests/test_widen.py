@@ -47,7 +47,8 @@ def test_wider_network_computes_what_the_narrow_one_did(widths):
     (out["heatmap_nucleus"].mean() + out["embedding_golgi"].pow(2).mean()).backward()
     first_decoder = wide.decoders[-1][0][0].weight  # reads cat(upsampled, skip), full resolution
     old_out = narrow.decoders[-1][0][0].weight.shape[0]
-    assert first_decoder.grad[:old_out, 4:wide.config.filters[0]].abs().sum() > 0  # new upsampled channels
+    new_upsampled = slice(narrow.config.filters[0], wide.config.filters[0])
+    assert first_decoder.grad[:old_out, new_upsampled].abs().sum() > 0
     head = wide.branch_nucleus.heatmap[-1].weight
     assert head.grad[:, narrow.config.branch_filters:].abs().sum() > 0
 

@@ -37,8 +37,7 @@ def check_widening(old: NetworkConfig, new: NetworkConfig) -> None:
         changed = [f.name for f in dataclasses.fields(old)
                    if f.name not in WIDTH_FIELDS and getattr(old, f.name) != getattr(new, f.name)]
         raise CellPolError(f"Only the width of a network can grow; these settings differ too: {', '.join(changed)}.")
-    narrower = [level for level, (a, b) in enumerate(zip(old.filters, new.filters)) if b < a]
-    if narrower or new.branch_filters < old.branch_filters:
+    if any(b < a for a, b in zip(old.filters, new.filters)) or new.branch_filters < old.branch_filters:
         raise CellPolError(f"The new network is narrower than the old one ({list(old.filters)} filters per level, "
                            f"branches {old.branch_filters}; asked for {list(new.filters)}, {new.branch_filters}).")
 

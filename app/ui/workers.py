@@ -56,7 +56,6 @@ class MainThreadCollector(QtCore.QObject):
     def __init__(self, interval_ms: int = 250, parent: Optional[QtCore.QObject] = None) -> None:
         super().__init__(parent)
         self.thresholds = gc.get_threshold()
-        self.collections = 0
         self._was_enabled = gc.isenabled()
         gc.disable()
         self._timer = QtCore.QTimer(self)
@@ -75,7 +74,6 @@ class MainThreadCollector(QtCore.QObject):
                 break
         if generation >= 0:
             gc.collect(generation)
-            self.collections += 1
 
     def stop(self) -> None:
         """Stop the timer and give collection back to Python (as it was before)."""
@@ -319,10 +317,12 @@ def start_job(title: str, factory: JobFactory, *, can_pause: bool = False,
         Connect to its signals right away: the first events arrive once control returns to the event loop.
     """
     handle = JobHandle(title, can_pause=can_pause, parent=parent)
-    # Collect the garbage now, on the GUI thread: a collection that starts in the worker thread and reaches a
-    # dead Qt object deadlocks with the GUI thread's own deletions (PySide6; seen once in the test suite). The
-    # app's MainThreadCollector keeps it that way while the job runs; this covers windows run without it.
-    gc.collect()
+    # Garbage is collected on the GUI thread only while jobs run (MainThreadCollector; run_app installs it at
+    # start-up, this covers a window run without run_app): a collection that starts in the worker thread and
+    # reaches a dead Qt object deadlocks with the GUI thread's own deletions.
+    app = QtCore.QCoreApplication.instance()
+    if app is not None:
+        install_main_thread_collector(app)
     worker = create_worker(_drive, factory, handle.cancel_token, handle.pause_token, _start_thread=False)
     worker.yielded.connect(handle._on_yielded)
     worker.returned.connect(handle._on_returned)
